@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian-like machine: system packages, .venv/, the pinned stack.
+# A second run checks what is there and installs only what is missing or changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(espeak-ng)
+VENV=.venv
+STAMP="$VENV/.voicelock-installed"
+PY=${PYTHON:-python3}
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# --- system packages (espeak-ng speaks the embedded corpus) -------------------------------------
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    say "missing system packages: ${missing[*]} — install them as root (apt-get install ${missing[*]}) and re-run"; exit 1
+  fi
+  say "installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- virtual environment with the pinned stack --------------------------------------------------
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  say "installing the Python stack into $VENV (CPU torch 2.13.0; a first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first, from the constraints, so nothing later can resolve a CUDA build.
+  "$VENV/bin/pip" install -q -c constraints.txt torch==2.13.0
+  "$VENV/bin/pip" install -q --no-deps -c constraints.txt torchaudio==2.11.0
+  "$VENV/bin/pip" install -q -c constraints.txt -e '.[test]'
+  echo "$want" > "$STAMP"
+fi
+# torchaudio's wheel ships CUDA-linked extension libraries that fail to load on a CPU-only machine;
+# without them it marks the extension unavailable and the transforms we use work (shared/notes/stack.md).
+rm -f "$VENV"/lib/python3*/site-packages/torchaudio/lib/*.so
+"$VENV/bin/python" -c "import torch, torchaudio; assert not torch.version.cuda, 'a CUDA torch was installed'" \
+  || { say "torch/torchaudio do not import: delete $VENV and re-run"; exit 1; }
+"$VENV/bin/dvc" config --local core.analytics false >/dev/null 2>&1 || true
+say "ready: $VENV"

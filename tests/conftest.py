@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny params file and a tiny generated corpus, made once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voicelock.params import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# Small enough to generate in seconds, large enough that every split has speakers (checked below).
+TINY_SYNTH = {
+    "words": ["yes", "no", "dog", "seven"],
+    "n_speakers": 12,
+    "takes_per_word": 2,
+    "background_files": 4,
+    "background_seconds": 3,
+    "workers": 2,
+}
+
+
+def tiny_params_dict(root: Path, **overrides: dict) -> dict:
+    """The repository's params.yaml, shrunk, with every output under `root`."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["seed"] = 7
+    raw["data"]["raw_dir"] = str(root / "raw")
+    raw["data"]["download_dir"] = str(root / "downloads")
+    raw["data"]["validation_percentage"] = 25
+    raw["data"]["testing_percentage"] = 25
+    raw["data"]["synth"].update(TINY_SYNTH)
+    raw["prepare"]["out_dir"] = str(root / "prepared")
+    raw["features"]["out_dir"] = str(root / "features")
+    raw["features"]["batch_size"] = 16
+    for section, values in overrides.items():
+        raw[section].update(values)
+    return raw
+
+
+def write_params(root: Path, raw: dict) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_params_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    return write_params(root, tiny_params_dict(root))
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_params_path: Path) -> Params:
+    return load_params(tiny_params_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_params: Params) -> Path:
+    """A generated corpus in Speech Commands layout (read-only for tests: copy before changing it)."""
+    from voicelock.data.acquire import acquire_corpus
+
+    root = acquire_corpus(tiny_params)
+    splits = {line.split(",")[-1] for line in (root / "speakers.csv").read_text().splitlines()[1:]}
+    assert splits == {"training", "validation", "testing"}, "tiny corpus seed no longer fills every split"
+    return root

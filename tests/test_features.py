@@ -1,0 +1,70 @@
+"""Feature extraction: trimming, fixed shape, MFCC option, and the cache matching live extraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from voicelock.audio import read_wav
+from voicelock.data.manifest import build_manifest
+from voicelock.errors import VoicelockError
+from voicelock.features import FeatureExtractor, build_feature_cache, load_split, read_meta
+from voicelock.params import Params
+
+
+def _tone(rate: int, start_s: float, dur_s: float, total_s: float = 1.0) -> np.ndarray:
+    x = np.zeros(int(total_s * rate), dtype=np.float32)
+    t = np.arange(int(dur_s * rate)) / rate
+    s = int(start_s * rate)
+    x[s: s + t.size] = 0.5 * np.sin(2 * np.pi * 440 * t)
+    return x + 1e-4 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
+
+
+def test_trim_finds_the_spoken_part(tiny_params: Params):
+    fx = FeatureExtractor(tiny_params.features, 16000)
+    feats, frames = fx.from_arrays([_tone(16000, 0.6, 0.2), _tone(16000, 0.0, 0.2)])
+    assert feats.shape == (2, tiny_params.features.n_mels, fx.frames)
+    # 0.2 s of tone + 2 × 50 ms margin ≈ 30 frames (10 ms hop), wherever the word sits in the clip.
+    assert 26 <= frames[0] <= 34 and 22 <= frames[1] <= 34
+    energy = feats[0].mean(dim=0)
+    assert energy[5:frames[0] - 5].min() > energy[frames[0] + 5:].max() + 20  # speech left-aligned, then padding
+    assert torch.allclose(feats[0, :, frames[0] + 1:], feats[0, :, -1:].expand(-1, fx.frames - frames[0] - 1))
+
+
+def test_long_clip_is_cut_and_short_clip_padded(tiny_params: Params):
+    fx = FeatureExtractor(tiny_params.features, 16000)
+    feats, frames = fx.from_arrays([_tone(16000, 0.1, 1.8, total_s=2.0), _tone(16000, 0.0, 0.1, total_s=0.15)])
+    assert feats.shape[-1] == fx.frames and frames[0] == fx.frames and frames[1] < 25
+    assert torch.isfinite(feats).all()
+
+
+def test_mfcc_option(tiny_params: Params):
+    mfcc = tiny_params.features.model_copy(update={"kind": "mfcc"})
+    fx = FeatureExtractor(mfcc, 16000)
+    feats, _ = fx.from_arrays([_tone(16000, 0.2, 0.3)])
+    assert feats.shape == (1, mfcc.n_mfcc, fx.frames)
+
+
+def test_cache_matches_live_extraction(tiny_corpus: Path, tiny_params: Params, tmp_path: Path):
+    manifest = build_manifest(tiny_corpus, 25, 25, threads=2)
+    out = build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tmp_path / "features")
+    meta = read_meta(out)
+    assert meta["clips"]["training"] + meta["clips"]["validation"] + meta["clips"]["testing"] == len(manifest)
+    test = load_split(out, "testing")
+    assert isinstance(test.features, np.memmap) and test.features.shape[0] == len(test.index)
+    fx = FeatureExtractor(tiny_params.features, 16000)
+    row = 3
+    live, frames = fx.from_arrays([read_wav(tiny_corpus / test.index["path"][row])[0]])
+    assert int(frames[0]) == test.frames[row]
+    np.testing.assert_allclose(test.features[row].astype(np.float32), live[0].numpy(), atol=0.1)
+    assert not list(tmp_path.glob(".features*"))  # no staging folder left behind
+
+
+def test_wrong_sample_rate_stops_features(tiny_corpus: Path, tiny_params: Params, tmp_path: Path):
+    manifest = build_manifest(tiny_corpus, 25, 25, threads=2)
+    with pytest.raises(VoicelockError, match="sample rate 16000 Hz, expected 22050 Hz"):
+        build_feature_cache(manifest, tiny_corpus, tiny_params.features, 22050, tmp_path / "f")
+    assert not (tmp_path / "f").exists()

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params_dict, write_params
+from voicelock.errors import VoicelockError
+from voicelock.params import load_params
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "synth"
+    assert params.data.synth.n_speakers >= 150
+    assert len(params.data.synth.words) >= 20
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "named"),
+    [
+        ("features", "n_mels", 2, "features.n_mels"),
+        ("features", "kind", "wavelet", "features.kind"),
+        ("features", "win_length", 4096, "win_length"),
+        ("data", "source", "ftp", "data.source"),
+        ("prepare", "min_duration_s", 5.0, "min_duration_s"),
+        ("features", "bogus_key", 1, "features.bogus_key"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):
+    raw = tiny_params_dict(tmp_path)
+    raw[section][key] = value
+    with pytest.raises(VoicelockError, match=named):
+        load_params(write_params(tmp_path, raw))
+
+
+def test_unquoted_yes_no_words_are_caught(tmp_path: Path):
+    text = yaml.safe_dump(tiny_params_dict(tmp_path)).replace("- 'yes'", "- yes").replace("- 'no'", "- no")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(VoicelockError, match=r"data\.synth\.words\.0"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_missing_file_and_missing_section(tmp_path: Path):
+    with pytest.raises(VoicelockError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    raw = tiny_params_dict(tmp_path)
+    del raw["features"]
+    with pytest.raises(VoicelockError, match="features: Field required"):
+        load_params(write_params(tmp_path, raw))
+
+
+def test_too_many_speakers_for_the_voice_pairs(tmp_path: Path):
+    raw = tiny_params_dict(tmp_path)
+    raw["data"]["synth"]["voices"] = ["en-us"]
+    raw["data"]["synth"]["variants"] = ["m1", "m2"]
+    with pytest.raises(VoicelockError, match="voice×variant"):
+        load_params(write_params(tmp_path, raw))

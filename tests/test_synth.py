@@ -1,0 +1,73 @@
+"""The generated corpus: layout, splits by speaker, variation between takes, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from voicelock.data.layout import read_list, scan_corpus, split_for_speaker
+from voicelock.data.synth import Take, plan_speakers, render_take
+from voicelock.params import Params
+
+
+def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):
+    synth = tiny_params.data.synth
+    clips = scan_corpus(tiny_corpus)
+    assert len(clips) == synth.n_speakers * len(synth.words) * synth.takes_per_word
+    assert {c.word for c in clips} == set(synth.words)
+    for clip in clips[:: max(len(clips) // 20, 1)]:
+        info = sf.info(tiny_corpus / clip.path)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000)
+    noise = sorted((tiny_corpus / "_background_noise_").glob("*.wav"))
+    assert sorted(p.stem.split("_")[0] for p in noise) == ["babble", "brown", "pink", "white"]
+    assert sf.info(noise[0]).duration == synth.background_seconds
+
+
+def test_split_lists_split_by_speaker(tiny_corpus: Path, tiny_params: Params):
+    val, test = read_list(tiny_corpus / "validation_list.txt"), read_list(tiny_corpus / "testing_list.txt")
+    assert val and test and not val & test
+    splits_of = defaultdict(set)
+    for clip in scan_corpus(tiny_corpus):
+        split = "validation" if clip.path in val else "testing" if clip.path in test else "training"
+        splits_of[clip.speaker].add(split)
+        assert split == split_for_speaker(clip.speaker, 25, 25)
+    assert all(len(s) == 1 for s in splits_of.values())
+
+
+def test_speakers_differ_by_timbre_not_pitch_alone(tiny_params: Params):
+    speakers = plan_speakers(tiny_params.data.synth, seed=1, n_speakers=40)
+    assert len({(s.voice, s.variant) for s in speakers}) == 40
+    assert len({s.id for s in speakers}) == 40
+
+
+def test_every_take_is_different(tiny_corpus: Path):
+    table = pd.read_csv(tiny_corpus / "speakers.csv", dtype={"id": str})
+    speaker = table["id"].iloc[0]
+    a, _ = sf.read(tiny_corpus / "dog" / f"{speaker}_nohash_0.wav")
+    b, _ = sf.read(tiny_corpus / "dog" / f"{speaker}_nohash_1.wav")
+    assert a.shape == b.shape and not np.allclose(a, b)
+    # Not only louder or quieter: the waveforms themselves differ (speed, pitch, room, microphone).
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.9
+
+
+def test_rendering_is_deterministic(tiny_params: Params):
+    synth = tiny_params.data.synth
+    speaker = plan_speakers(synth, seed=3, n_speakers=1)[0]
+    take = Take(speaker, 0, "seven", 0, 1)
+    first = render_take(take, synth, 3, 16000, 16000)
+    again = render_take(take, synth, 3, 16000, 16000)
+    other_seed = render_take(take, synth, 4, 16000, 16000)
+    assert hashlib.sha1(first.tobytes()).digest() == hashlib.sha1(again.tobytes()).digest()
+    assert not np.array_equal(first, other_seed)
+    assert 0.05 < np.abs(first).max() <= 1.0
+
+
+def test_split_rule_shares(tiny_params: Params):
+    ids = [hashlib.sha1(str(i).encode()).hexdigest()[:8] for i in range(20000)]
+    shares = pd.Series([split_for_speaker(s, 10, 10) for s in ids]).value_counts(normalize=True)
+    assert abs(shares["validation"] - 0.1) < 0.01 and abs(shares["testing"] - 0.1) < 0.01

@@ -1,0 +1,192 @@
+"""The embedded default corpus: espeak-ng speaking Speech Commands words in many voices.
+
+A speaker is one (voice, variant) pair with its own base pitch and speed — pairs are never reused,
+so no two speakers differ by pitch alone (timbre is what tells synthetic speakers apart). Every take
+varies speed, pitch and loudness and goes through its own random room and microphone, so one person
+never says a word twice the same way. Each clip's randomness is seeded by (seed, speaker, word, take),
+so the corpus is identical whatever the number of workers or the order they finish in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from scipy import signal
+from tqdm import tqdm
+
+from voicelock import effects
+from voicelock.audio import write_wav
+from voicelock.data.layout import BACKGROUND_DIR, split_for_speaker, write_split_lists
+from voicelock.errors import VoicelockError
+from voicelock.fsutil import atomic_dir
+from voicelock.params import SynthParams
+
+ESPEAK = "espeak-ng"
+_BABBLE_SENTENCES = [
+    "the meeting moved to thursday afternoon", "could you pass me the salt please",
+    "we should leave before the traffic starts", "my sister bought a new bicycle last week",
+    "the weather was much colder than expected", "turn left at the second traffic light",
+    "i think the train is running late again", "she left her keys on the kitchen table",
+    "nobody knew the answer to the last question", "the children played outside until dark",
+]
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic person: an espeak-ng voice and variant, with a base pitch and speed."""
+
+    id: str
+    voice: str
+    variant: str
+    pitch: int
+    speed: int
+
+
+@dataclass(frozen=True)
+class Take:
+    speaker: Speaker
+    speaker_index: int
+    word: str
+    word_index: int
+    take: int
+
+
+def require_espeak() -> None:
+    if shutil.which(ESPEAK) is None:
+        raise VoicelockError(f"{ESPEAK}: not installed — run scripts/setup.sh (or apt-get install espeak-ng)")
+
+
+def plan_speakers(params: SynthParams, seed: int, n_speakers: int | None = None,
+                  exclude: set[tuple[str, str]] = frozenset()) -> list[Speaker]:
+    """Draw distinct (voice, variant) pairs with a base pitch and speed each; ids are 8 hex digits."""
+    n = params.n_speakers if n_speakers is None else n_speakers
+    pairs = [(v, var) for v in params.voices for var in params.variants if (v, var) not in exclude]
+    if n > len(pairs):
+        raise VoicelockError(f"params.yaml: data.synth: {n} speakers need {n} voice×variant pairs, have {len(pairs)}")
+    rng = np.random.default_rng([seed, 1])
+    chosen = rng.choice(len(pairs), size=n, replace=False)
+    speakers = []
+    for i in chosen:
+        voice, variant = pairs[int(i)]
+        pitch = int(rng.integers(params.pitch_range[0], params.pitch_range[1] + 1))
+        speed = int(rng.integers(params.speed_range[0], params.speed_range[1] + 1))
+        sid = hashlib.sha1(f"{voice}+{variant}/{pitch}/{speed}".encode()).hexdigest()[:8]
+        speakers.append(Speaker(sid, voice, variant, pitch, speed))
+    return speakers
+
+
+def speak(text: str, voice: str, variant: str, pitch: int, speed: int) -> tuple[np.ndarray, int]:
+    """Render `text` with espeak-ng to float32 samples (22,050 Hz)."""
+    cmd = [ESPEAK, "-v", f"{voice}+{variant}", "-p", str(pitch), "-s", str(speed), "--stdout", text]
+    result = subprocess.run(cmd, capture_output=True, check=False)
+    if result.returncode != 0 or not result.stdout:
+        raise VoicelockError(f"espeak-ng failed for voice {voice}+{variant}: {result.stderr.decode().strip()} "
+                             f"— check data.synth.voices / variants against `espeak-ng --voices`")
+    data, rate = sf.read(io.BytesIO(result.stdout), dtype="float32")
+    return data, rate
+
+
+def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    g = np.gcd(rate, target)
+    return signal.resample_poly(x, target // g, rate // g).astype(np.float32)
+
+
+def _trim(x: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
+    """espeak-ng pads words with silence; cut it so placement in the clip is ours to choose."""
+    idx = np.flatnonzero(np.abs(x) > threshold * (np.max(np.abs(x)) + 1e-12))
+    return x[idx[0]: idx[-1] + 1] if idx.size else x
+
+
+def render_take(take: Take, params: SynthParams, seed: int, rate: int, clip_samples: int) -> np.ndarray:
+    """One take: jittered voice, then room, microphone, self-noise, placed at random in a 1 s clip."""
+    rng = np.random.default_rng([seed, 2, take.speaker_index, take.word_index, take.take])
+    sp = take.speaker
+    pitch = int(np.clip(sp.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
+    speed = int(sp.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter)))
+    raw, raw_rate = speak(take.word, sp.voice, sp.variant, pitch, max(speed, 80))
+    voice = _trim(_resample(raw, raw_rate, rate))
+    # Leave room for the reverb tail inside the clip; a word longer than the clip is cut (as in real data).
+    voice = voice[: int(clip_samples * 0.9)]
+    clip = np.zeros(clip_samples, dtype=np.float32)
+    start = int(rng.integers(0, max(clip_samples - voice.size, 0) + 1) * 0.8)
+    clip[start: start + voice.size] = voice
+    if rng.random() < params.room_probability:
+        rir = effects.room_impulse_response(rng, rate, rng.uniform(*params.rt60_range),
+                                            rng.uniform(*params.direct_to_reverb_db_range))
+        clip = effects.apply_room(clip, rir)
+    clip = effects.apply_microphone(clip, rate, rng.uniform(*params.mic_low_hz_range),
+                                    rng.uniform(*params.mic_high_hz_range), rng.uniform(*params.mic_tilt_db_range))
+    noise = effects.coloured_noise(rng, clip_samples, rng.uniform(0, 2))
+    clip = effects.add_noise(clip, noise, rng.uniform(*params.noise_snr_db_range))
+    return effects.set_peak_db(clip, rng.uniform(*params.gain_db_range))
+
+
+def _render_to_file(args: tuple[Take, SynthParams, int, int, int, Path]) -> str:
+    take, params, seed, rate, clip_samples, root = args
+    relative = f"{take.word}/{take.speaker.id}_nohash_{take.take}.wav"
+    write_wav(root / relative, render_take(take, params, seed, rate, clip_samples), rate)
+    return relative
+
+
+def background_noise(kind: str, rng: np.random.Generator, params: SynthParams, rate: int) -> np.ndarray:
+    """A long noise file: white/pink/brown noise, or babble of overlapping espeak-ng sentences."""
+    n = int(params.background_seconds * rate)
+    if kind != "babble":
+        exponent = {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind]
+        return effects.set_peak_db(effects.coloured_noise(rng, n, exponent), -6)
+    mix = np.zeros(n, dtype=np.float32)
+    talkers = 6
+    for _ in range(talkers * int(max(params.background_seconds / 3, 1))):
+        voice = params.voices[int(rng.integers(len(params.voices)))]
+        variant = params.variants[int(rng.integers(len(params.variants)))]
+        text = _BABBLE_SENTENCES[int(rng.integers(len(_BABBLE_SENTENCES)))]
+        x, r = speak(text, voice, variant, int(rng.integers(20, 80)), int(rng.integers(140, 190)))
+        x = _resample(x, r, rate)[:n]
+        x /= np.sqrt(np.mean(x**2)) + 1e-9
+        start = int(rng.integers(0, max(n - x.size, 1)))
+        mix[start: start + x.size] += x
+    return effects.set_peak_db(mix, -6)
+
+
+def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate: int,
+                      validation_percentage: float, testing_percentage: float,
+                      clip_seconds: float = 1.0) -> Path:
+    """Generate the whole corpus into `out_dir` (atomically), in parallel, with a progress bar."""
+    require_espeak()
+    speakers = plan_speakers(params, seed)
+    takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
+             for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
+    clip_samples = int(clip_seconds * rate)
+    workers = params.workers or os.cpu_count() or 1
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        for word in params.words:
+            (staging / word).mkdir()
+        jobs = [(t, params, seed, rate, clip_samples, staging) for t in takes]
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in tqdm(pool.map(_render_to_file, jobs, chunksize=32), total=len(jobs),
+                          desc="synthesize clips", unit=" clips"):
+                pass
+        (staging / BACKGROUND_DIR).mkdir()
+        kinds = ["white", "pink", "brown", "babble"]
+        for i in tqdm(range(params.background_files), desc="background noise", unit=" files"):
+            kind = kinds[i % len(kinds)]
+            rng = np.random.default_rng([seed, 3, i])
+            write_wav(staging / BACKGROUND_DIR / f"{kind}_{i}.wav", background_noise(kind, rng, params, rate), rate)
+        splits = {f"{t.word}/{t.speaker.id}_nohash_{t.take}.wav":
+                  split_for_speaker(t.speaker.id, validation_percentage, testing_percentage) for t in takes}
+        write_split_lists(staging, splits)
+        pd.DataFrame([sp.__dict__ for sp in speakers]).assign(
+            split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
+        ).to_csv(staging / "speakers.csv", index=False)
+    return out_dir

@@ -1,0 +1,167 @@
+"""Log-mel (or MFCC) features, computed in batches with torchaudio and cached per split.
+
+The same `FeatureExtractor` serves the cache (training) and a live clip (enroll/unlock), so the
+model never sees features computed two different ways. Clips are trimmed to the spoken part and
+left-aligned in a fixed number of frames; the true number of frames is kept so the model can pool
+over speech only. The cache is a memory-mappable `.npy` per split plus a CSV index, so training reads
+features without decoding audio again.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchaudio
+from tqdm import tqdm
+
+from voicelock.audio import read_wav
+from voicelock.data.layout import SPLITS
+from voicelock.errors import VoicelockError
+from voicelock.fsutil import atomic_dir
+from voicelock.params import FeatureParams
+
+CACHE_DTYPE = np.float16  # halves disk and RAM; dB values keep ~0.03 dB resolution
+META_FILE = "meta.json"
+INDEX_COLUMNS = ["path", "word", "speaker", "utterance", "frames"]
+
+
+class FeatureExtractor(torch.nn.Module):
+    """Waveforms (B, S) at `sample_rate` → trimmed, fixed-size features (B, F, T) and frame counts (B,)."""
+
+    def __init__(self, params: FeatureParams, sample_rate: int):
+        super().__init__()
+        self.params = params
+        self.sample_rate = sample_rate
+        self.clip_samples = int(round(params.clip_seconds * sample_rate))
+        self.frames = self.clip_samples // params.hop_length + 1
+        self.margin = int(round(params.trim_margin_s * sample_rate / params.hop_length))
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=params.n_fft, win_length=params.win_length,
+            hop_length=params.hop_length, f_min=params.f_min, f_max=min(params.f_max, sample_rate / 2),
+            n_mels=params.n_mels, power=2.0,
+        )
+        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None)
+        if params.kind == "mfcc":
+            self.register_buffer("dct", torchaudio.functional.create_dct(params.n_mfcc, params.n_mels, "ortho"))
+        else:
+            self.dct = None
+
+    @property
+    def n_features(self) -> int:
+        return self.params.n_mfcc if self.params.kind == "mfcc" else self.params.n_mels
+
+    @torch.no_grad()
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        db = self.to_db(self.mel(waves))  # (B, M, T_all)
+        valid = lengths // self.params.hop_length + 1
+        feats, frames = self._trim(db, valid)
+        if self.dct is not None:
+            feats = torch.matmul(feats.transpose(1, 2), self.dct).transpose(1, 2)
+        return feats, frames
+
+    def _trim(self, db: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut each clip to its speech (frames within top_db of its loudest), keep a margin, left-align."""
+        b, m, t_all = db.shape
+        pos = torch.arange(t_all).expand(b, t_all)
+        inside = pos < valid[:, None]
+        energy = db.mean(dim=1).masked_fill(~inside, float("-inf"))
+        loudest = energy.max(dim=1, keepdim=True).values
+        active = energy > loudest - self.params.trim_top_db
+        first = active.float().argmax(dim=1)
+        last = t_all - 1 - active.flip(1).float().argmax(dim=1)
+        start = (first - self.margin).clamp(min=0)
+        end = torch.minimum(last + self.margin + 1, valid)
+        frames = (end - start).clamp(min=1, max=self.frames)
+        idx = (start[:, None] + torch.arange(self.frames)[None, :]).clamp(max=t_all - 1)
+        out = db.gather(2, idx[:, None, :].expand(b, m, self.frames))
+        floor = db.masked_fill(~inside[:, None, :], float("inf")).amin(dim=(1, 2))
+        pad = torch.arange(self.frames)[None, :] >= frames[:, None]
+        return out.masked_fill(pad[:, None, :], 0.0) + pad[:, None, :] * floor[:, None, None], frames
+
+    def from_arrays(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features for clips already decoded (float32 mono at `sample_rate`), any lengths."""
+        width = max(self.clip_samples, max(c.size for c in clips))
+        waves = torch.zeros(len(clips), width)
+        for i, c in enumerate(clips):
+            waves[i, : c.size] = torch.from_numpy(c)
+        lengths = torch.tensor([max(c.size, 1) for c in clips])
+        return self(waves, lengths)
+
+
+@dataclass
+class FeatureSet:
+    """One cached split: features (N, F, T) as a read-only memmap, its index, and the frame counts."""
+
+    features: np.ndarray
+    index: pd.DataFrame
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.index["frames"].to_numpy()
+
+
+def load_split(cache_dir: str | Path, split: str) -> FeatureSet:
+    cache_dir = Path(cache_dir)
+    npy, csv = cache_dir / f"{split}.npy", cache_dir / f"{split}.csv"
+    if not npy.exists() or not csv.exists():
+        raise VoicelockError(f"{npy}: feature cache not found — run the features stage (dvc repro features)")
+    return FeatureSet(np.load(npy, mmap_mode="r"), pd.read_csv(csv, dtype={"speaker": str, "word": str}))
+
+
+def read_meta(cache_dir: str | Path) -> dict:
+    return json.loads((Path(cache_dir) / META_FILE).read_text())
+
+
+def _read_batch(pool: ThreadPoolExecutor, root: Path, paths: list[str], rate: int) -> list[np.ndarray]:
+    return list(pool.map(lambda p: read_wav(root / p, expected_rate=rate)[0], paths))
+
+
+def write_split(extractor: FeatureExtractor, root: Path, rows: pd.DataFrame, out_dir: Path, split: str,
+                pool: ThreadPoolExecutor) -> None:
+    """Features of `rows` into `<split>.npy` + `<split>.csv`, reading the next batch while this one computes."""
+    n, bs = len(rows), extractor.params.batch_size
+    paths = rows["path"].tolist()
+    store = np.lib.format.open_memmap(out_dir / f"{split}.npy", mode="w+", dtype=CACHE_DTYPE,
+                                      shape=(n, extractor.n_features, extractor.frames))
+    frames = np.zeros(n, dtype=np.int32)
+    starts = list(range(0, n, bs))
+    pending = pool.submit(_read_batch, pool, root, paths[:bs], extractor.sample_rate) if n else None
+    with tqdm(total=n, desc=f"features {split}", unit=" clips") as bar:
+        for i, start in enumerate(starts):
+            clips = pending.result()
+            if i + 1 < len(starts):
+                nxt = starts[i + 1]
+                pending = pool.submit(_read_batch, pool, root, paths[nxt: nxt + bs], extractor.sample_rate)
+            feats, count = extractor.from_arrays(clips)
+            store[start: start + len(clips)] = feats.numpy().astype(CACHE_DTYPE)
+            frames[start: start + len(clips)] = count.numpy()
+            bar.update(len(clips))
+    store.flush()
+    del store
+    index = rows[["path", "word", "speaker", "utterance"]].reset_index(drop=True).assign(frames=frames)
+    index.to_csv(out_dir / f"{split}.csv", index=False)
+
+
+def build_feature_cache(manifest: pd.DataFrame, raw_root: str | Path, params: FeatureParams, sample_rate: int,
+                        out_dir: str | Path) -> Path:
+    """Compute and cache features for every split of the manifest (atomically into `out_dir`)."""
+    raw_root = Path(raw_root)
+    extractor = FeatureExtractor(params, sample_rate)
+    # Threads for decoding plus one for the prefetching batch reader itself.
+    with atomic_dir(out_dir) as staging, ThreadPoolExecutor(params.io_threads + 1) as pool:
+        counts = {}
+        for split in SPLITS:
+            rows = manifest[manifest["split"] == split].sort_values("path")
+            write_split(extractor, raw_root, rows, staging, split, pool)
+            counts[split] = len(rows)
+        meta = {"params": params.model_dump(), "sample_rate": sample_rate, "n_features": extractor.n_features,
+                "frames": extractor.frames, "dtype": np.dtype(CACHE_DTYPE).name, "clips": counts,
+                "words": sorted(manifest["word"].unique().tolist())}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
+    return Path(out_dir)

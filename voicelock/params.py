@@ -1,0 +1,160 @@
+"""Typed view of `params.yaml`, the one place every knob is set.
+
+Pydantic validates the file once, so a typo or an out-of-range value fails with the dotted key at
+fault ("params.yaml: features.n_mels: …") before any stage does work, instead of as a KeyError
+deep inside a stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from voicelock.errors import VoicelockError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpeechCommandsParams(_Section):
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    retries: int = Field(ge=0, le=20)
+    timeout_s: float = Field(gt=0)
+    chunk_bytes: int = Field(ge=1024)
+
+
+class FolderParams(_Section):
+    path: str
+
+
+class SynthParams(_Section):
+    words: list[str] = Field(min_length=2)
+    n_speakers: int = Field(ge=3)
+    takes_per_word: int = Field(ge=1)
+    voices: list[str] = Field(min_length=1)
+    variants: list[str] = Field(min_length=1)
+    pitch_range: tuple[int, int]
+    pitch_jitter: int = Field(ge=0, le=30)
+    speed_range: tuple[int, int]
+    speed_jitter: float = Field(ge=0, lt=0.5)
+    gain_db_range: tuple[float, float]
+    room_probability: float = Field(ge=0, le=1)
+    rt60_range: tuple[float, float]
+    direct_to_reverb_db_range: tuple[float, float]
+    mic_low_hz_range: tuple[float, float]
+    mic_high_hz_range: tuple[float, float]
+    mic_tilt_db_range: tuple[float, float]
+    noise_snr_db_range: tuple[float, float]
+    background_files: int = Field(ge=1)
+    background_seconds: float = Field(gt=1)
+    workers: int = Field(ge=0, description="0 = one per CPU core")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> "SynthParams":
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.endswith("_range") and value[0] > value[1]:
+                raise ValueError(f"{name}: low end {value[0]} is above high end {value[1]}")
+        if len(self.voices) * len(self.variants) < self.n_speakers:
+            raise ValueError(
+                f"n_speakers={self.n_speakers} needs at least that many voice×variant pairs, "
+                f"but voices×variants gives {len(self.voices) * len(self.variants)}: add variants"
+            )
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synth", "speech_commands", "folder"]
+    raw_dir: str
+    download_dir: str
+    sample_rate: int = Field(ge=8000, le=48000)
+    validation_percentage: float = Field(gt=0, lt=50)
+    testing_percentage: float = Field(gt=0, lt=50)
+    speech_commands: SpeechCommandsParams
+    folder: FolderParams
+    synth: SynthParams
+
+
+class PrepareParams(_Section):
+    out_dir: str
+    min_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0)
+    silence_rms: float = Field(ge=0)
+    clipping_peak: float = Field(gt=0, le=1)
+    max_bad_fraction: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _durations_ordered(self) -> "PrepareParams":
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("min_duration_s must be below max_duration_s")
+        return self
+
+
+class FeatureParams(_Section):
+    out_dir: str
+    kind: Literal["logmel", "mfcc"]
+    n_fft: int = Field(ge=64)
+    win_length: int = Field(ge=16)
+    hop_length: int = Field(ge=1)
+    n_mels: int = Field(ge=8, le=256)
+    n_mfcc: int = Field(ge=4)
+    f_min: float = Field(ge=0)
+    f_max: float = Field(gt=0)
+    clip_seconds: float = Field(gt=0, le=10)
+    trim_top_db: float = Field(gt=0)
+    trim_margin_s: float = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    io_threads: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FeatureParams":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if self.f_min >= self.f_max:
+            raise ValueError(f"f_min {self.f_min} must be below f_max {self.f_max}")
+        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc {self.n_mfcc} exceeds n_mels {self.n_mels}")
+        return self
+
+
+class Params(BaseModel):
+    """The whole params.yaml. Sections not yet used by any stage may be absent from older files."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    seed: int
+    data: DataParams
+    prepare: PrepareParams
+    features: FeatureParams
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        problems.append(f"{key}: {e['msg']}")
+    return f"{path}: " + "; ".join(problems) + " — fix these keys and re-run"
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; raise VoicelockError naming the key at fault."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VoicelockError(f"{path}: not found — run from the repository root or pass --params") from None
+    except yaml.YAMLError as e:
+        raise VoicelockError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise VoicelockError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise VoicelockError(_format_validation_error(path, e)) from None
