@@ -52,7 +52,7 @@ def main() -> None:
         fx = FeatureExtractor(fp, rate)
 
         stage_best = float("inf")
-        with ThreadPoolExecutor(fp.io_threads + 1) as pool:
+        with ThreadPoolExecutor(1) as pool:
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 write_split(fx, root, rows, tmp, "bench", pool)

@@ -68,3 +68,20 @@ def test_wrong_sample_rate_stops_features(tiny_corpus: Path, tiny_params: Params
     with pytest.raises(VoicelockError, match="sample rate 16000 Hz, expected 22050 Hz"):
         build_feature_cache(manifest, tiny_corpus, tiny_params.features, 22050, tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT", "PCM_24"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_read_into_every_wav_flavour(tmp_path: Path, subtype: str, channels: int):
+    import soundfile as sf
+
+    from voicelock.audio import read_into
+
+    x = _tone(16000, 0.1, 0.3)
+    sf.write(tmp_path / "c.wav", np.stack([x] * channels, axis=1), 16000, subtype=subtype)
+    out = np.zeros(20000, dtype=np.float32)
+    assert read_into(tmp_path / "c.wav", out, 16000) == x.size
+    np.testing.assert_allclose(out[: x.size], x, atol=1e-3)
+    assert not out[x.size:].any()
+    with pytest.raises(VoicelockError, match="c.wav: sample rate 16000 Hz, expected 8000 Hz"):
+        read_into(tmp_path / "c.wav", out, 8000)

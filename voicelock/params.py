@@ -111,7 +111,6 @@ class FeatureParams(_Section):
     trim_top_db: float = Field(gt=0)
     trim_margin_s: float = Field(ge=0)
     batch_size: int = Field(ge=1)
-    io_threads: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "FeatureParams":
