@@ -49,7 +49,7 @@ def test_mfcc_option(tiny_params: Params):
 
 
 def test_cache_matches_live_extraction(tiny_corpus: Path, tiny_params: Params, tmp_path: Path):
-    manifest = build_manifest(tiny_corpus, 25, 25, threads=2)
+    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
     out = build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tmp_path / "features")
     meta = read_meta(out)
     assert meta["clips"]["training"] + meta["clips"]["validation"] + meta["clips"]["testing"] == len(manifest)
@@ -64,7 +64,7 @@ def test_cache_matches_live_extraction(tiny_corpus: Path, tiny_params: Params, t
 
 
 def test_wrong_sample_rate_stops_features(tiny_corpus: Path, tiny_params: Params, tmp_path: Path):
-    manifest = build_manifest(tiny_corpus, 25, 25, threads=2)
+    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
     with pytest.raises(VoicelockError, match="sample rate 16000 Hz, expected 22050 Hz"):
         build_feature_cache(manifest, tiny_corpus, tiny_params.features, 22050, tmp_path / "f")
     assert not (tmp_path / "f").exists()

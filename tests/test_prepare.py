@@ -21,7 +21,7 @@ def corpus_copy(tiny_corpus: Path, tmp_path: Path) -> Path:
 
 
 def _manifest(root: Path):
-    return build_manifest(root, 25, 25, threads=2)
+    return build_manifest(root, 20, 20, threads=2)
 
 
 def test_manifest_of_good_corpus_passes(tiny_corpus: Path, tiny_params: Params):

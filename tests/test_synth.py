@@ -35,7 +35,7 @@ def test_split_lists_split_by_speaker(tiny_corpus: Path, tiny_params: Params):
     for clip in scan_corpus(tiny_corpus):
         split = "validation" if clip.path in val else "testing" if clip.path in test else "training"
         splits_of[clip.speaker].add(split)
-        assert split == split_for_speaker(clip.speaker, 25, 25)
+        assert split == split_for_speaker(clip.speaker, 20, 20)
     assert all(len(s) == 1 for s in splits_of.values())
 
 

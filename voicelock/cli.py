@@ -41,6 +41,42 @@ def _check_data(args: argparse.Namespace) -> None:
     print(f"{args.folder}: {n} clips in Speech Commands layout")
 
 
+def _enroll(args: argparse.Namespace) -> None:
+    from voicelock.enrollment import VoiceLock
+
+    params = load_params(args.params)
+    lock = VoiceLock(args.model or params.evaluate.out_dir, params.enroll)
+    template = lock.enroll_files(args.clips)
+    template.save(args.template)
+    print(f"enrolled {template.clips} clips into {args.template}")
+
+
+def _unlock(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import asdict
+
+    from voicelock.enrollment import Template, VoiceLock
+
+    params = load_params(args.params)
+    lock = VoiceLock(args.model or params.evaluate.out_dir, params.enroll)
+    decision = lock.verify_file(Template.load(args.template), args.clip)
+    print(json.dumps(asdict(decision), indent=1))
+    if not decision.unlocked:
+        raise SystemExit(1)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from voicelock.evaluation import evaluate_folder
+
+    params = load_params(args.params)
+    metrics = evaluate_folder(args.model or params.evaluate.out_dir, args.data, params.evaluate, params.seed)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("trials_")}, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicelock", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -48,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-data", help="validate a folder in Speech Commands layout")
     check.add_argument("folder", type=Path)
     check.set_defaults(func=_check_data)
+
+    enroll = sub.add_parser("enroll", help="enroll a password from 3–10 WAV clips of one person")
+    enroll.add_argument("clips", type=Path, nargs="+", help="WAV files of the password")
+    enroll.add_argument("--template", type=Path, required=True, help="where to write the template (JSON)")
+    enroll.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    enroll.set_defaults(func=_enroll)
+
+    unlock = sub.add_parser("unlock", help="score a clip against a template; exit 0 unlocked, 1 rejected")
+    unlock.add_argument("clip", type=Path)
+    unlock.add_argument("--template", type=Path, required=True)
+    unlock.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    unlock.set_defaults(func=_unlock)
+
+    evaluate = sub.add_parser("evaluate", help="judge a model on any folder in Speech Commands layout")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
+    evaluate.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

@@ -20,14 +20,15 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from voicelock.audio import read_into
-from voicelock.data.layout import SPLITS
+from voicelock.audio import read_into, read_wav
+from voicelock.data.layout import BACKGROUND_DIR, SPLITS
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import FeatureParams
 
 CACHE_DTYPE = np.float16  # must match the torch.float16 cast in write_split; # halves disk and RAM; dB values keep ~0.03 dB resolution
 META_FILE = "meta.json"
+NOISE_FILE = "noise.npy"
 INDEX_COLUMNS = ["path", "word", "speaker", "utterance", "frames"]
 
 
@@ -84,6 +85,11 @@ class FeatureExtractor(torch.nn.Module):
         floor = db.masked_fill(~inside[:, None, :], float("inf")).amin(dim=(1, 2))
         pad = torch.arange(self.frames)[None, :] >= frames[:, None]
         return out.masked_fill(pad[:, None, :], 0.0) + pad[:, None, :] * floor[:, None, None], frames
+
+    @torch.no_grad()
+    def untrimmed_logmel(self, waves: torch.Tensor) -> torch.Tensor:
+        """Plain log-mel of fixed-length segments (no trimming): what noise augmentation mixes in."""
+        return self.mel(waves).clamp_(min=1e-10).log10_().mul_(10.0)[..., : self.frames]
 
     def from_arrays(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features for clips already decoded (float32 mono at `sample_rate`), any lengths."""
@@ -161,6 +167,32 @@ def write_split(extractor: FeatureExtractor, root: Path, rows: pd.DataFrame, out
     index.to_csv(out_dir / f"{split}.csv", index=False)
 
 
+def write_noise(extractor: FeatureExtractor, raw_root: Path, out_dir: Path) -> int:
+    """Log-mel of `_background_noise_/` cut into clip-length segments (half-overlapping) → noise.npy."""
+    segments = []
+    step = extractor.clip_samples // 2
+    for path in sorted((raw_root / BACKGROUND_DIR).glob("*.wav")):
+        x = torch.from_numpy(read_wav(path, expected_rate=extractor.sample_rate)[0])
+        for start in range(0, max(x.numel() - extractor.clip_samples, 0) + 1, step):
+            seg = x[start: start + extractor.clip_samples]
+            if seg.numel() == extractor.clip_samples and seg.abs().max() > 0:
+                segments.append(seg)
+    n = len(segments)
+    logmel = (extractor.untrimmed_logmel(torch.stack(segments)) if n
+              else torch.zeros(0, extractor.params.n_mels, extractor.frames))
+    np.save(out_dir / NOISE_FILE, logmel.to(torch.float16).numpy())
+    return n
+
+
+def load_noise(cache_dir: str | Path) -> torch.Tensor | None:
+    """The cached background-noise log-mels (float32), or None when the corpus had none."""
+    path = Path(cache_dir) / NOISE_FILE
+    if not path.exists():
+        return None
+    noise = torch.from_numpy(np.load(path).astype(np.float32))
+    return noise if len(noise) else None
+
+
 def build_feature_cache(manifest: pd.DataFrame, raw_root: str | Path, params: FeatureParams, sample_rate: int,
                         out_dir: str | Path) -> Path:
     """Compute and cache features for every split of the manifest (atomically into `out_dir`)."""
@@ -172,7 +204,8 @@ def build_feature_cache(manifest: pd.DataFrame, raw_root: str | Path, params: Fe
             rows = manifest[manifest["split"] == split].sort_values("path")
             write_split(extractor, raw_root, rows, staging, split, pool)
             counts[split] = len(rows)
-        meta = {"params": params.model_dump(), "sample_rate": sample_rate, "n_features": extractor.n_features,
+        noise_segments = write_noise(extractor, raw_root, staging)
+        meta = {"noise_segments": noise_segments, "params": params.model_dump(), "sample_rate": sample_rate, "n_features": extractor.n_features,
                 "frames": extractor.frames, "dtype": np.dtype(CACHE_DTYPE).name, "clips": counts,
                 "words": sorted(manifest["word"].unique().tolist())}
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))

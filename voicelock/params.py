@@ -123,15 +123,106 @@ class FeatureParams(_Section):
         return self
 
 
-class Params(BaseModel):
-    """The whole params.yaml. Sections not yet used by any stage may be absent from older files."""
+class ModelParams(_Section):
+    input_norm: Literal["cmn", "batchnorm"]
+    channels: int = Field(ge=8)
+    stem_kernel: int = Field(ge=1)
+    kernel_size: int = Field(ge=1)
+    dilations: list[int] = Field(min_length=1)
+    attention_hidden: int = Field(ge=4)
+    word_embedding: int = Field(ge=8)
+    speaker_embedding: int = Field(ge=8)
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+
+class AugmentParams(_Section):
+    enabled: bool
+    shift_frames: int = Field(ge=0)
+    speed_range: tuple[float, float]
+    warp_range: tuple[float, float]
+    room_probability: float = Field(ge=0, le=1)
+    rt60_range: tuple[float, float]
+    reverb_gain_db_range: tuple[float, float]
+    mic_tilt_db_range: tuple[float, float]
+    mic_ripple_db: float = Field(ge=0)
+    noise_probability: float = Field(ge=0, le=1)
+    noise_snr_db_range: tuple[float, float]
+    freq_masks: int = Field(ge=0)
+    freq_mask_width: int = Field(ge=1)
+    time_masks: int = Field(ge=0)
+    time_mask_width: int = Field(ge=1)
+
+
+class TrainParams(_Section):
+    """Shared by pretrain and finetune: how batches are drawn and how the optimiser runs."""
+
+    out_dir: str
+    device: Literal["auto", "cpu", "cuda"]
+    speakers_per_batch: int = Field(ge=2)
+    words_per_batch: int = Field(ge=2)
+    takes_per_pair: int = Field(ge=1)
+    batches_per_epoch: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    margin: float = Field(gt=0)
+    mining: Literal["batch_all", "batch_hard", "semi_hard"]
+    max_triplets: int = Field(ge=1)
+    threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class FinetuneParams(TrainParams):
+    owner_clips_per_batch: int = Field(ge=1)
+    decision_loss_weight: float = Field(ge=0)
+
+
+class OwnerParams(_Section):
+    source: Literal["synth", "folder"]
+    folder: str
+    out_dir: str
+    password: str
+    takes_password: int = Field(ge=4)
+    takes_other: int = Field(ge=1)
+    holdout_fraction: float = Field(gt=0, lt=1)
+
+
+class EnrollParams(_Section):
+    min_clips: int = Field(ge=1)
+    max_clips: int = Field(ge=1)
+    min_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0)
+    min_rms: float = Field(ge=0)
+    min_word_agreement: float = Field(ge=-1, le=1)
+    min_speaker_agreement: float = Field(ge=-1, le=1)
+
+
+class EvaluateParams(_Section):
+    out_dir: str
+    metrics_file: str
+    plots_dir: str
+    enroll_clips: int = Field(ge=1)
+    keyword_enroll_clips: int = Field(ge=1)
+    target_far: float = Field(gt=0, lt=1)
+    p_target: float = Field(gt=0, lt=1)
+    max_trials: int = Field(ge=100)
+
+
+class Params(BaseModel):
+    """The whole params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int
     data: DataParams
     prepare: PrepareParams
     features: FeatureParams
+    model: ModelParams
+    augment: AugmentParams
+    pretrain: TrainParams
+    owner: OwnerParams
+    finetune: FinetuneParams
+    enroll: EnrollParams
+    evaluate: EvaluateParams
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

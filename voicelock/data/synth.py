@@ -158,6 +158,18 @@ def background_noise(kind: str, rng: np.random.Generator, params: SynthParams, r
     return effects.set_peak_db(mix, -6)
 
 
+def render_takes(takes: list[Take], params: SynthParams, seed: int, rate: int, clip_samples: int, root: Path,
+                 desc: str) -> None:
+    """Render `takes` into `root/<word>/<speaker>_nohash_<take>.wav` in parallel, with a progress bar."""
+    for word in sorted({t.word for t in takes}):
+        (root / word).mkdir(exist_ok=True)
+    workers = params.workers or os.cpu_count() or 1
+    jobs = [(t, params, seed, rate, clip_samples, root) for t in takes]
+    with ProcessPoolExecutor(workers) as pool:
+        for _ in tqdm(pool.map(_render_to_file, jobs, chunksize=32), total=len(jobs), desc=desc, unit=" clips"):
+            pass
+
+
 def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate: int,
                       validation_percentage: float, testing_percentage: float,
                       clip_seconds: float = 1.0) -> Path:
@@ -166,17 +178,9 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
     speakers = plan_speakers(params, seed)
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
-    clip_samples = int(clip_seconds * rate)
-    workers = params.workers or os.cpu_count() or 1
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
-        for word in params.words:
-            (staging / word).mkdir()
-        jobs = [(t, params, seed, rate, clip_samples, staging) for t in takes]
-        with ProcessPoolExecutor(workers) as pool:
-            for _ in tqdm(pool.map(_render_to_file, jobs, chunksize=32), total=len(jobs),
-                          desc="synthesize clips", unit=" clips"):
-                pass
+        render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize clips")
         (staging / BACKGROUND_DIR).mkdir()
         kinds = ["white", "pink", "brown", "babble"]
         for i in tqdm(range(params.background_files), desc="background noise", unit=" files"):
@@ -190,3 +194,21 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
             split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
         ).to_csv(staging / "speakers.csv", index=False)
     return out_dir
+
+
+def synthesize_owner(params: SynthParams, out_dir: str | Path, seed: int, rate: int, password: str,
+                     takes_password: int, takes_other: int, clip_seconds: float = 1.0) -> Speaker:
+    """One more speaker, held out of the corpus (a voice×variant pair no corpus speaker has), as the owner.
+
+    They say the password `takes_password` times and every other corpus word `takes_other` times.
+    """
+    require_espeak()
+    used = {(sp.voice, sp.variant) for sp in plan_speakers(params, seed)}
+    owner = plan_speakers(params, seed + 1, n_speakers=1, exclude=used)[0]
+    words = [password] + [w for w in params.words if w != password]
+    takes = [Take(owner, 10_000, w, wi, t) for wi, w in enumerate(words)
+             for t in range(takes_password if w == password else takes_other)]
+    with atomic_dir(out_dir) as staging:
+        render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize owner")
+        pd.DataFrame([owner.__dict__]).to_csv(staging / "speakers.csv", index=False)
+    return owner

@@ -1,0 +1,135 @@
+"""Owner → pretrain → finetune → evaluate → enroll/unlock, for real, on the tiny generated corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from voicelock.cli import main as cli_main
+from voicelock.data.manifest import build_manifest
+from voicelock.errors import VoicelockError
+from voicelock.features import build_feature_cache
+from voicelock.params import Params
+
+REQUIRED_METRICS = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "min_dcf", "frr",
+                    "far_other_speaker_password", "far_owner_other_word", "far_other_speaker_other_word"}
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
+    """Every model stage run once on the tiny corpus; returns the params that locate the outputs."""
+    from voicelock.data.owner import acquire_owner
+    from voicelock.evaluation import run_evaluation
+    from voicelock.model.finetune import finetune
+    from voicelock.model.pretrain import pretrain
+
+    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
+    build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tiny_params.features.out_dir)
+    acquire_owner(tiny_params)
+    pretrain(tiny_params)
+    finetune(tiny_params)
+    run_evaluation(tiny_params, tiny_params.evaluate.metrics_file, tiny_params.evaluate.plots_dir)
+    return tiny_params
+
+
+def test_training_writes_models_and_curves(trained: Params):
+    for stage in (trained.pretrain, trained.finetune):
+        history = pd.read_csv(Path(stage.out_dir) / "history.csv")
+        assert list(history["epoch"]) == [1, 2]
+        assert {"loss_word", "loss_speaker", "val_speaker_eer", "val_keyword_accuracy"} <= set(history.columns)
+        assert history["triplets_word"].gt(0).all() and history["triplets_speaker"].gt(0).all()
+    finetuned = pd.read_csv(Path(trained.finetune.out_dir) / "history.csv")
+    assert finetuned["loss_decision"].gt(0).all()
+
+
+def test_evaluation_metrics_plots_and_release(trained: Params):
+    metrics = json.loads(Path(trained.evaluate.metrics_file).read_text())
+    assert REQUIRED_METRICS <= set(metrics)
+    for key in REQUIRED_METRICS:
+        assert 0.0 <= metrics[key] <= (10.0 if key == "min_dcf" else 1.0), key
+    assert metrics["trials_genuine"] > 0 and metrics["owner_trials_genuine"] > 0
+    plots = Path(trained.evaluate.plots_dir)
+    for name in ("det.csv", "confusion.csv", "det.png", "scores.png", "confusion.png"):
+        assert (plots / name).stat().st_size > 0
+    thresholds = json.loads((Path(trained.evaluate.out_dir) / "thresholds.json").read_text())
+    assert thresholds["target_far"] == trained.evaluate.target_far
+    assert -1.0 <= thresholds["word"] <= 1.01 and -1.0 <= thresholds["speaker"] <= 1.01
+
+
+def _owner_clips(params: Params, word: str) -> list[Path]:
+    return sorted((Path(params.owner.out_dir) / word).glob("*.wav"))
+
+
+def test_enroll_and_verify(trained: Params):
+    from voicelock.enrollment import VoiceLock
+
+    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    clips = _owner_clips(trained, trained.owner.password)
+    template = lock.enroll_files(clips[:3])
+    decision = lock.verify_file(template, clips[4])
+    assert isinstance(decision.unlocked, bool)
+    assert -1 <= decision.word_score <= 1 and -1 <= decision.speaker_score <= 1
+    assert decision.unlocked == (decision.word_score >= decision.thresholds["word"]
+                                 and decision.speaker_score >= decision.thresholds["speaker"])
+    assert decision.reason
+
+
+def test_enrollment_refuses_bad_input(trained: Params, tmp_path: Path):
+    from voicelock.enrollment import VoiceLock
+
+    clips = _owner_clips(trained, trained.owner.password)
+    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    with pytest.raises(VoicelockError, match="enrollment needs 3–10 clips, got 2"):
+        lock.enroll_files(clips[:2])
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000), 16000)
+    with pytest.raises(VoicelockError, match="silent.wav: no speech"):
+        lock.enroll_files([*clips[:2], silent])
+    short = tmp_path / "short.wav"
+    sf.write(short, 0.1 * np.ones(800), 16000)
+    with pytest.raises(VoicelockError, match="short.wav: too short"):
+        lock.enroll_files([*clips[:2], short])
+    # Agreement thresholds are real: with a strict one, a different word is named as the odd clip.
+    strict = VoiceLock(trained.evaluate.out_dir, trained.enroll.model_copy(update={"min_word_agreement": 0.999}))
+    other_word = _owner_clips(trained, "yes")[0]
+    with pytest.raises(VoicelockError, match="does not match the others"):
+        strict.enroll_files([*clips[:2], other_word])
+
+
+def test_resampled_stereo_upload_is_accepted(trained: Params, tmp_path: Path):
+    from voicelock.enrollment import VoiceLock
+
+    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    x, _ = sf.read(_owner_clips(trained, trained.owner.password)[0], dtype="float32")
+    import torch
+    import torchaudio
+
+    up = torchaudio.functional.resample(torch.from_numpy(x), 16000, 44100).numpy()
+    template = lock.enroll([(np.stack([up, up], 1).mean(1), 44100)] * 3)
+    assert len(template.word) == trained.model.word_embedding
+
+
+def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tiny_corpus: Path, tmp_path: Path,
+                                    capsys):
+    clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
+    template = tmp_path / "me.json"
+    cli_main(["--params", str(tiny_params_path), "enroll", *clips[:3], "--template", str(template)])
+    assert "enrolled 3 clips" in capsys.readouterr().out
+    try:
+        cli_main(["--params", str(tiny_params_path), "unlock", clips[5], "--template", str(template)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    decision = json.loads(capsys.readouterr().out)
+    assert code == (0 if decision["unlocked"] else 1)
+    out = tmp_path / "eval.json"
+    cli_main(["--params", str(tiny_params_path), "evaluate", "--data", str(tiny_corpus), "--output", str(out)])
+    assert REQUIRED_METRICS <= set(json.loads(out.read_text()))
+    with pytest.raises(SystemExit) as bad:
+        cli_main(["--params", str(tiny_params_path), "unlock", clips[0], "--template", str(tmp_path / "no.json")])
+    assert bad.value.code == 2

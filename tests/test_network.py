@@ -1,0 +1,77 @@
+"""The network, triplet mining, batch sampling and feature augmentation, on hand-made inputs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO
+from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.network import VoiceLockNet, count_parameters
+from voicelock.model.sampling import SpeakerWordBatches
+from voicelock.model.triplets import mine
+from voicelock.params import load_params
+
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def test_default_network_is_small_and_length_independent():
+    model = VoiceLockNet(64, PARAMS.model).eval()
+    assert count_parameters(model) <= 1_500_000
+    x = torch.randn(3, 64, 101) * 10 - 40
+    frames = torch.tensor([101, 60, 30])
+    out = model(x, frames)
+    assert out.word.shape == (3, PARAMS.model.word_embedding)
+    assert out.speaker.shape == (3, PARAMS.model.speaker_embedding)
+    torch.testing.assert_close(out.word.norm(dim=1), torch.ones(3))
+    # Padding past the spoken frames, whatever its value or length, does not change the embedding.
+    longer = torch.cat([x, torch.full((3, 64, 40), -80.0)], dim=2)
+    longer[1, :, 60:] = 123.0
+    again = model(longer, frames)
+    torch.testing.assert_close(again.speaker[1:], out.speaker[1:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again.word[1:], out.word[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_mining_keeps_only_valid_triplets():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    emb = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    for strategy in ("batch_all", "semi_hard", "batch_hard"):
+        a, p, n = mine(labels, emb, margin=2.0, strategy=strategy, max_triplets=1000)
+        assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()
+    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_all", max_triplets=1000)
+    assert a.numel() == 6 * 1 * 4  # margin 4 > any distance: every valid triplet is active
+    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_all", max_triplets=10)
+    assert a.numel() == 10
+    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_hard", max_triplets=1000)
+    assert a.numel() == 6  # one per anchor
+
+
+def test_batches_are_speakers_by_words_by_takes():
+    rows = [(s, w, t) for s in "ABCDEFGH" for w in ("yes", "no", "up", "dog") for t in range(3)]
+    index = pd.DataFrame(rows, columns=["speaker", "word", "utterance"])
+    batch = SpeakerWordBatches(index, speakers=4, words=3, takes=2, seed=0).batch()
+    picked = index.iloc[batch]
+    assert len(batch) == 4 * 3 * 2
+    assert picked["speaker"].nunique() == 4 and picked["word"].nunique() == 3
+    assert (picked.groupby(["speaker", "word"]).size() == 2).all()
+
+
+@pytest.mark.parametrize("logmel", [True, False])
+def test_augmentation_shapes_bounds_and_determinism(logmel: bool):
+    feats = torch.randn(8, 64, 101) * 10 - 50
+    frames = torch.tensor([101, 90, 80, 70, 60, 50, 40, 30])
+    noise = torch.randn(5, 64, 101) * 5 - 70
+    a = FeatureAugmenter(PARAMS.augment, 0.01, noise, logmel, seed=1)
+    b = FeatureAugmenter(PARAMS.augment, 0.01, noise, logmel, seed=1)
+    torch.manual_seed(0)
+    x1, f1 = a(feats, frames)
+    torch.manual_seed(0)
+    x2, f2 = b(feats, frames)
+    assert x1.shape == feats.shape and torch.isfinite(x1).all()
+    assert ((f1 >= 1) & (f1 <= 101)).all()
+    torch.testing.assert_close(x1, x2)
+    assert not torch.allclose(x1, feats)
+    off = FeatureAugmenter(PARAMS.augment.model_copy(update={"enabled": False}), 0.01, noise, logmel, seed=1)
+    x3, f3 = off(feats, frames)
+    assert x3 is feats and f3 is frames

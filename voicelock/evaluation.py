@@ -1,0 +1,177 @@
+"""Evaluation on speakers never seen in training: keyword accuracy, speaker EER/minDCF, unlock FAR/FRR.
+
+Thresholds are calibrated on the validation speakers for the target FAR and only then applied to the
+test speakers, so the reported FAR/FRR are what a new user would meet. The same code judges any folder
+in Speech Commands layout (`voicelock evaluate --data DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from voicelock.data.layout import Clip, scan_corpus
+from voicelock.features import FeatureExtractor, FeatureParams, load_split
+from voicelock.metrics import cosine_matrix, eer, error_curve, far_at_threshold, frr_at_threshold, min_dcf, \
+    threshold_for_far
+from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
+from voicelock.model.finetune import clips_to_split, owner_splits
+from voicelock.model.network import VoiceLockNet
+from voicelock.model.train import Split, embed
+from voicelock.params import EvaluateParams, Params
+from voicelock.trials import UNLOCK_IMPOSTOR_KINDS, UnlockTrials, keyword_predictions, speaker_pair_scores, \
+    unlock_trials
+
+log = logging.getLogger(__name__)
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass
+class SplitEvaluation:
+    metrics: dict[str, float]
+    det: pd.DataFrame  # same-word speaker trials: threshold, far, frr
+    confusion: pd.DataFrame  # actual, predicted
+    scores: dict[str, np.ndarray]  # for histograms
+
+
+def calibrate(trials: UnlockTrials, target_far: float) -> dict[str, float]:
+    """Speaker threshold from other speakers saying the password, word threshold from the owner saying
+    other words: each alone lets at most `target_far` of its impostors through."""
+    return {"speaker": threshold_for_far(trials.speaker["other_speaker_password"], target_far),
+            "word": threshold_for_far(trials.word["owner_other_word"], target_far),
+            "target_far": target_far}
+
+
+def unlock_rates(trials: UnlockTrials, thresholds: dict[str, float]) -> dict[str, float]:
+    def accepted(kind: str) -> np.ndarray:
+        return (trials.word[kind] >= thresholds["word"]) & (trials.speaker[kind] >= thresholds["speaker"])
+
+    rates = {"frr": float(1 - accepted("genuine").mean()) if trials.word["genuine"].size else float("nan")}
+    for kind in UNLOCK_IMPOSTOR_KINDS:
+        rates[f"far_{kind}"] = float(accepted(kind).mean()) if trials.word[kind].size else float("nan")
+    return rates
+
+
+def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    return embed(model, split.features, split.frames, next(model.parameters()).device)
+
+
+def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int) -> UnlockTrials:
+    word, speaker = embed_split(model, split)
+    ix = split.index
+    return unlock_trials(word, speaker, ix["speaker"].to_numpy(), ix["word"].to_numpy(),
+                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, np.random.default_rng(seed))
+
+
+def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, float], ep: EvaluateParams,
+                   seed: int) -> SplitEvaluation:
+    word, speaker = embed_split(model, split)
+    ix = split.index
+    speakers, words = ix["speaker"].to_numpy(), ix["word"].to_numpy()
+    rng = np.random.default_rng(seed)
+    predicted, _ = keyword_predictions(word, speakers, words, ep.keyword_enroll_clips, rng)
+    same_gen, same_imp = speaker_pair_scores(speaker, speakers, words, True, ep.max_trials, rng)
+    all_gen, all_imp = speaker_pair_scores(speaker, speakers, words, False, ep.max_trials, rng)
+    trials = unlock_trials(word, speaker, speakers, words, ix["utterance"].to_numpy(), ep.enroll_clips,
+                           ep.max_trials, rng)
+    metrics = {
+        "keyword_accuracy": float(np.mean(predicted == words)),
+        "speaker_eer": eer(same_gen, same_imp)[0],
+        "speaker_eer_all_trials": eer(all_gen, all_imp)[0],
+        "min_dcf": min_dcf(same_gen, same_imp, ep.p_target),
+        **unlock_rates(trials, thresholds),
+        "trials_genuine": int(trials.word["genuine"].size),
+        **{f"trials_{k}": int(trials.word[k].size) for k in UNLOCK_IMPOSTOR_KINDS},
+        "speakers": int(len(set(speakers))),
+        "clips": int(len(speakers)),
+    }
+    curve = error_curve(same_gen, same_imp)
+    keep = np.unique(np.linspace(0, len(curve.thresholds) - 1, 400).astype(int))
+    det = pd.DataFrame({"threshold": curve.thresholds[keep], "far": curve.far[keep], "frr": curve.frr[keep]})
+    confusion = pd.DataFrame({"actual": words, "predicted": predicted.astype(str)})
+    scores = {"speaker_genuine": same_gen, "speaker_impostor": same_imp,
+              "unlock_word_genuine": trials.word["genuine"], "unlock_word_owner_other_word":
+              trials.word["owner_other_word"], "unlock_speaker_genuine": trials.speaker["genuine"],
+              "unlock_speaker_other_speaker_password": trials.speaker["other_speaker_password"]}
+    return SplitEvaluation(metrics, det, confusion, scores)
+
+
+def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: dict[str, float]) -> dict:
+    """The fine-tuned owner: template from fine-tuning takes of the password, probes never trained on."""
+    extractor = FeatureExtractor(params.features, params.data.sample_rate)
+    owner, tune, held = owner_splits(params, extractor)
+    password = params.owner.password
+    enrolled = tune.index.index[tune.index["word"] == password][: params.evaluate.enroll_clips].to_numpy()
+    t_word, t_spk = embed(model, tune.features[enrolled], tune.frames[enrolled], next(model.parameters()).device)
+    t_word, t_spk = t_word.mean(0, keepdims=True), t_spk.mean(0, keepdims=True)
+    h_word, h_spk = embed_split(model, held)
+    x_word, x_spk = embed_split(model, test)
+    is_pw = held.index["word"].to_numpy() == password
+    others_pw = test.index["word"].to_numpy() == password
+
+    def accepted(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return (cosine_matrix(w, t_word)[:, 0] >= thresholds["word"]) & (cosine_matrix(s, t_spk)[:, 0] >= thresholds["speaker"])
+
+    return {
+        "owner_frr": float(1 - accepted(h_word[is_pw], h_spk[is_pw]).mean()),
+        "owner_far_other_speaker_password": float(accepted(x_word[others_pw], x_spk[others_pw]).mean()),
+        "owner_far_owner_other_word": float(accepted(h_word[~is_pw], h_spk[~is_pw]).mean()),
+        "owner_trials_genuine": int(is_pw.sum()),
+    }
+
+
+def _write_plots(result: SplitEvaluation, out: Path) -> None:
+    from voicelock.plots import plot_confusion, plot_det, plot_scores
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.det.to_csv(out / "det.csv", index=False)
+    result.confusion.to_csv(out / "confusion.csv", index=False)
+    plot_det(result.det, out / "det.png")
+    plot_scores(result.scores, out / "scores.png")
+    plot_confusion(result.confusion, out / "confusion.png")
+
+
+def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
+    """Calibrate on validation, report on test, write the release (model + thresholds), metrics, plots."""
+    ep = params.evaluate
+    model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
+    cache = params.features.out_dir
+    val = Split.from_feature_set(load_split(cache, "validation"))
+    test = Split.from_feature_set(load_split(cache, "testing"))
+    thresholds = calibrate(split_trials(model, val, ep, params.seed), ep.target_far)
+    log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
+    result = evaluate_split(model, test, thresholds, ep, params.seed)
+    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds), "thresholds": thresholds}
+    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics_path).write_text(json.dumps(metrics, indent=1))
+    _write_plots(result, Path(plots_dir))
+    release = Path(ep.out_dir)
+    if release.exists():
+        shutil.rmtree(release)
+    release.mkdir(parents=True)
+    meta = {**meta, "thresholds": thresholds, "metrics": metrics}
+    torch.save(meta, release / MODEL_FILE)
+    (release / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=1))
+    return metrics
+
+
+def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluateParams, seed: int) -> dict:
+    """Judge an evaluated model on any corpus in Speech Commands layout, at the model's own thresholds."""
+    model, meta = load_checkpoint(model_dir)
+    if "thresholds" not in meta:
+        raise RuntimeError(f"{model_dir}: model has no thresholds — use models/release from the evaluate stage")
+    clips: list[Clip] = scan_corpus(data_dir)
+    extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]))
+    parts = [clips_to_split(data_dir, clips[i: i + 256], extractor) for i in range(0, len(clips), 256)]
+    split = parts[0]
+    for part in parts[1:]:
+        split = split.concat(part)
+    result = evaluate_split(model, split, meta["thresholds"], ep, seed)
+    return {**result.metrics, "thresholds": meta["thresholds"]}

@@ -1,0 +1,1 @@
+"""The network, its training (pre-training and fine-tuning), checkpoints and augmentation."""

@@ -1,0 +1,120 @@
+"""Augmentation on cached log-mel features, batched, so training never decodes audio again.
+
+Each transform is the log-mel image of a waveform effect:
+- time shift, speed (time stretch) and pitch / vocal-tract warp (a stretch of the mel axis, as in
+  VTLP) — one `grid_sample` for the whole batch;
+- a microphone: a smooth EQ curve across mel bands, added in dB (a linear filter is additive there);
+- a room: late reverberation as a decaying smear of power along time (a one-pole `lfilter` per band);
+- background noise from `_background_noise_`, added in the power domain at a random SNR;
+- SpecAugment masks (torchaudio), filled with the clip's mean so they carry no level cue.
+Voices unlike the training voices differ exactly along these axes, which is why they are on by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from voicelock.params import AugmentParams
+
+
+def _uniform(gen: torch.Generator, n: int, bounds: tuple[float, float]) -> torch.Tensor:
+    return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
+
+
+class FeatureAugmenter:
+    """(B, F, T) dB features + (B,) frame counts → augmented features and new frame counts."""
+
+    def __init__(self, params: AugmentParams, hop_seconds: float, noise: torch.Tensor | None, logmel: bool, seed: int):
+        self.p = params
+        self.hop = hop_seconds
+        self.noise = noise if noise is not None and len(noise) else None
+        self.logmel = logmel  # power-domain effects (room, noise) only make sense on log-mel
+        self.gen = torch.Generator().manual_seed(seed)
+        self.freq_mask = torchaudio.transforms.FrequencyMasking(params.freq_mask_width, iid_masks=True)
+        self.time_mask = torchaudio.transforms.TimeMasking(params.time_mask_width, iid_masks=True)
+
+    def __call__(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.p.enabled:
+            return feats, frames
+        floor = feats.amin(dim=(1, 2), keepdim=True)
+        feats, frames = self._geometry(feats, frames)
+        feats = self._microphone(feats)
+        if self.logmel:
+            feats = self._room(feats)
+            feats = self._noise(feats, frames)
+        feats = self._masks(feats, frames)
+        pad = torch.arange(feats.shape[-1])[None, :] >= frames[:, None]
+        return torch.where(pad[:, None, :], floor, feats), frames
+
+    def _geometry(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, f, t = feats.shape
+        speed = _uniform(self.gen, b, self.p.speed_range)
+        warp = _uniform(self.gen, b, self.p.warp_range)
+        shift = torch.randint(0, self.p.shift_frames + 1, (b,), generator=self.gen)
+        out_t = torch.arange(t, dtype=torch.float32)
+        out_f = torch.arange(f, dtype=torch.float32)
+        src_t = (out_t[None, :] - shift[:, None]) * speed[:, None]  # (B, T)
+        src_f = out_f[None, :] / warp[:, None]  # (B, F)
+        grid = torch.stack([
+            (2 * src_t / (t - 1) - 1)[:, None, :].expand(b, f, t),
+            (2 * src_f / (f - 1) - 1)[:, :, None].expand(b, f, t),
+        ], dim=-1)
+        out = F.grid_sample(feats[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+        new_frames = (torch.ceil(frames / speed).long() + shift).clamp(1, t)
+        return out, new_frames
+
+    def _microphone(self, feats: torch.Tensor) -> torch.Tensor:
+        b, f, _ = feats.shape
+        bands = torch.linspace(-0.5, 0.5, f)
+        curve = _uniform(self.gen, b, self.p.mic_tilt_db_range)[:, None] * bands[None, :]
+        for k in range(1, 4):
+            amp = self.p.mic_ripple_db * (2 * torch.rand(b, generator=self.gen) - 1) / k
+            phase = 2 * math.pi * torch.rand(b, generator=self.gen)
+            curve = curve + amp[:, None] * torch.cos(math.pi * k * (bands[None, :] + 0.5) + phase[:, None])
+        return feats + curve[:, :, None]
+
+    def _room(self, feats: torch.Tensor) -> torch.Tensor:
+        b = feats.shape[0]
+        use = torch.rand(b, generator=self.gen) < self.p.room_probability
+        if not use.any():
+            return feats
+        rt60 = _uniform(self.gen, b, self.p.rt60_range)
+        decay = 10 ** (-6 * self.hop / rt60)  # power falls 60 dB over rt60
+        wet = 10 ** (_uniform(self.gen, b, self.p.reverb_gain_db_range) / 10) * use
+        power = 10 ** (feats / 10)
+        a = torch.stack([torch.ones(b), -decay], dim=1)
+        bcoef = torch.stack([torch.ones(b), torch.zeros(b)], dim=1)
+        smeared = torchaudio.functional.lfilter(power.transpose(0, 1), a, bcoef, clamp=False, batching=True)
+        tail = (smeared.transpose(0, 1) - power) * (1 - decay)[:, None, None]
+        return 10 * torch.log10(power + wet[:, None, None] * tail + 1e-10)
+
+    def _noise(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        if self.noise is None:
+            return feats
+        b, _, t = feats.shape
+        use = torch.rand(b, generator=self.gen) < self.p.noise_probability
+        if not use.any():
+            return feats
+        pick = torch.randint(0, len(self.noise), (b,), generator=self.gen)
+        noise = 10 ** (self.noise[pick][..., :t] / 10)
+        power = 10 ** (feats / 10)
+        mask = (torch.arange(t)[None, :] < frames[:, None])[:, None, :]
+        p_sig = (power * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+        p_noise = noise.mean(dim=(1, 2))
+        snr = _uniform(self.gen, b, self.p.noise_snr_db_range)
+        scale = p_sig / (p_noise * 10 ** (snr / 10)) * use
+        return 10 * torch.log10(power + scale[:, None, None] * noise + 1e-10)
+
+    def _masks(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(feats.shape[-1])[None, :] < frames[:, None])[:, None, :]
+        mean = (feats * mask).sum(dim=(1, 2), keepdim=True) / (mask.sum(dim=(1, 2), keepdim=True) * feats.shape[1])
+        centred = (feats - mean)[:, None]
+        for _ in range(self.p.freq_masks):
+            centred = self.freq_mask(centred)
+        for _ in range(self.p.time_masks):
+            centred = self.time_mask(centred)
+        return centred[:, 0] + mean

@@ -1,0 +1,112 @@
+"""One shared 1-D convolutional backbone over log-mel frames, two L2-normalised embedding heads.
+
+Mel bands are the channels and convolutions run over time (a 2-D CNN of similar size was far slower
+on CPU). Each head pools the backbone's frames with its own attentive statistics pooling, over the
+spoken frames only, so the embedding size does not depend on clip length and the padding written by
+the features stage never leaks into an embedding. Two binary outputs (owner, password) sit on the
+embeddings for fine-tuning on the owner's recordings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from voicelock.params import ModelParams
+
+
+def frame_mask(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """(B,) frame counts → (B, 1, T) bool mask of the spoken frames."""
+    return (torch.arange(length, device=frames.device)[None, :] < frames[:, None])[:, None, :]
+
+
+def normalise_input(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Cepstral mean normalisation over the spoken frames, then silence set to zero.
+
+    Subtracting each band's mean removes a fixed microphone/room colouring (convolutive in the wave,
+    additive in log-mel), which is variation a voice lock must ignore.
+    """
+    mask = frame_mask(frames, feats.shape[-1]).to(feats.dtype)
+    mean = (feats * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return (feats - mean) * mask / 10.0  # dB / 10: unit-ish scale for the first BatchNorm
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, kernel: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2))
+        self.bn1 = nn.BatchNorm1d(channels)
+        self.mix = nn.Conv1d(channels, channels, 1)
+        self.bn2 = nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.mix(F.relu(self.bn1(self.conv(x)))))
+        return F.relu(x + y) * mask
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attention-weighted mean and standard deviation over the spoken frames."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Conv1d(channels, hidden, 1), nn.Tanh(), nn.Conv1d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.attention(x).masked_fill(~mask, float("-inf"))
+        w = torch.softmax(logits, dim=-1)
+        mean = (w * x).sum(-1)
+        std = ((w * x * x).sum(-1) - mean**2).clamp(min=1e-5).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
+class Head(nn.Module):
+    def __init__(self, channels: int, hidden: int, size: int):
+        super().__init__()
+        self.pool = AttentiveStatsPool(channels, hidden)
+        self.project = nn.Linear(2 * channels, size)
+        self.bn = nn.BatchNorm1d(size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.bn(self.project(self.pool(x, mask))), dim=1)
+
+
+@dataclass
+class Outputs:
+    word: torch.Tensor  # (B, word_embedding), unit length
+    speaker: torch.Tensor  # (B, speaker_embedding), unit length
+    password_logit: torch.Tensor  # (B,)
+    owner_logit: torch.Tensor  # (B,)
+
+
+class VoiceLockNet(nn.Module):
+    """(B, F, T) features + (B,) spoken-frame counts → word and speaker embeddings (+ two logits)."""
+
+    def __init__(self, n_features: int, params: ModelParams):
+        super().__init__()
+        c = params.channels
+        self.cmn = params.input_norm == "cmn"
+        self.input_bn = nn.BatchNorm1d(n_features)
+        self.stem = nn.Sequential(nn.Conv1d(n_features, c, params.stem_kernel, padding=params.stem_kernel // 2),
+                                  nn.BatchNorm1d(c), nn.ReLU())
+        self.blocks = nn.ModuleList(ResidualBlock(c, params.kernel_size, d) for d in params.dilations)
+        self.word_head = Head(c, params.attention_hidden, params.word_embedding)
+        self.speaker_head = Head(c, params.attention_hidden, params.speaker_embedding)
+        # Logits on cosine-like scores: a scale and a bias per decision, learned in fine-tuning.
+        self.password_out = nn.Linear(params.word_embedding, 1)
+        self.owner_out = nn.Linear(params.speaker_embedding, 1)
+
+    def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
+        mask = frame_mask(frames, feats.shape[-1])
+        x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
+        x = self.stem(x) * mask
+        for block in self.blocks:
+            x = block(x, mask)
+        word, speaker = self.word_head(x, mask), self.speaker_head(x, mask)
+        return Outputs(word, speaker, self.password_out(word).squeeze(1), self.owner_out(speaker).squeeze(1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,40 @@
+"""Pre-training: the two-head Siamese network on the corpus's training speakers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from voicelock.features import load_noise, load_split, read_meta
+from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.checkpoint import MODEL_FILE, save_checkpoint
+from voicelock.model.network import VoiceLockNet, count_parameters
+from voicelock.model.train import Split, train, write_history
+from voicelock.params import Params
+
+log = logging.getLogger(__name__)
+HISTORY_FILE = "history.csv"
+
+
+def make_augmenter(params: Params, seed: int) -> FeatureAugmenter:
+    cache = params.features.out_dir
+    hop_s = params.features.hop_length / params.data.sample_rate
+    return FeatureAugmenter(params.augment, hop_s, load_noise(cache), params.features.kind == "logmel", seed)
+
+
+def pretrain(params: Params) -> Path:
+    cache = params.features.out_dir
+    meta = read_meta(cache)
+    train_split = Split.from_feature_set(load_split(cache, "training"))
+    val_split = Split.from_feature_set(load_split(cache, "validation"))
+    model = VoiceLockNet(meta["n_features"], params.model)
+    log.info("pretrain: %d parameters, %d training clips, %d validation clips", count_parameters(model),
+             len(train_split.index), len(val_split.index))
+    result = train(model, train_split, val_split, params.pretrain, make_augmenter(params, params.seed),
+                   params.seed, "pretrain")
+    out = Path(params.pretrain.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_history(result, out / HISTORY_FILE)
+    return save_checkpoint(out / MODEL_FILE, model, params.model, params.features, params.data.sample_rate,
+                           meta["n_features"], stage="pretrain", words=meta["words"], best_epoch=result.best_epoch,
+                           validation=result.best)

@@ -1,0 +1,49 @@
+"""Batches of P speakers × W words × K takes, so triplets can be mined inside each batch.
+
+Drawing triplets at random per item wastes most of them on easy negatives; a structured batch holds
+many positives and negatives for both heads at once. With several words per speaker and several
+speakers per word, every speaker positive is a different word and every word positive a different
+speaker: each head is pushed to ignore what the other one encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+from voicelock.errors import VoicelockError
+
+
+class SpeakerWordBatches:
+    """Row indices of a feature index, drawn as P speakers × W words × K takes per batch."""
+
+    def __init__(self, index: pd.DataFrame, speakers: int, words: int, takes: int, seed: int):
+        self.groups: dict[tuple[str, str], np.ndarray] = {
+            key: np.asarray(rows) for key, rows in index.groupby(["speaker", "word"]).indices.items()
+        }
+        self.words_of: dict[str, list[str]] = {}
+        for speaker, word in self.groups:
+            self.words_of.setdefault(speaker, []).append(word)
+        self.all_words = sorted(index["word"].unique())
+        self.speakers, self.words, self.takes = speakers, min(words, len(self.all_words)), takes
+        if len(self.words_of) < 2 or len(self.all_words) < 2:
+            raise VoicelockError("training data needs at least 2 speakers and 2 words — add data or check the split")
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self) -> np.ndarray:
+        words = self.rng.choice(self.all_words, size=self.words, replace=False)
+        candidates = [s for s, ws in self.words_of.items() if len(set(ws) & set(words)) >= 2]
+        chosen = self.rng.choice(candidates, size=min(self.speakers, len(candidates)), replace=False)
+        rows = []
+        for speaker in chosen:
+            for word in words:
+                group = self.groups.get((speaker, word))
+                if group is not None:
+                    rows.extend(self.rng.choice(group, size=self.takes, replace=len(group) < self.takes))
+        return np.asarray(rows)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield self.batch()

@@ -1,0 +1,190 @@
+"""The training loop shared by pre-training and fine-tuning.
+
+Triplet margin loss on both heads at once, triplets mined inside P×W×K batches; AdamW with a
+one-cycle schedule; after every epoch the validation split is scored with the same trials the
+evaluation reports, the best epoch's weights are kept and training stops when they stop improving.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from voicelock.features import FeatureSet
+from voicelock.metrics import eer
+from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.network import VoiceLockNet
+from voicelock.model.sampling import SpeakerWordBatches
+from voicelock.model.triplets import triplet_loss
+from voicelock.params import TrainParams
+from voicelock.trials import keyword_predictions, speaker_pair_scores
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` takes a GPU when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested in params.yaml but no GPU is available — use auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Split:
+    """Features held in RAM as float32-ready float16, with integer labels for both heads."""
+
+    features: np.ndarray
+    frames: np.ndarray
+    index: pd.DataFrame
+
+    @classmethod
+    def from_feature_set(cls, fs: FeatureSet) -> "Split":
+        return cls(np.asarray(fs.features), fs.frames.astype(np.int64), fs.index.reset_index(drop=True))
+
+    def concat(self, other: "Split") -> "Split":
+        return Split(np.concatenate([self.features, other.features]), np.concatenate([self.frames, other.frames]),
+                     pd.concat([self.index, other.index], ignore_index=True))
+
+
+@torch.no_grad()
+def embed(model: VoiceLockNet, features: np.ndarray, frames: np.ndarray, device: torch.device,
+          batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Word and speaker embeddings of cached features, in batches."""
+    model.eval()
+    words, speakers = [], []
+    for s in range(0, len(features), batch_size):
+        out = model(torch.tensor(np.asarray(features[s: s + batch_size]), dtype=torch.float32, device=device),
+                    torch.as_tensor(frames[s: s + batch_size], device=device))
+        words.append(out.word.cpu().numpy())
+        speakers.append(out.speaker.cpu().numpy())
+    return np.concatenate(words), np.concatenate(speakers)
+
+
+def validation_scores(model: VoiceLockNet, split: Split, device: torch.device, seed: int) -> dict[str, float]:
+    """Speaker EER on same-word pairs and speaker-independent keyword accuracy; lower `score` is better."""
+    word_emb, spk_emb = embed(model, split.features, split.frames, device)
+    speakers, words = split.index["speaker"].to_numpy(), split.index["word"].to_numpy()
+    rng = np.random.default_rng(seed)
+    genuine, impostor = speaker_pair_scores(spk_emb, speakers, words, True, 200_000, rng)
+    spk_eer = eer(genuine, impostor)[0]
+    predicted, _ = keyword_predictions(word_emb, speakers, words, 5, rng)
+    accuracy = float(np.mean(predicted == words))
+    return {"val_speaker_eer": spk_eer, "val_keyword_accuracy": accuracy, "val_score": spk_eer + (1 - accuracy)}
+
+
+@dataclass
+class OwnerTask:
+    """Fine-tuning extras: the owner's clips mixed into every batch, and the two binary decisions."""
+
+    split: Split
+    owner: str
+    password: str
+    clips_per_batch: int
+    loss_weight: float
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)
+
+
+def _labels(values: pd.Series, device: torch.device) -> torch.Tensor:
+    codes, _ = pd.factorize(values)
+    return torch.as_tensor(codes, device=device)
+
+
+def _decision_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE weighted so the rare class (owner / password) counts as much as the rest of the batch."""
+    positives = target.sum().clamp(min=1)
+    pos_weight = (len(target) - positives) / positives
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+
+def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
+          seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
+    device = pick_device(tp.device)
+    torch.manual_seed(seed)
+    if tp.threads:
+        torch.set_num_threads(tp.threads)
+    model.to(device)
+    sampler = SpeakerWordBatches(train_split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
+                                 seed)
+    steps = tp.max_epochs * tp.batches_per_epoch
+    optimiser = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=tp.lr, total_steps=steps, pct_start=0.1)
+    loss_fn = nn.TripletMarginLoss(margin=tp.margin)
+    gen = torch.Generator().manual_seed(seed)
+    owner_rng = np.random.default_rng(seed + 1)
+    result, best_state, stale = TrainResult(), None, 0
+    for epoch in range(1, tp.max_epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        totals = {"loss_word": 0.0, "loss_speaker": 0.0, "loss_decision": 0.0, "triplets_word": 0,
+                  "triplets_speaker": 0}
+        bar = tqdm(range(tp.batches_per_epoch), desc=f"{desc} epoch {epoch}/{tp.max_epochs}", unit=" batch")
+        for _ in bar:
+            rows = np.sort(sampler.batch())
+            feats, frames, index = train_split.features[rows], train_split.frames[rows], train_split.index.iloc[rows]
+            if owner is not None:
+                pick = owner_rng.choice(len(owner.split.index), size=owner.clips_per_batch,
+                                        replace=len(owner.split.index) < owner.clips_per_batch)
+                feats = np.concatenate([feats, owner.split.features[pick]])
+                frames = np.concatenate([frames, owner.split.frames[pick]])
+                index = pd.concat([index, owner.split.index.iloc[pick]], ignore_index=True)
+            x, n = augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames))
+            out = model(x.to(device), n.to(device))
+            lw, tw = triplet_loss(_labels(index["word"], device), out.word, loss_fn, tp.mining, tp.max_triplets, gen)
+            ls, ts = triplet_loss(_labels(index["speaker"], device), out.speaker, loss_fn, tp.mining,
+                                  tp.max_triplets, gen)
+            loss = lw + ls
+            if owner is not None:
+                is_owner = torch.tensor((index["speaker"] == owner.owner).to_numpy(), dtype=torch.float32,
+                                           device=device)
+                is_password = torch.tensor((index["word"] == owner.password).to_numpy(), dtype=torch.float32,
+                                              device=device)
+                ld = _decision_loss(out.owner_logit, is_owner) + _decision_loss(out.password_logit, is_password)
+                loss = loss + owner.loss_weight * ld
+                totals["loss_decision"] += ld.item()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            totals["loss_word"] += lw.item()
+            totals["loss_speaker"] += ls.item()
+            totals["triplets_word"] += tw
+            totals["triplets_speaker"] += ts
+            bar.set_postfix(word=f"{lw.item():.3f}", speaker=f"{ls.item():.3f}")
+        row = {"epoch": epoch, **{k: v / tp.batches_per_epoch for k, v in totals.items()},
+               "lr": schedule.get_last_lr()[0]}
+        row.update(validation_scores(model, val_split, device, seed))
+        row["seconds"] = time.perf_counter() - started
+        result.history.append(row)
+        log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
+        if best_state is None or row["val_score"] < result.best["val_score"]:
+            best_state, result.best, result.best_epoch, stale = copy.deepcopy(model.state_dict()), row, epoch, 0
+        else:
+            stale += 1
+            if stale >= tp.patience:
+                log.info("%s: no better validation score for %d epochs, stopping", desc, stale)
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def write_history(result: TrainResult, path: str | Path) -> None:
+    pd.DataFrame(result.history).to_csv(path, index=False)
