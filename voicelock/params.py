@@ -127,6 +127,7 @@ class ModelParams(_Section):
     input_norm: Literal["cmn", "batchnorm"]
     channels: int = Field(ge=8)
     stem_kernel: int = Field(ge=1)
+    stem_stride: int = Field(ge=1, le=4)
     kernel_size: int = Field(ge=1)
     dilations: list[int] = Field(min_length=1)
     attention_hidden: int = Field(ge=4)

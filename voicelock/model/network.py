@@ -89,7 +89,9 @@ class VoiceLockNet(nn.Module):
         c = params.channels
         self.cmn = params.input_norm == "cmn"
         self.input_bn = nn.BatchNorm1d(n_features)
-        self.stem = nn.Sequential(nn.Conv1d(n_features, c, params.stem_kernel, padding=params.stem_kernel // 2),
+        self.stride = params.stem_stride
+        self.stem = nn.Sequential(nn.Conv1d(n_features, c, params.stem_kernel, stride=params.stem_stride,
+                                            padding=params.stem_kernel // 2),
                                   nn.BatchNorm1d(c), nn.ReLU())
         self.blocks = nn.ModuleList(ResidualBlock(c, params.kernel_size, d) for d in params.dilations)
         self.word_head = Head(c, params.attention_hidden, params.word_embedding)
@@ -101,7 +103,10 @@ class VoiceLockNet(nn.Module):
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
         mask = frame_mask(frames, feats.shape[-1])
         x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
-        x = self.stem(x) * mask
+        x = self.stem(x)
+        frames = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
+        mask = frame_mask(frames, x.shape[-1])
+        x = x * mask
         for block in self.blocks:
             x = block(x, mask)
         word, speaker = self.word_head(x, mask), self.speaker_head(x, mask)

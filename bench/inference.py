@@ -1,0 +1,77 @@
+"""Unlock latency on CPU: one clip, one thread, from samples in memory to the decision.
+
+Prints p50/p99 of `VoiceLock.verify` for a 1 s clip (feature extraction + both embeddings + scoring)
+and batch throughput of features + embeddings. Target: p50 <= 5 ms.
+
+Uses the evaluated model at evaluate.out_dir (run `dvc repro` first), or an untrained network of the
+same size when there is none (latency does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voicelock.enrollment import VoiceLock
+from voicelock.model.checkpoint import save_checkpoint
+from voicelock.model.network import VoiceLockNet, count_parameters
+from voicelock.params import load_params
+
+
+def _model_dir(params, tmp: Path) -> Path:
+    release = Path(params.evaluate.out_dir)
+    if (release / "model.pt").exists():
+        return release
+    print(f"(no model at {release}: timing an untrained network of the configured size)")
+    fx_dims = params.features.n_mfcc if params.features.kind == "mfcc" else params.features.n_mels
+    net = VoiceLockNet(fx_dims, params.model)
+    save_checkpoint(tmp / "model.pt", net, params.model, params.features, params.data.sample_rate, fx_dims,
+                    thresholds={"word": 0.5, "speaker": 0.5})
+    return tmp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=500, help="single-clip unlocks to time")
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    params = load_params()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        lock = VoiceLock(_model_dir(params, Path(tmp)), params.enroll)
+        rate = lock.sample_rate
+        clips = [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(16)]
+        template = lock.enroll([(c, rate) for c in clips[:3]])
+
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        for c in clips:  # warm-up
+            lock.verify(template, c, rate)
+        times = []
+        for i in range(args.clips):
+            t0 = time.perf_counter()
+            lock.verify(template, clips[i % len(clips)], rate)
+            times.append(time.perf_counter() - t0)
+        p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
+
+        torch.set_num_threads(default_threads)
+        batch = [clips[i % len(clips)] for i in range(args.batch)]
+        lock.embed(batch)
+        t0 = time.perf_counter()
+        reps = 5
+        for _ in range(reps):
+            lock.embed(batch)
+        throughput = reps * args.batch / (time.perf_counter() - t0)
+    print(f"model: {count_parameters(lock.model):,} parameters")
+    print(f"single-clip unlock (1 s clip, 1 thread): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 5 ms)")
+    print(f"batch of {args.batch} (features + embeddings, {torch.get_num_threads()} threads): "
+          f"{throughput:.0f} clips/s")
+
+
+if __name__ == "__main__":
+    main()
