@@ -47,6 +47,8 @@ def tiny_params_dict(root: Path, **overrides: dict) -> dict:
                            plots_dir=str(root / "plots"), enroll_clips=2, keyword_enroll_clips=2)
     # An untrained tiny network cannot be held to real agreement thresholds.
     raw["enroll"].update(min_word_agreement=-1.0, min_speaker_agreement=-1.0)
+    raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",
+                          package_record=str(root / "package.json"), lockout_failures=3, lockout_seconds=60)
     for section, values in overrides.items():
         raw[section].update(values)
     return raw
@@ -78,3 +80,22 @@ def tiny_corpus(tiny_params: Params) -> Path:
     splits = {line.split(",")[-1] for line in (root / "speakers.csv").read_text().splitlines()[1:]}
     assert splits == {"training", "validation", "testing"}, "tiny corpus seed no longer fills every split"
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
+    """Every model stage run once on the tiny corpus; returns the params that locate the outputs."""
+    from voicelock.data.manifest import build_manifest
+    from voicelock.data.owner import acquire_owner
+    from voicelock.evaluation import run_evaluation
+    from voicelock.features import build_feature_cache
+    from voicelock.model.finetune import finetune
+    from voicelock.model.pretrain import pretrain
+
+    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
+    build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tiny_params.features.out_dir)
+    acquire_owner(tiny_params)
+    pretrain(tiny_params)
+    finetune(tiny_params)
+    run_evaluation(tiny_params, tiny_params.evaluate.metrics_file, tiny_params.evaluate.plots_dir)
+    return tiny_params

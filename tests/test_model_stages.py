@@ -11,30 +11,11 @@ import pytest
 import soundfile as sf
 
 from voicelock.cli import main as cli_main
-from voicelock.data.manifest import build_manifest
 from voicelock.errors import VoicelockError
-from voicelock.features import build_feature_cache
 from voicelock.params import Params
 
 REQUIRED_METRICS = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "min_dcf", "frr",
                     "far_other_speaker_password", "far_owner_other_word", "far_other_speaker_other_word"}
-
-
-@pytest.fixture(scope="session")
-def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
-    """Every model stage run once on the tiny corpus; returns the params that locate the outputs."""
-    from voicelock.data.owner import acquire_owner
-    from voicelock.evaluation import run_evaluation
-    from voicelock.model.finetune import finetune
-    from voicelock.model.pretrain import pretrain
-
-    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
-    build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tiny_params.features.out_dir)
-    acquire_owner(tiny_params)
-    pretrain(tiny_params)
-    finetune(tiny_params)
-    run_evaluation(tiny_params, tiny_params.evaluate.metrics_file, tiny_params.evaluate.plots_dir)
-    return tiny_params
 
 
 def test_training_writes_models_and_curves(trained: Params):

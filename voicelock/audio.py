@@ -30,14 +30,41 @@ def read_wav(path: str | Path, expected_rate: int | None = None) -> tuple[np.nda
 
 
 def decode_bytes(blob: bytes, name: str = "upload") -> tuple[np.ndarray, int]:
-    """Decode audio held in memory (WAV/FLAC/OGG) to float32 mono."""
+    """Decode audio held in memory (WAV/FLAC/OGG) to float32 mono; refuse empty or truncated files."""
     if not blob:
         raise VoicelockError(f"{name}: empty file")
     try:
-        data, rate = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise VoicelockError(f"{name}: not a readable WAV/FLAC/OGG file ({e})") from None
+        with sf.SoundFile(io.BytesIO(blob)) as f:
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        detail = str(e).split(">: ", 1)[-1]  # drop libsndfile's "Error opening <BytesIO at 0x…>" prefix
+        raise VoicelockError(f"{name}: not a readable WAV/FLAC/OGG file ({detail})") from None
+    missing = _wav_bytes_missing(blob)
+    if missing:
+        raise VoicelockError(f"{name}: truncated WAV ({missing} bytes of audio missing) — upload the whole file")
+    if data.shape[0] == 0:
+        raise VoicelockError(f"{name}: contains no audio samples")
     return to_mono(data), rate
+
+
+def _wav_bytes_missing(blob: bytes) -> int:
+    """How many bytes of a WAV's data chunk are missing (0 when whole, or not a WAV).
+
+    libsndfile reads a cut-off WAV without complaint, so a truncated upload would be scored on part of
+    a word; the RIFF header still says how long the data should be.
+    """
+    if blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
+        return 0
+    pos = 12
+    while pos + 8 <= len(blob):
+        chunk, size = blob[pos: pos + 4], int.from_bytes(blob[pos + 4: pos + 8], "little")
+        if chunk == b"data":
+            if size in (0, 0xFFFFFFFF):  # streaming writers leave the size unknown
+                return 0
+            return max(size - (len(blob) - pos - 8), 0)
+        pos += 8 + size + (size & 1)
+    return 0
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

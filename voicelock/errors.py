@@ -1,9 +1,40 @@
 """One exception type for bad user input, so every door can turn it into a clear message.
 
-CLI and stages print it as one line and exit with code 2; the service answers 4xx JSON. Anything
-else that escapes is a bug in voicelock, not the user's fault, and is allowed to show a traceback.
+CLI and stages print it as one line and exit with code 2; the service answers with its `status`
+(4xx) and the message as JSON. Anything else that escapes is a bug in voicelock, not the user's
+fault: the service logs it and answers a generic 500 without a stack trace.
 """
 
 
 class VoicelockError(Exception):
-    """Bad input (file, folder, parameter): the message names what is wrong and what would fix it."""
+    """Bad input (file, folder, parameter, request): the message names what is wrong and what would fix it."""
+
+    status = 400
+
+
+class NotFound(VoicelockError):
+    """The named user or model does not exist."""
+
+    status = 404
+
+
+class Unauthorized(VoicelockError):
+    """A request without the right API key."""
+
+    status = 401
+
+
+class TooLarge(VoicelockError):
+    """A request over the configured size limit."""
+
+    status = 413
+
+
+class LockedOut(VoicelockError):
+    """Too many failed unlocks in a row: the user is locked for a while."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

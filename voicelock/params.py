@@ -208,6 +208,22 @@ class EvaluateParams(_Section):
     max_trials: int = Field(ge=100)
 
 
+class ServiceParams(_Section):
+    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    model_tag: str
+    package_record: str
+    database_url: str
+    api_key_env: str
+    lockout_failures: int = Field(ge=1)
+    lockout_seconds: float = Field(gt=0)
+    max_request_bytes: int = Field(ge=1024)
+    max_file_bytes: int = Field(ge=1024)
+    max_user_length: int = Field(ge=1, le=128)
+    batching: bool
+    max_batch_size: int = Field(ge=1)
+    max_latency_ms: int = Field(ge=1)
+
+
 class Params(BaseModel):
     """The whole params.yaml."""
 
@@ -224,6 +240,7 @@ class Params(BaseModel):
     finetune: FinetuneParams
     enroll: EnrollParams
     evaluate: EvaluateParams
+    service: ServiceParams
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -1,0 +1,165 @@
+"""The BentoML service over real HTTP: a `bentoml serve` on 127.0.0.1 started and stopped by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.test_unlock_service import wav_bytes
+from voicelock.params import Params
+
+API_KEY = "test-key-123"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def start(self) -> None:
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", "service.service:VoiceLock", "--host", "127.0.0.1", "--port", port],
+            cwd=REPO, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"bentoml serve did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("bentoml")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
+           "VOICELOCK_PARAMS": str(tiny_params_path), trained.service.api_key_env: API_KEY,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    packaged = subprocess.run([sys.executable, "stages/package.py", "--params", str(tiny_params_path)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert packaged.returncode == 0, packaged.stderr
+    srv = Server(f"http://127.0.0.1:{_free_port()}", env, log=home / "serve.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def client(auth: bool = True) -> httpx.Client:
+    return httpx.Client(headers={"X-API-Key": API_KEY} if auth else {}, timeout=30)
+
+
+def clips(params: Params, word: str) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((Path(params.owner.out_dir) / word).glob("*.wav"))]
+
+
+def enroll(c: httpx.Client, url: str, user: str, blobs: list[bytes]) -> httpx.Response:
+    return c.post(f"{url}/enroll", data={"user": user},
+                  files=[("files", (f"c{i}.wav", b, "audio/wav")) for i, b in enumerate(blobs)])
+
+
+def unlock(c: httpx.Client, url: str, user: str, blob: bytes) -> httpx.Response:
+    return c.post(f"{url}/unlock", data={"user": user}, files={"file": ("probe.wav", blob, "audio/wav")})
+
+
+def assert_clean_error(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert words in body["error"], body
+    assert "Traceback" not in r.text and 'File "' not in r.text
+
+
+def test_health_docs_and_auth(server: Server):
+    with client(auth=False) as c:
+        assert c.get(f"{server.url}/healthz").status_code == 200
+        assert c.get(f"{server.url}/readyz").status_code == 200
+        assert c.get(f"{server.url}/docs", follow_redirects=True).status_code == 200
+        paths = c.get(f"{server.url}/docs.json").json()["paths"]
+        assert {"/enroll", "/unlock", "/users/{user}"} <= set(paths)
+        assert_clean_error(c.post(f"{server.url}/unlock", data={"user": "x"}), 401, "X-API-Key")
+    with httpx.Client(headers={"X-API-Key": "wrong"}) as c:
+        assert_clean_error(c.delete(f"{server.url}/users/x"), 401, "X-API-Key")
+
+
+def test_enroll_unlock_delete_and_persistence(server: Server, trained: Params):
+    pw = clips(trained, trained.owner.password)
+    with client() as c:
+        r = enroll(c, server.url, "alice", pw[:3])
+        assert r.status_code == 200 and r.json()["enrolled"] is True
+        answer = unlock(c, server.url, "alice", pw[4]).json()
+        assert isinstance(answer["unlocked"], bool) and set(answer["thresholds"]) == {"word", "speaker"}
+        assert answer["reason"]
+    server.stop()
+    server.start()  # enrollments survive a restart
+    with client() as c:
+        assert unlock(c, server.url, "alice", pw[4]).status_code == 200
+        assert c.delete(f"{server.url}/users/alice").json() == {"deleted": True, "user": "alice"}
+        assert_clean_error(unlock(c, server.url, "alice", pw[4]), 404, "not enrolled")
+        assert_clean_error(c.delete(f"{server.url}/users/alice"), 404, "not enrolled")
+
+
+def test_lockout_over_http(server: Server, trained: Params):
+    pw, other = clips(trained, trained.owner.password), clips(trained, "yes")
+    with client() as c:
+        assert enroll(c, server.url, "bob", pw[:3]).status_code == 200
+        for _ in range(trained.service.lockout_failures):
+            assert unlock(c, server.url, "bob", other[0]).json()["unlocked"] is False
+        r = unlock(c, server.url, "bob", pw[4])
+        assert_clean_error(r, 429, "locked")
+        assert 0 < int(r.headers["Retry-After"]) <= trained.service.lockout_seconds
+
+
+def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):
+    pw = clips(trained, trained.owner.password)
+    url = server.url
+    with client() as c:
+        assert_clean_error(enroll(c, url, "carol", pw[:2]), 400, "needs 3–10")
+        assert_clean_error(enroll(c, url, "carol", [b"", pw[1], pw[2]]), 400, "empty")
+        assert_clean_error(enroll(c, url, "carol", [pw[0][:3000], pw[1], pw[2]]), 400, "truncated")
+        assert_clean_error(enroll(c, url, "carol", [wav_bytes(np.zeros(16000)), pw[1], pw[2]]), 400, "no speech")
+        assert_clean_error(enroll(c, url, "carol", [b"GIF89a not audio" * 20, pw[1], pw[2]]), 400, "not a readable")
+        nan = wav_bytes(np.full(16000, np.nan, dtype=np.float32), subtype="FLOAT")
+        assert_clean_error(enroll(c, url, "carol", [nan, pw[1], pw[2]]), 400, "NaN")
+        assert_clean_error(enroll(c, url, "../../etc", pw[:3]), 400, "user")
+        assert_clean_error(unlock(c, url, "nobody", pw[0]), 404, "not enrolled")
+        big = b"\0" * (trained.service.max_request_bytes + 10)
+        assert_clean_error(c.post(f"{url}/unlock", content=big, headers={"Content-Type": "audio/wav"}), 413,
+                           "over the limit")
+        r = c.post(f"{url}/unlock", data={"user": "x"})  # no file field
+        assert r.status_code == 400 and "Traceback" not in r.text
+        r = c.post(f"{url}/unlock", content=b"--xx\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=xx"})
+        assert 400 <= r.status_code < 500 and "Traceback" not in r.text
+        assert c.get(f"{url}/healthz").status_code == 200

@@ -1,0 +1,69 @@
+"""Put the evaluated model into the BentoML model store, with where it came from.
+
+The stored model carries the network, its calibrated thresholds and feature parameters (inside
+model.pt), the evaluation metrics, and the code and data versions as metadata, so a served model
+can always be traced to the commit and corpus that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+import yaml
+
+from voicelock.errors import VoicelockError
+from voicelock.model.checkpoint import MODEL_FILE
+from voicelock.params import Params
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(lock_file: str | Path = "dvc.lock") -> str:
+    """The DVC hash of the corpus the model was trained on (download stage output in dvc.lock)."""
+    try:
+        lock = yaml.safe_load(Path(lock_file).read_text())
+        return lock["stages"]["download"]["outs"][0]["md5"]
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"
+
+
+def package_model(params: Params, record: str | Path | None = None) -> str:
+    """Save models/release into the BentoML store as <service.model_name>:<version>; return the tag."""
+    import bentoml
+
+    release = Path(params.evaluate.out_dir)
+    checkpoint = release / MODEL_FILE
+    if not checkpoint.exists():
+        raise VoicelockError(f"{checkpoint}: no evaluated model — run the evaluate stage first")
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "thresholds" not in meta:
+        raise VoicelockError(f"{checkpoint}: model has no calibrated thresholds — re-run the evaluate stage")
+    metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
+    with bentoml.models.create(
+        params.service.model_name,
+        labels={"stage": "evaluated", "password": str(meta.get("password", ""))},
+        metadata={"code_version": code_version(), "data_version": data_version(),
+                  "thresholds": meta["thresholds"], "metrics": metrics,
+                  "sample_rate": meta["sample_rate"], "feature_kind": meta["feature_params"]["kind"]},
+    ) as model:
+        shutil.copy2(checkpoint, model.path_of(MODEL_FILE))
+        for extra in release.glob("*.json"):
+            shutil.copy2(extra, model.path_of(extra.name))
+        tag = str(model.tag)
+    if record is not None:
+        Path(record).parent.mkdir(parents=True, exist_ok=True)
+        Path(record).write_text(json.dumps({"tag": tag, "metrics": metrics}, indent=1))
+    return tag
