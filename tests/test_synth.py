@@ -71,3 +71,18 @@ def test_split_rule_shares(tiny_params: Params):
     ids = [hashlib.sha1(str(i).encode()).hexdigest()[:8] for i in range(20000)]
     shares = pd.Series([split_for_speaker(s, 10, 10) for s in ids]).value_counts(normalize=True)
     assert abs(shares["validation"] - 0.1) < 0.01 and abs(shares["testing"] - 0.1) < 0.01
+
+
+def test_shared_timbres_are_spread_in_pitch_and_variants_balanced():
+    import itertools
+    from collections import Counter
+
+    from tests.conftest import REPO
+    from voicelock.params import load_params
+
+    synth = load_params(REPO / "params.yaml").data.synth
+    speakers = plan_speakers(synth, seed=11)
+    per_variant = Counter(s.variant for s in speakers)
+    assert max(per_variant.values()) - min(per_variant.values()) <= 1
+    gaps = [abs(a.pitch - b.pitch) for a, b in itertools.combinations(speakers, 2) if a.variant == b.variant]
+    assert min(gaps) > 2 * synth.pitch_jitter  # jittered takes of two such speakers never share a pitch
