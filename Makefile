@@ -6,16 +6,21 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup repro test bench clean-data
+.PHONY: setup repro test bench serve
 
 setup:
 	@bash scripts/setup.sh
 
 repro: setup
 	dvc repro
+	voicelock promote
 
 test: setup
 	pytest
 
 bench: setup
 	python bench/features.py
+	python bench/inference.py
+
+serve: setup
+	bentoml serve service.service:VoiceLock --host 127.0.0.1 --port 3000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from voicelock.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Tests never touch the user's BentoML model store or Prefect home: both live in a throw-away folder.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="voicelock-tests-"))
+os.environ["BENTOML_HOME"] = str(_SCRATCH / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["PREFECT_HOME"] = str(_SCRATCH / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 # Small enough to generate in seconds, large enough that every split has speakers (checked below).
 TINY_SYNTH = {

@@ -77,6 +77,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("trials_")}, indent=1))
 
 
+def _promote(args: argparse.Namespace) -> None:
+    from voicelock.promotion import gate_and_promote
+
+    decision = gate_and_promote(load_params(args.params))
+    verdict = f"promoted {decision.candidate_tag} as {decision.production_tag}" if decision.promote \
+        else f"not promoted: {decision.candidate_tag} (production stays {decision.production_tag})"
+    print(verdict + " — " + "; ".join(decision.reasons))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicelock", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -102,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
     evaluate.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
     evaluate.set_defaults(func=_evaluate)
+
+    promote = sub.add_parser("promote", help="promote the packaged candidate if it is not worse than production")
+    promote.set_defaults(func=_promote)
     return parser
 
 

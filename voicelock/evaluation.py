@@ -138,10 +138,12 @@ def _write_plots(result: SplitEvaluation, out: Path) -> None:
     plot_confusion(result.confusion, out / "confusion.png")
 
 
-def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
-    """Calibrate on validation, report on test, write the release (model + thresholds), metrics, plots."""
+def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEvaluation]:
+    """Calibrate thresholds on the validation speakers, then measure on the test speakers.
+
+    The promotion gate calls this for the production model too, so both are judged on the same data.
+    """
     ep = params.evaluate
-    model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
     cache = params.features.out_dir
     val = Split.from_feature_set(load_split(cache, "validation"))
     test = Split.from_feature_set(load_split(cache, "testing"))
@@ -149,15 +151,22 @@ def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Pa
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
     result = evaluate_split(model, test, thresholds, ep, params.seed)
     metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds), "thresholds": thresholds}
+    return metrics, result
+
+
+def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
+    """Evaluate the fine-tuned model; write the release (model + thresholds), metrics and plots."""
+    model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
+    metrics, result = evaluate_model(model, params)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=1))
     _write_plots(result, Path(plots_dir))
-    release = Path(ep.out_dir)
+    release = Path(params.evaluate.out_dir)
     if release.exists():
         shutil.rmtree(release)
     release.mkdir(parents=True)
-    meta = {**meta, "thresholds": thresholds, "metrics": metrics}
-    torch.save(meta, release / MODEL_FILE)
+    thresholds = metrics["thresholds"]
+    torch.save({**meta, "thresholds": thresholds, "metrics": metrics}, release / MODEL_FILE)
     (release / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=1))
     return metrics
 

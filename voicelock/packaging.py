@@ -41,7 +41,10 @@ def data_version(lock_file: str | Path = "dvc.lock") -> str:
 
 
 def package_model(params: Params, record: str | Path | None = None) -> str:
-    """Save models/release into the BentoML store as <service.model_name>:<version>; return the tag."""
+    """Save models/release into the BentoML store as a candidate (<promotion.candidate_name>:<version>).
+
+    It becomes the production model only through the promotion gate (voicelock.promotion).
+    """
     import bentoml
 
     release = Path(params.evaluate.out_dir)
@@ -53,8 +56,8 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
         raise VoicelockError(f"{checkpoint}: model has no calibrated thresholds — re-run the evaluate stage")
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
     with bentoml.models.create(
-        params.service.model_name,
-        labels={"stage": "evaluated", "password": str(meta.get("password", ""))},
+        params.promotion.candidate_name,
+        labels={"stage": "candidate", "password": str(meta.get("password", ""))},
         metadata={"code_version": code_version(), "data_version": data_version(),
                   "thresholds": meta["thresholds"], "metrics": metrics,
                   "sample_rate": meta["sample_rate"], "feature_kind": meta["feature_params"]["kind"]},

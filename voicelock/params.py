@@ -224,6 +224,22 @@ class ServiceParams(_Section):
     max_latency_ms: int = Field(ge=1)
 
 
+class PromotionParams(_Section):
+    candidate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    tolerance: dict[str, float]
+    schedule_cron: str
+    enroll_data_interval_s: int = Field(ge=10)
+    download_retries: int = Field(ge=0)
+    retry_delay_s: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> "PromotionParams":
+        unknown = set(self.tolerance) - {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far"}
+        if unknown:
+            raise ValueError(f"tolerance: unknown metrics {sorted(unknown)}")
+        return self
+
+
 class Params(BaseModel):
     """The whole params.yaml."""
 
@@ -241,6 +257,7 @@ class Params(BaseModel):
     enroll: EnrollParams
     evaluate: EvaluateParams
     service: ServiceParams
+    promotion: PromotionParams
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -1,0 +1,54 @@
+"""Flow `enroll-data`: new owner recordings → re-run only owner, fine-tuning, evaluation, packaging.
+
+The owner folder is outside DVC's view (it is the user's), so the flow fingerprints it (names, sizes,
+modification times) and does nothing when it has not changed since the last run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, State
+
+from pipelines.retrain import gate_and_report
+from pipelines.tasks import dvc_stage
+from voicelock.params import load_params
+
+FINGERPRINT = "owner_fingerprint.json"
+
+
+def fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*.wav")):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@flow(name="enroll-data", log_prints=True)
+def enroll_data(repo: str = ".") -> State:
+    repo_path = Path(repo).resolve()
+    params = load_params(repo_path / "params.yaml")
+    logger = get_run_logger()
+    source = Path(params.owner.folder) if params.owner.source == "folder" else None
+    record = repo_path / Path(params.finetune.out_dir) / FINGERPRINT
+    if source is not None:
+        source = source if source.is_absolute() else repo_path / source
+        current = fingerprint(source)
+        if record.exists() and json.loads(record.read_text()).get("fingerprint") == current:
+            logger.info("no new owner recordings in %s", source)
+            return Completed(name="No new recordings", message=f"{source} unchanged")
+    # The owner stage reads a folder DVC does not track: force it; the rest re-run only if it changed.
+    dvc_stage.with_options(name="owner")("owner", str(repo_path), force=True)
+    for stage in ("finetune", "evaluate", "package"):
+        dvc_stage.with_options(name=stage)(stage, str(repo_path))
+    if source is not None:
+        record.write_text(json.dumps({"fingerprint": current}))
+    return gate_and_report(str(repo_path), params.service.model_name)
+
+
+if __name__ == "__main__":
+    enroll_data()

@@ -1,0 +1,56 @@
+"""Prefect tasks: thin calls into DVC and the core package.
+
+Each DVC stage runs as `dvc repro --single-item <stage>`, so DVC decides exactly as `dvc repro` would
+whether the stage is up to date (and skips it), and dvc.lock stays the record of every run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from voicelock.params import load_params
+from voicelock.promotion import GateDecision, decide, promote
+
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "GX_ANALYTICS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true"}
+
+
+@task(name="dvc-stage", task_run_name="dvc repro {stage}")
+def dvc_stage(stage: str, repo: str, force: bool = False) -> None:
+    """Run one DVC stage (skipped by DVC when nothing it depends on changed); fail with its output."""
+    logger = get_run_logger()
+    cmd = [str(BIN / "dvc"), "repro", "--single-item", stage] + (["--force"] if force else [])
+    proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line and "\r" not in line:  # progress bars redraw with \\r; log whole lines only
+            logger.info(line)
+        tail = (tail + [line])[-20:]
+    if proc.wait() != 0:
+        raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+@task(name="promotion-gate")
+def gate(repo: str) -> GateDecision:
+    """Compare the packaged candidate with production on the same test split."""
+    old = os.getcwd()
+    os.chdir(repo)
+    try:
+        return decide(load_params("params.yaml"))
+    finally:
+        os.chdir(old)
+
+
+@task(name="promote")
+def promote_task(candidate_tag: str, production_name: str) -> str:
+    return promote(candidate_tag, production_name)

@@ -1,0 +1,130 @@
+"""Prefect flows for real: `retrain` end to end on a tiny project, the gate, failures, the deployment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.test_pipeline import _run, project  # noqa: F401  (the throw-away DVC project fixture)
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def _production_tags() -> list[str]:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return sorted(str(m.tag) for m in bentoml.models.list("voicelock"))
+    except NotFound:
+        return []
+
+
+def _set(project: Path, section: str, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, project: Path):  # noqa: F811
+    from pipelines.retrain import retrain
+
+    _set(project, "promotion", download_retries=1, retry_delay_s=0)
+    before = _production_tags()
+    state = retrain(repo=str(project), return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    after_first = _production_tags()
+    assert len(after_first) == len(before) + 1  # the first model has nothing to beat
+    assert (project / "dvc.lock").exists()
+    lock = (project / "dvc.lock").read_text()
+
+    # A candidate held to an impossible rule is not promoted, and production stays as it was.
+    _set(project, "promotion", tolerance={"keyword_accuracy": -1.0})
+    state = retrain(repo=str(project), return_state=True)
+    assert state.is_completed() and state.name == "Not promoted"
+    assert "keyword_accuracy" in state.message
+    assert _production_tags() == after_first
+    assert (project / "dvc.lock").read_text() == lock  # nothing changed, so DVC skipped every stage
+
+    # A stage that fails fails the flow and never touches production.
+    _set(project, "promotion", tolerance={})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["source"] = "folder"
+    params["data"]["folder"]["path"] = str(project / "missing-corpus")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = retrain(repo=str(project), return_state=True)
+    assert state.is_failed()
+    assert _production_tags() == after_first
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tmp_path: Path):  # noqa: F811
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    served = None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("prefect server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+        served = subprocess.Popen([sys.executable, "-m", "pipelines.serve"], cwd=project, env={
+            **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deployments = []
+        deadline = time.time() + 90
+        while time.time() < deadline and len(deployments) < 2:
+            time.sleep(1)
+            deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
+        by_name = {d["name"]: d for d in deployments}
+        assert set(by_name) == {"weekly-retrain", "owner-recordings"}, deployments
+        cron = yaml.safe_load((project / "params.yaml").read_text())["promotion"]["schedule_cron"]
+        schedules = [s["schedule"] for s in by_name["weekly-retrain"]["schedules"]]
+        assert any(s.get("cron") == cron for s in schedules), schedules
+        assert by_name["weekly-retrain"]["parameters"]["repo"] == str(project.resolve())
+    finally:
+        if served is not None:
+            _stop(served)
+        _stop(server)
