@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
+import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -50,13 +51,14 @@ def _answer(ctx: bentoml.Context, call: Callable[[], dict]) -> dict:
 
 @bentoml.asgi_app(docs, path="/docs")
 @bentoml.asgi_app(users, path="/users")
-@bentoml.service(name="voicelock", traffic={"timeout": 30})
+@bentoml.service(name="voicelock", traffic={"timeout": 30}, workers=PARAMS.service.workers)
 class VoiceLock:
     """Enroll a password by voice, then unlock only for the same person saying it."""
 
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        torch.set_num_threads(PARAMS.service.torch_threads)
         stored = self.model
         lock = VoiceModel(stored.path, PARAMS.enroll)
         store = EnrollmentStore(os.environ.get("VOICELOCK_DATABASE_URL", PARAMS.service.database_url))
@@ -84,4 +86,5 @@ class VoiceLock:
 
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,
-                              api_key_env=PARAMS.service.api_key_env)
+                              api_key_env=PARAMS.service.api_key_env,
+                              form_routes={"/enroll": ("files",), "/unlock": ("file",)})

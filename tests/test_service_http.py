@@ -159,8 +159,18 @@ def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):
         big = b"\0" * (trained.service.max_request_bytes + 10)
         assert_clean_error(c.post(f"{url}/unlock", content=big, headers={"Content-Type": "audio/wav"}), 413,
                            "over the limit")
-        r = c.post(f"{url}/unlock", data={"user": "x"})  # no file field
+        assert_clean_error(c.post(f"{url}/unlock", data={"user": "x"}), 415, "multipart")  # a form, not multipart
+        assert_clean_error(c.post(f"{url}/unlock", data={"user": "x"}, files={"files": ("a.wav", pw[0])}), 400,
+                           "must be text")  # /unlock takes one 'file'
+        r = c.post(f"{url}/unlock", files={"user": (None, "x")})  # multipart without the file
         assert r.status_code == 400 and "Traceback" not in r.text
         r = c.post(f"{url}/unlock", content=b"--xx\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=xx"})
         assert 400 <= r.status_code < 500 and "Traceback" not in r.text
+        # The API is multipart only; a URL in a file field is never fetched; a file is no user name.
+        assert_clean_error(c.post(f"{url}/unlock", json={"user": "x", "file": "http://127.0.0.1:9/a.wav"}), 415,
+                           "multipart")
+        url_part = {"user": (None, "x"), "file": (None, "http://127.0.0.1:9/a.wav")}  # text parts, not uploads
+        assert_clean_error(c.post(f"{url}/unlock", files=url_part), 400, "must be an uploaded file")
+        assert_clean_error(c.post(f"{url}/unlock", files={"user": ("u.bin", b"\x80\xff"), "file": ("f.wav", pw[0])}),
+                           400, "must be text")
         assert c.get(f"{url}/healthz").status_code == 200

@@ -219,6 +219,8 @@ class ServiceParams(_Section):
     max_request_bytes: int = Field(ge=1024)
     max_file_bytes: int = Field(ge=1024)
     max_user_length: int = Field(ge=1, le=128)
+    workers: int = Field(ge=1)
+    torch_threads: int = Field(ge=1)
     batching: bool
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)

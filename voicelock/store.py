@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select
 from sqlalchemy.engine import Engine
 
 from voicelock.enrollment import Template
@@ -37,7 +37,16 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # Several workers may write: wait for the lock instead of failing at once.
-        return create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_connection, _record) -> None:  # readers never wait for a writer; commits stay durable
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
     return create_engine(url)
 
 
@@ -69,10 +78,14 @@ class EnrollmentStore:
             conn.execute(delete(attempts).where(attempts.c.user == user))
         return removed > 0
 
-    def locked_until(self, user: str) -> float:
+    def failures(self, user: str) -> tuple[int, float]:
+        """(consecutive failures, locked until) — (0, 0.0) for a user with a clean record."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(attempts.c.locked_until).where(attempts.c.user == user)).first()
-        return row.locked_until if row else 0.0
+            row = conn.execute(select(attempts).where(attempts.c.user == user)).first()
+        return (row.failures, row.locked_until) if row else (0, 0.0)
+
+    def locked_until(self, user: str) -> float:
+        return self.failures(user)[1]
 
     def record_failure(self, user: str, now: float, max_failures: int, lockout_s: float) -> float:
         """Count a failed unlock; at `max_failures` in a row lock the user until now + lockout_s.

@@ -61,7 +61,7 @@ class UnlockService:
             raise VoicelockError(f"user '{user}' was enrolled with model {model}, the service runs "
                                  f"{self.model_tag} — enroll again")
         now = self.clock()
-        locked_until = self.store.locked_until(user)
+        failures, locked_until = self.store.failures(user)
         if locked_until > now:
             wait = math.ceil(locked_until - now)
             raise LockedOut(f"user '{user}' is locked after {self.p.lockout_failures} failed attempts — "
@@ -73,7 +73,8 @@ class UnlockService:
                   "speaker_score": round(decision.speaker_score, 4), "thresholds": decision.thresholds,
                   "reason": decision.reason}
         if decision.unlocked:
-            self.store.reset_failures(user)
+            if failures or locked_until:  # write only when there is a record to clear
+                self.store.reset_failures(user)
         else:
             until = self.store.record_failure(user, now, self.p.lockout_failures, self.p.lockout_seconds)
             if until:
