@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,3 +109,29 @@ def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
     finetune(tiny_params)
     run_evaluation(tiny_params, tiny_params.evaluate.metrics_file, tiny_params.evaluate.plots_dir)
     return tiny_params
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_in(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throw-away git + DVC project with this repository's pipeline and a tiny params.yaml."""
+    for name in ("dvc.yaml", "stages", "voicelock"):
+        src = REPO / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, tmp_path / name))
+    raw = tiny_params_dict(Path("data"))  # relative output paths, as in the real params.yaml
+    raw["data"]["download_dir"] = ".cache/downloads"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_in(["git", "init", "-q"], tmp_path)
+    run_in(["dvc", "init", "-q"], tmp_path)
+    run_in(["dvc", "config", "core.analytics", "false"], tmp_path)
+    return tmp_path

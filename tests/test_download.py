@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_params_dict, write_params
-from voicelock.audio import write_wav
 from voicelock.data.acquire import acquire_corpus
 from voicelock.data.download import download, extract
 from voicelock.errors import VoicelockError

@@ -42,3 +42,20 @@ def test_min_dcf_known_value():
     # Best is FRR 0 / FAR 0.25 (cost .75·.25=.1875... normalised by .25 → .75) vs FRR .25 / FAR 0
     # (cost .25·.25=.0625 → .25): min normalised DCF at p_target 0.25 is 0.25.
     assert min_dcf(genuine, impostor, p_target=0.25) == pytest.approx(0.25)
+
+
+def test_asnorm_discounts_templates_in_crowded_regions():
+    from voicelock.scoring import SpeakerScorer
+
+    rng = np.random.default_rng(0)
+    crowd = np.array([1.0, 0.0, 0.0]) + 0.05 * rng.standard_normal((50, 3))
+    cohort = np.vstack([crowd, rng.standard_normal((50, 3))])
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    crowded, lonely = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    probe_c = np.array([[0.9, np.sqrt(1 - 0.81), 0.0]])  # raw cosine 0.9 with each template
+    probe_l = np.array([[0.0, np.sqrt(1 - 0.81), 0.9]])
+    raw = SpeakerScorer()
+    assert raw(crowded, probe_c)[0] == pytest.approx(0.9) and raw(lonely, probe_l)[0] == pytest.approx(0.9)
+    norm = SpeakerScorer(cohort, top_k=20)
+    # The same raw 0.9 is weak evidence where many other voices also score ~0.9, strong where none do.
+    assert norm(lonely, probe_l)[0] > norm(crowded, probe_c)[0] + 1.0

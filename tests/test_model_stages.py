@@ -39,7 +39,12 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
         assert (plots / name).stat().st_size > 0
     thresholds = json.loads((Path(trained.evaluate.out_dir) / "thresholds.json").read_text())
     assert thresholds["target_far"] == trained.evaluate.target_far
-    assert -1.0 <= thresholds["word"] <= 1.01 and -1.0 <= thresholds["speaker"] <= 1.01
+    assert -1.0 <= thresholds["word"] <= 1.01  # a cosine
+    assert np.isfinite(thresholds["speaker"]) and thresholds["score_norm"] == trained.evaluate.score_norm
+    import torch
+
+    release = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
+    assert release["cohort"].shape[1] == trained.model.speaker_embedding  # the AS-norm cohort ships with it
 
 
 def _owner_clips(params: Params, word: str) -> list[Path]:
@@ -54,7 +59,7 @@ def test_enroll_and_verify(trained: Params):
     template = lock.enroll_files(clips[:3])
     decision = lock.verify_file(template, clips[4])
     assert isinstance(decision.unlocked, bool)
-    assert -1 <= decision.word_score <= 1 and -1 <= decision.speaker_score <= 1
+    assert -1 <= decision.word_score <= 1 and np.isfinite(decision.speaker_score)  # speaker: an AS-norm score
     assert decision.unlocked == (decision.word_score >= decision.thresholds["word"]
                                  and decision.speaker_score >= decision.thresholds["speaker"])
     assert decision.reason
@@ -114,3 +119,14 @@ def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tin
     with pytest.raises(SystemExit) as bad:
         cli_main(["--params", str(tiny_params_path), "unlock", clips[0], "--template", str(tmp_path / "no.json")])
     assert bad.value.code == 2
+
+
+def test_pretraining_is_deterministic(trained: Params, tmp_path: Path):
+    import torch
+
+    from voicelock.model.pretrain import pretrain
+
+    again = trained.model_copy(update={"pretrain": trained.pretrain.model_copy(update={"out_dir": str(tmp_path)})})
+    first = torch.load(Path(trained.pretrain.out_dir) / "model.pt", weights_only=False)["state_dict"]
+    second = torch.load(pretrain(again), weights_only=False)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)

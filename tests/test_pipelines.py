@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.test_pipeline import _run, project  # noqa: F401  (the throw-away DVC project fixture)
+from tests import servers
 
 BIN = Path(sys.executable).parent
 
@@ -44,7 +41,7 @@ def _set(project: Path, section: str, **values) -> None:
 
 
 @pytest.mark.slow
-def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, project: Path):  # noqa: F811
+def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, project: Path):
     from pipelines.retrain import retrain
 
     _set(project, "promotion", download_retries=1, retry_delay_s=0)
@@ -56,13 +53,18 @@ def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, proj
     assert (project / "dvc.lock").exists()
     lock = (project / "dvc.lock").read_text()
 
-    # A candidate held to an impossible rule is not promoted, and production stays as it was.
-    _set(project, "promotion", tolerance={"keyword_accuracy": -1.0})
+    # Nothing changed: DVC skips every stage and the same candidate is not promoted twice.
+    state = retrain(repo=str(project), return_state=True)
+    assert state.is_completed() and state.name == "Not promoted" and "already in production" in state.message
+    assert (project / "dvc.lock").read_text() == lock
+    assert _production_tags() == after_first
+
+    # A new candidate held to an impossible rule is not promoted, and production stays as it was.
+    _set(project, "promotion", tolerance={"keyword_accuracy": -1.0}, candidate_name="voicelock-candidate-b")
     state = retrain(repo=str(project), return_state=True)
     assert state.is_completed() and state.name == "Not promoted"
     assert "keyword_accuracy" in state.message
     assert _production_tags() == after_first
-    assert (project / "dvc.lock").read_text() == lock  # nothing changed, so DVC skipped every stage
 
     # A stage that fails fails the flow and never touches production.
     _set(project, "promotion", tolerance={})
@@ -75,44 +77,20 @@ def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, proj
     assert _production_tags() == after_first
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.mark.slow
-def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tmp_path: Path):  # noqa: F811
-    port = _free_port()
+def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tmp_path: Path):
+    port = servers.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "server.log"
+    server = servers.start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                           log, env=env)
     served = None
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("prefect server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-        served = subprocess.Popen([sys.executable, "-m", "pipelines.serve"], cwd=project, env={
-            **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        servers.wait_healthy(f"{api}/health", server, log, timeout_s=90)
+        served = servers.start([sys.executable, "-m", "pipelines.serve"], log, cwd=project,
+                               env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         deployments = []
         deadline = time.time() + 90
         while time.time() < deadline and len(deployments) < 2:
@@ -125,6 +103,5 @@ def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tm
         assert any(s.get("cron") == cron for s in schedules), schedules
         assert by_name["weekly-retrain"]["parameters"]["repo"] == str(project.resolve())
     finally:
-        if served is not None:
-            _stop(served)
-        _stop(server)
+        servers.stop(served)
+        servers.stop(server)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests import servers
 from tests.conftest import REPO
 from tests.test_unlock_service import wav_bytes
 from voicelock.params import Params
@@ -24,43 +22,22 @@ API_KEY = "test-key-123"
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
     env: dict
+    log: Path
     proc: subprocess.Popen | None = None
-    log: Path | None = None
 
     def start(self) -> None:
         port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen(
+        self.proc = servers.start(
             [str(BIN / "bentoml"), "serve", "service.service:VoiceLock", "--host", "127.0.0.1", "--port", port],
-            cwd=REPO, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise RuntimeError(f"bentoml serve did not become ready:\n{self.log.read_text()[-3000:]}")
+            self.log, cwd=REPO, env=self.env)
+        servers.wait_healthy(f"{self.url}/readyz", self.proc, self.log)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        servers.stop(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +50,7 @@ def server(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.Tem
                 [str(BIN / "voicelock"), "--params", str(tiny_params_path), "promote"]):  # as `make repro` does
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-    srv = Server(f"http://127.0.0.1:{_free_port()}", env, log=home / "serve.log")
+    srv = Server(f"http://127.0.0.1:{servers.free_port()}", env, home / "serve.log")
     srv.start()
     yield srv
     srv.stop()

@@ -20,6 +20,7 @@ from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor
 from voicelock.model.checkpoint import load_checkpoint
 from voicelock.params import EnrollParams, FeatureParams
+from voicelock.scoring import SpeakerScorer
 
 
 @dataclass
@@ -65,6 +66,8 @@ class VoiceLock:
         self.sample_rate = int(meta["sample_rate"])
         self.extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), self.sample_rate)
         self.thresholds: dict[str, float] = meta.get("thresholds") or {}
+        # Speaker scores as calibrated: AS-norm against the cohort shipped with the model, or raw cosine.
+        self.scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", 50))
         if not {"word", "speaker"} <= set(self.thresholds):
             raise VoicelockError(f"{model_dir}: model has no calibrated thresholds — use the evaluated model "
                                  f"(models/release, written by the evaluate stage)")
@@ -117,7 +120,7 @@ class VoiceLock:
         """Score one clip against a template; unlock only when word and speaker both clear their thresholds."""
         word, speaker = self.embed([self.prepare(samples, rate, name)])
         word_score = float(word[0] @ np.asarray(template.word))
-        speaker_score = float(speaker[0] @ np.asarray(template.speaker))
+        speaker_score = float(self.scorer(np.asarray(template.speaker), speaker)[0])
         tw, ts = self.thresholds["word"], self.thresholds["speaker"]
         reasons = []
         if word_score < tw:

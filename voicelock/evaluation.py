@@ -19,13 +19,13 @@ import torch
 
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.features import FeatureExtractor, FeatureParams, load_split
-from voicelock.metrics import cosine_matrix, eer, error_curve, far_at_threshold, frr_at_threshold, min_dcf, \
-    threshold_for_far
+from voicelock.metrics import cosine_matrix, eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
 from voicelock.model.network import VoiceLockNet
 from voicelock.model.train import Split, embed
 from voicelock.params import EvaluateParams, Params
+from voicelock.scoring import SpeakerScorer, build_cohort
 from voicelock.trials import UNLOCK_IMPOSTOR_KINDS, UnlockTrials, keyword_predictions, speaker_pair_scores, \
     unlock_trials
 
@@ -63,15 +63,26 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
     return embed(model, split.features, split.frames, next(model.parameters()).device)
 
 
-def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int) -> UnlockTrials:
+def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int,
+                 scorer: SpeakerScorer) -> UnlockTrials:
     word, speaker = embed_split(model, split)
     ix = split.index
     return unlock_trials(word, speaker, ix["speaker"].to_numpy(), ix["word"].to_numpy(),
-                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, np.random.default_rng(seed))
+                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, np.random.default_rng(seed),
+                         scorer)
+
+
+def make_scorer(model: VoiceLockNet, params: Params) -> SpeakerScorer:
+    """The speaker scorer the released model will use: AS-norm against the training speakers, or raw."""
+    if params.evaluate.score_norm == "none":
+        return SpeakerScorer()
+    train = Split.from_feature_set(load_split(params.features.out_dir, "training"))
+    _, speaker = embed_split(model, train)
+    return SpeakerScorer(build_cohort(speaker, train.index), params.evaluate.cohort_top_k)
 
 
 def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, float], ep: EvaluateParams,
-                   seed: int) -> SplitEvaluation:
+                   seed: int, scorer: SpeakerScorer | None = None) -> SplitEvaluation:
     word, speaker = embed_split(model, split)
     ix = split.index
     speakers, words = ix["speaker"].to_numpy(), ix["word"].to_numpy()
@@ -80,7 +91,7 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
     same_gen, same_imp = speaker_pair_scores(speaker, speakers, words, True, ep.max_trials, rng)
     all_gen, all_imp = speaker_pair_scores(speaker, speakers, words, False, ep.max_trials, rng)
     trials = unlock_trials(word, speaker, speakers, words, ix["utterance"].to_numpy(), ep.enroll_clips,
-                           ep.max_trials, rng)
+                           ep.max_trials, rng, scorer)
     metrics = {
         "keyword_accuracy": float(np.mean(predicted == words)),
         "speaker_eer": eer(same_gen, same_imp)[0],
@@ -103,21 +114,23 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
     return SplitEvaluation(metrics, det, confusion, scores)
 
 
-def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: dict[str, float]) -> dict:
+def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: dict[str, float],
+                  scorer: SpeakerScorer) -> dict:
     """The fine-tuned owner: template from fine-tuning takes of the password, probes never trained on."""
     extractor = FeatureExtractor(params.features, params.data.sample_rate)
     owner, tune, held = owner_splits(params, extractor)
     password = params.owner.password
     enrolled = tune.index.index[tune.index["word"] == password][: params.evaluate.enroll_clips].to_numpy()
     t_word, t_spk = embed(model, tune.features[enrolled], tune.frames[enrolled], next(model.parameters()).device)
-    t_word, t_spk = t_word.mean(0, keepdims=True), t_spk.mean(0, keepdims=True)
+    t_word, t_spk = t_word.mean(0, keepdims=True), t_spk.mean(0)
+    t_spk = t_spk / (np.linalg.norm(t_spk) + 1e-12)
     h_word, h_spk = embed_split(model, held)
     x_word, x_spk = embed_split(model, test)
     is_pw = held.index["word"].to_numpy() == password
     others_pw = test.index["word"].to_numpy() == password
 
     def accepted(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (cosine_matrix(w, t_word)[:, 0] >= thresholds["word"]) & (cosine_matrix(s, t_spk)[:, 0] >= thresholds["speaker"])
+        return (cosine_matrix(w, t_word)[:, 0] >= thresholds["word"]) & (scorer(t_spk, s) >= thresholds["speaker"])
 
     return {
         "owner_frr": float(1 - accepted(h_word[is_pw], h_spk[is_pw]).mean()),
@@ -138,7 +151,7 @@ def _write_plots(result: SplitEvaluation, out: Path) -> None:
     plot_confusion(result.confusion, out / "confusion.png")
 
 
-def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEvaluation]:
+def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEvaluation, SpeakerScorer]:
     """Calibrate thresholds on the validation speakers, then measure on the test speakers.
 
     The promotion gate calls this for the production model too, so both are judged on the same data.
@@ -147,17 +160,19 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     cache = params.features.out_dir
     val = Split.from_feature_set(load_split(cache, "validation"))
     test = Split.from_feature_set(load_split(cache, "testing"))
-    thresholds = calibrate(split_trials(model, val, ep, params.seed), ep.target_far)
+    scorer = make_scorer(model, params)
+    thresholds = calibrate(split_trials(model, val, ep, params.seed, scorer), ep.target_far)
+    thresholds["score_norm"] = ep.score_norm
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
-    result = evaluate_split(model, test, thresholds, ep, params.seed)
-    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds), "thresholds": thresholds}
-    return metrics, result
+    result = evaluate_split(model, test, thresholds, ep, params.seed, scorer)
+    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer), "thresholds": thresholds}
+    return metrics, result, scorer
 
 
 def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
     """Evaluate the fine-tuned model; write the release (model + thresholds), metrics and plots."""
     model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
-    metrics, result = evaluate_model(model, params)
+    metrics, result, scorer = evaluate_model(model, params)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=1))
     _write_plots(result, Path(plots_dir))
@@ -166,7 +181,8 @@ def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Pa
         shutil.rmtree(release)
     release.mkdir(parents=True)
     thresholds = metrics["thresholds"]
-    torch.save({**meta, "thresholds": thresholds, "metrics": metrics}, release / MODEL_FILE)
+    cohort = {"cohort": scorer.cohort.astype(np.float16), "cohort_top_k": scorer.top_k} if scorer.normalised else {}
+    torch.save({**meta, "thresholds": thresholds, "metrics": metrics, **cohort}, release / MODEL_FILE)
     (release / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=1))
     return metrics
 
@@ -182,5 +198,6 @@ def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluatePar
     split = parts[0]
     for part in parts[1:]:
         split = split.concat(part)
-    result = evaluate_split(model, split, meta["thresholds"], ep, seed)
+    scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", ep.cohort_top_k))
+    result = evaluate_split(model, split, meta["thresholds"], ep, seed, scorer)
     return {**result.metrics, "thresholds": meta["thresholds"]}

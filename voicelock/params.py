@@ -206,6 +206,8 @@ class EvaluateParams(_Section):
     target_far: float = Field(gt=0, lt=1)
     p_target: float = Field(gt=0, lt=1)
     max_trials: int = Field(ge=100)
+    score_norm: Literal["asnorm", "none"]
+    cohort_top_k: int = Field(ge=2)
 
 
 class ServiceParams(_Section):

@@ -19,8 +19,11 @@ def plot_det(det: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(norm.ppf(det["far"].clip(eps, 1 - eps)), norm.ppf(det["frr"].clip(eps, 1 - eps)))
     ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5])
-    ax.set_xticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
-    ax.set_yticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
+    labels = ["0.1%", "1%", "5%", "20%", "50%"]
+    ax.set_xticks(norm.ppf(ticks), labels)
+    ax.set_yticks(norm.ppf(ticks), labels)
+    ax.set_xlim(norm.ppf(5e-4), norm.ppf(0.6))
+    ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.6))
     ax.set_xlabel("false acceptance rate")
     ax.set_ylabel("false rejection rate")
     ax.set_title("Speaker DET, same-word trials (test speakers)")
@@ -31,16 +34,18 @@ def plot_det(det: pd.DataFrame, path: Path) -> None:
 
 
 def plot_scores(scores: dict[str, np.ndarray], path: Path) -> None:
-    pairs = [("speaker_genuine", "speaker_impostor", "speaker, same-word pairs"),
-             ("unlock_word_genuine", "unlock_word_owner_other_word", "word score vs template"),
-             ("unlock_speaker_genuine", "unlock_speaker_other_speaker_password", "speaker score vs template")]
+    pairs = [("speaker_genuine", "speaker_impostor", "speaker, same-word pairs", "cosine score"),
+             ("unlock_word_genuine", "unlock_word_owner_other_word", "word score vs template", "cosine score"),
+             ("unlock_speaker_genuine", "unlock_speaker_other_speaker_password", "speaker score vs template",
+              "unlock speaker score (AS-norm when enabled)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, (gen, imp, title) in zip(axes, pairs):
-        bins = np.linspace(-1, 1, 81)
+    for ax, (gen, imp, title, xlabel) in zip(axes, pairs):
+        both = np.concatenate([scores[gen], scores[imp]])
+        bins = np.linspace(min(both.min(), -1.0), max(both.max(), 1.0), 81)
         ax.hist(scores[imp], bins=bins, alpha=0.6, density=True, label="impostor")
         ax.hist(scores[gen], bins=bins, alpha=0.6, density=True, label="genuine")
         ax.set_title(title)
-        ax.set_xlabel("cosine score")
+        ax.set_xlabel(xlabel)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -96,10 +96,13 @@ def decide(params: Params) -> GateDecision:
     candidate = candidate_model(params)
     cand_metrics = {k: v for k, v in candidate.info.metadata.get("metrics", {}).items()}
     production = production_model(params.service.model_name)
+    if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
+        return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
+                            None, str(candidate.tag), str(production.tag))
     prod_metrics = None
     if production is not None:
         model, _ = load_checkpoint(production.path)
-        prod_metrics, _ = evaluate_model(model, params)
+        prod_metrics, _, _ = evaluate_model(model, params)
     ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance)
     return GateDecision(ok, reasons, cand_metrics, prod_metrics, str(candidate.tag),
                         None if production is None else str(production.tag))

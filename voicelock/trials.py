@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voicelock.metrics import cosine_matrix
+from voicelock.scoring import SpeakerScorer
 
 UNLOCK_IMPOSTOR_KINDS = ("other_speaker_password", "owner_other_word", "other_speaker_other_word")
 
@@ -64,12 +65,14 @@ class UnlockTrials:
 
 def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.ndarray, words: np.ndarray,
                   utterances: np.ndarray, enroll_clips: int, max_trials: int,
-                  rng: np.random.Generator) -> UnlockTrials:
+                  rng: np.random.Generator, scorer: SpeakerScorer | None = None) -> UnlockTrials:
     """Every (speaker, word) with more than `enroll_clips` takes plays an owner with that password.
 
     The first `enroll_clips` takes (by utterance number) form the template; the rest are genuine
-    trials; other clips give the three impostor kinds.
+    trials; other clips give the three impostor kinds. Speaker scores come from `scorer` (raw cosine
+    by default), exactly as `verify` computes them.
     """
+    scorer = scorer or SpeakerScorer()
     kinds = ("genuine",) + UNLOCK_IMPOSTOR_KINDS
     word_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     spk_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
@@ -80,7 +83,8 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
         rows = rows[np.argsort(utterances[rows], kind="stable")]
         enrolled, probes = rows[:enroll_clips], rows[enroll_clips:]
         w_t = word_emb[enrolled].mean(axis=0, keepdims=True)
-        s_t = speaker_emb[enrolled].mean(axis=0, keepdims=True)
+        s_t = speaker_emb[enrolled].mean(axis=0)
+        s_t = s_t / (np.linalg.norm(s_t) + 1e-12)
         groups = {
             "genuine": probes,
             "other_speaker_password": np.flatnonzero((speakers != speaker) & (words == word)),
@@ -89,7 +93,7 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
         }
         for kind, idx in groups.items():
             word_scores[kind].append(cosine_matrix(word_emb[idx], w_t)[:, 0])
-            spk_scores[kind].append(cosine_matrix(speaker_emb[idx], s_t)[:, 0])
+            spk_scores[kind].append(scorer(s_t, speaker_emb[idx]))
 
     def pack(scores: dict[str, list[np.ndarray]], pick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v)[pick[k]] if v else np.zeros(0) for k, v in scores.items()}

@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 
 from voicelock.data.layout import SPLITS
-from voicelock.errors import VoicelockError
 from voicelock.params import PrepareParams
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from voicelock.features import load_noise, load_split, read_meta
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import MODEL_FILE, save_checkpoint
@@ -27,6 +29,7 @@ def pretrain(params: Params) -> Path:
     meta = read_meta(cache)
     train_split = Split.from_feature_set(load_split(cache, "training"))
     val_split = Split.from_feature_set(load_split(cache, "validation"))
+    torch.manual_seed(params.seed)  # the initial weights too: same params, same model
     model = VoiceLockNet(meta["n_features"], params.model)
     log.info("pretrain: %d parameters, %d training clips, %d validation clips", count_parameters(model),
              len(train_split.index), len(val_split.index))

@@ -117,6 +117,9 @@ def _decision_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
           seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
     device = pick_device(tp.device)
+    # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
+    # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     torch.manual_seed(seed)
     if tp.threads:
         torch.set_num_threads(tp.threads)
