@@ -84,9 +84,6 @@ class EnrollmentStore:
             row = conn.execute(select(attempts).where(attempts.c.user == user)).first()
         return (row.failures, row.locked_until) if row else (0, 0.0)
 
-    def locked_until(self, user: str) -> float:
-        return self.failures(user)[1]
-
     def record_failure(self, user: str, now: float, max_failures: int, lockout_s: float) -> float:
         """Count a failed unlock; at `max_failures` in a row lock the user until now + lockout_s.
 
