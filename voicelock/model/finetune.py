@@ -18,7 +18,7 @@ from voicelock.data.owner import check_owner_clips, split_owner_clips
 from voicelock.features import FeatureExtractor, load_split
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
 from voicelock.model.pretrain import HISTORY_FILE, make_augmenter
-from voicelock.model.train import OwnerTask, Split, train, write_history
+from voicelock.model.train import OwnerTask, Split, reproducible, train, write_history
 from voicelock.params import Params
 
 log = logging.getLogger(__name__)
@@ -62,4 +62,5 @@ def finetune(params: Params) -> Path:
     write_history(result, out / HISTORY_FILE)
     return save_checkpoint(out / MODEL_FILE, model, params.model, params.features, params.data.sample_rate,
                            meta["n_features"], stage="finetune", words=meta.get("words"), owner=owner,
-                           password=params.owner.password, best_epoch=result.best_epoch, validation=result.best)
+                           password=params.owner.password, best_epoch=result.best_epoch,
+                           validation=reproducible(result.best))

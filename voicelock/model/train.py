@@ -189,5 +189,11 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     return result
 
 
+def reproducible(row: dict) -> dict:
+    """An epoch's figures without its wall-clock time: what a checkpoint keeps, so that the same params
+    give a byte-identical model file (and DVC sees nothing changed downstream)."""
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def write_history(result: TrainResult, path: str | Path) -> None:
     pd.DataFrame(result.history).to_csv(path, index=False)
