@@ -22,6 +22,8 @@ def test_within_tolerance_is_promoted_beyond_it_is_not():
     assert ok is False and "keyword_accuracy" in reasons[0]
     ok, reasons = compare({**GOOD, "far_owner_other_word": 0.002}, GOOD, TOL)
     assert ok is False and "far_owner_other_word" in reasons[0]
+    for far in ("far_other_speaker_password", "far_owner_other_word", "far_other_speaker_other_word"):
+        assert compare({**GOOD, far: GOOD[far] + 0.0004}, GOOD, TOL)[0] is True, far  # within tolerance.far
 
 
 def test_better_everywhere_is_promoted_and_missing_or_nan_is_worse():
