@@ -25,7 +25,7 @@ def read_wav(path: str | Path, expected_rate: int | None = None) -> tuple[np.nda
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise VoicelockError(f"{path}: not a readable audio file ({e}) — delete or re-export it") from None
     if expected_rate is not None:
-        _check_rate(path, rate, expected_rate)
+        check_rate(path, rate, expected_rate)
     return to_mono(data), rate
 
 
@@ -99,7 +99,7 @@ def read_into(path: str | Path, out: np.ndarray, expected_rate: int) -> int:
         with wave.open(str(path), "rb") as w:
             if w.getsampwidth() == 2:
                 rate, channels = w.getframerate(), w.getnchannels()
-                _check_rate(path, rate, expected_rate)
+                check_rate(path, rate, expected_rate)
                 n = min(w.getnframes(), out.size)
                 pcm = np.frombuffer(w.readframes(n), dtype="<i2")
                 n = pcm.size // channels
@@ -114,7 +114,7 @@ def read_into(path: str | Path, out: np.ndarray, expected_rate: int) -> int:
         raise VoicelockError(f"{path}: file not found") from None
     try:
         with sf.SoundFile(str(path)) as f:
-            _check_rate(path, f.samplerate, expected_rate)
+            check_rate(path, f.samplerate, expected_rate)
             n = min(f.frames, out.size)
             out[:n] = to_mono(f.read(n, dtype="float32", always_2d=True))
             return n
@@ -122,7 +122,7 @@ def read_into(path: str | Path, out: np.ndarray, expected_rate: int) -> int:
         raise VoicelockError(f"{path}: not a readable audio file ({e}) — delete or re-export it") from None
 
 
-def _check_rate(path: Path, rate: int, expected: int) -> None:
+def check_rate(path: Path, rate: int, expected: int) -> None:
     if rate != expected:
         raise VoicelockError(f"{path}: sample rate {rate} Hz, expected {expected} Hz — resample the corpus "
                              f"or set data.sample_rate in params.yaml")

@@ -56,11 +56,14 @@ class FeatureExtractor(torch.nn.Module):
     def n_features(self) -> int:
         return self.params.n_mfcc if self.params.kind == "mfcc" else self.params.n_mels
 
+    def _log_mel(self, waves: torch.Tensor) -> torch.Tensor:
+        """dB of mel power, as AmplitudeToDB(top_db=None) computes it, but in place: the allocating
+        version cost a third of the mel transform itself (bench/features.py)."""
+        return self.mel(waves).clamp_(min=1e-10).log10_().mul_(10.0)
+
     @torch.no_grad()
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # dB of power, as AmplitudeToDB(top_db=None) computes it, but in place: the allocating version
-        # cost a third of the mel transform itself (bench/features.py).
-        db = self.mel(waves).clamp_(min=1e-10).log10_().mul_(10.0)  # (B, M, T_all)
+        db = self._log_mel(waves)  # (B, M, T_all)
         valid = lengths // self.params.hop_length + 1
         feats, frames = self._trim(db, valid)
         if self.dct is not None:
@@ -89,7 +92,7 @@ class FeatureExtractor(torch.nn.Module):
     @torch.no_grad()
     def untrimmed_logmel(self, waves: torch.Tensor) -> torch.Tensor:
         """Plain log-mel of fixed-length segments (no trimming): what noise augmentation mixes in."""
-        return self.mel(waves).clamp_(min=1e-10).log10_().mul_(10.0)[..., : self.frames]
+        return self._log_mel(waves)[..., : self.frames]
 
     def from_arrays(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features for clips already decoded (float32 mono at `sample_rate`), any lengths."""

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-from voicelock.audio import info
+from voicelock.audio import check_rate, info
 from voicelock.data.download import download, extract
 from voicelock.data.layout import BACKGROUND_DIR, TESTING_LIST, VALIDATION_LIST, scan_corpus
 from voicelock.data.synth import synthesize_corpus
@@ -30,10 +30,7 @@ def check_folder(root: str | Path, sample_rate: int) -> int:
     root = Path(root)
     clips = scan_corpus(root)
     for clip in clips:
-        header = info(root / clip.path)
-        if header.samplerate != sample_rate:
-            raise VoicelockError(f"{root / clip.path}: sample rate {header.samplerate} Hz, expected {sample_rate} Hz "
-                                 f"— resample the folder or set data.sample_rate")
+        check_rate(root / clip.path, info(root / clip.path).samplerate, sample_rate)
     return len(clips)
 
 
