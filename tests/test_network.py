@@ -75,3 +75,20 @@ def test_augmentation_shapes_bounds_and_determinism(logmel: bool):
     off = FeatureAugmenter(PARAMS.augment.model_copy(update={"enabled": False}), 0.01, noise, logmel, seed=1)
     x3, f3 = off(feats, frames)
     assert x3 is feats and f3 is frames
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 6, 10, 20, 400])
+def test_lr_schedule_runs_for_any_number_of_steps(steps: int):
+    # 10 steps (e.g. 2 epochs × 5 batches) used to raise ZeroDivisionError inside OneCycleLR.
+    from voicelock.model.train import one_cycle
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    schedule = one_cycle(opt, 0.01, steps)
+    rates = []
+    for _ in range(steps):
+        opt.step()
+        schedule.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert all(0 < r <= 0.01 + 1e-12 for r in rates[:-1])
+    if steps >= 3:
+        assert max(rates) == pytest.approx(0.01, rel=1e-6)

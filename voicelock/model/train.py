@@ -114,6 +114,16 @@ def _decision_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
 
+def one_cycle(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle LR with 10% warm-up. Torch divides by (warm-up steps - 1), so exactly 10 steps in all
+    (e.g. 2 epochs × 5 batches) crashed with ZeroDivisionError: warm up for at least 2 steps, and
+    with fewer than 3 steps in all keep the rate constant."""
+    if steps < 3:
+        return torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0, total_iters=0)
+    warmup = min(steps - 1, max(2, round(0.1 * steps)))
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=warmup / steps)
+
+
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
           seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
     device = pick_device(tp.device)
@@ -128,7 +138,7 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
                                  seed)
     steps = tp.max_epochs * tp.batches_per_epoch
     optimiser = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=tp.lr, total_steps=steps, pct_start=0.1)
+    schedule = one_cycle(optimiser, tp.lr, steps)
     loss_fn = nn.TripletMarginLoss(margin=tp.margin)
     gen = torch.Generator().manual_seed(seed)
     owner_rng = np.random.default_rng(seed + 1)
