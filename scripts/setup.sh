@@ -4,16 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng)
 VENV=.venv
 STAMP="$VENV/.voicelock-installed"
 PY=${PYTHON:-python3}
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# --- system packages (espeak-ng speaks the embedded corpus) -------------------------------------
+# --- system packages: espeak-ng speaks the embedded corpus; Debian's chromium runs the page's
+# end-to-end test (tests/test_browser.py; Playwright drives it, never downloading a browser) --------
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     say "missing system packages: ${missing[*]} — install them as root (apt-get install ${missing[*]}) and re-run"; exit 1

@@ -4,7 +4,8 @@ The key and size checks act before the body is read, so an oversized or unauthen
 the server nothing. Multipart bodies (already size-bounded) are parsed once with Starlette's own
 parser before the app sees them: BentoML 1.4 answers 500 when that parser rejects a malformed form
 (measured: 411 of 2,400 fuzz requests), and a client's broken form is a 400.
-Health, readiness and the OpenAPI docs stay open so orchestrators and people can find the service.
+Health, readiness, the OpenAPI docs and the browser page's static files stay open so orchestrators and
+people can find the service; the page sends the key (typed by its user) with its API calls.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import hmac
 import json
 import os
 
-OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs/", "/docs.json", "/schema.json")
-OPEN_PREFIXES = ("/static_content/",)  # the docs page's own CSS and JavaScript
+from service.page import MOUNT as PAGE
+
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs/", "/docs.json", "/schema.json", PAGE)
+OPEN_PREFIXES = ("/static_content/",  # the docs page's own CSS and JavaScript
+                 PAGE + "/")  # the browser page (service/static): no secrets, and it must load to ask for the key
 
 
 class RequestGuard:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from service.middleware import RequestGuard
+from service.page import MOUNT as PAGE_MOUNT, build_page_app
 from voicelock.enrollment import VoiceLock as VoiceModel
 from voicelock.errors import LockedOut, VoicelockError
 from voicelock.params import load_params
@@ -31,6 +32,7 @@ log = logging.getLogger("voicelock.service")
 # already lists these routes, so the sub-apps publish none of their own.
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
 docs = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+page = build_page_app(PARAMS)  # the browser page: enroll and unlock by voice
 
 
 @docs.get("/")
@@ -49,6 +51,7 @@ def _answer(ctx: bentoml.Context, call: Callable[[], dict]) -> dict:
         return {"error": str(e)}
 
 
+@bentoml.asgi_app(page, path=PAGE_MOUNT)
 @bentoml.asgi_app(docs, path="/docs")
 @bentoml.asgi_app(users, path="/users")
 @bentoml.service(name="voicelock", traffic={"timeout": 30}, workers=PARAMS.service.workers)

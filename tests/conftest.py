@@ -92,9 +92,8 @@ def tiny_corpus(tiny_params: Params) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
-    """Every model stage run once on the tiny corpus; returns the params that locate the outputs."""
+def run_model_stages(params: Params, corpus: Path) -> Params:
+    """Every stage from features to evaluate, in-process, on a generated corpus; returns `params`."""
     from voicelock.data.manifest import build_manifest
     from voicelock.data.owner import acquire_owner
     from voicelock.evaluation import run_evaluation
@@ -102,13 +101,20 @@ def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
     from voicelock.model.finetune import finetune
     from voicelock.model.pretrain import pretrain
 
-    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
-    build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tiny_params.features.out_dir)
-    acquire_owner(tiny_params)
-    pretrain(tiny_params)
-    finetune(tiny_params)
-    run_evaluation(tiny_params, tiny_params.evaluate.metrics_file, tiny_params.evaluate.plots_dir)
-    return tiny_params
+    d = params.data
+    manifest = build_manifest(corpus, d.validation_percentage, d.testing_percentage, threads=2)
+    build_feature_cache(manifest, corpus, params.features, d.sample_rate, params.features.out_dir)
+    acquire_owner(params)
+    pretrain(params)
+    finetune(params)
+    run_evaluation(params, params.evaluate.metrics_file, params.evaluate.plots_dir)
+    return params
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_corpus: Path, tiny_params: Params) -> Params:
+    """Every model stage run once on the tiny corpus; returns the params that locate the outputs."""
+    return run_model_stages(tiny_params, tiny_corpus)
 
 
 BIN = Path(sys.executable).parent

@@ -24,6 +24,9 @@ def test_repository_params_are_valid():
         ("data", "source", "ftp", "data.source"),
         ("prepare", "min_duration_s", 5.0, "min_duration_s"),
         ("features", "bogus_key", 1, "features.bogus_key"),
+        ("page", "enroll_takes", 2, "page.enroll_takes"),  # below enroll.min_clips: every enrollment refused
+        ("page", "clip_seconds", 4.95, "page.clip_seconds"),  # with the pre-roll over enroll.max_duration_s
+        ("page", "speech_level_db", 3.0, "page.speech_level_db"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

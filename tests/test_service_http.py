@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,44 +10,17 @@ import numpy as np
 import pytest
 
 from tests import servers
-from tests.conftest import REPO
+from tests.servers import Server
 from tests.test_unlock_service import wav_bytes
 from voicelock.params import Params
 
 API_KEY = "test-key-123"
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Server:
-    url: str
-    env: dict
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        port = self.url.rsplit(":", 1)[1]
-        self.proc = servers.start(
-            [str(BIN / "bentoml"), "serve", "service.service:VoiceLock", "--host", "127.0.0.1", "--port", port],
-            self.log, cwd=REPO, env=self.env)
-        servers.wait_healthy(f"{self.url}/readyz", self.proc, self.log)
-
-    def stop(self) -> None:
-        servers.stop(self.proc)
 
 
 @pytest.fixture(scope="module")
 def server(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-           "VOICELOCK_PARAMS": str(tiny_params_path), trained.service.api_key_env: API_KEY,
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in ([sys.executable, "stages/package.py", "--params", str(tiny_params_path)],
-                [str(BIN / "voicelock"), "--params", str(tiny_params_path), "promote"]):  # as `make repro` does
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    srv = Server(f"http://127.0.0.1:{servers.free_port()}", env, home / "serve.log")
-    srv.start()
+    srv = servers.serve_model(tiny_params_path, tmp_path_factory.mktemp("bentoml"),
+                              {trained.service.api_key_env: API_KEY})
     yield srv
     srv.stop()
 

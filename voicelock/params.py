@@ -228,6 +228,20 @@ class ServiceParams(_Section):
     max_latency_ms: int = Field(ge=1)
 
 
+class PageParams(_Section):
+    """The browser page's recording behaviour; sent to the page as /app/config.json."""
+
+    enroll_takes: int = Field(ge=1, le=10)
+    countdown_seconds: int = Field(ge=0, le=10)
+    listen_seconds: float = Field(gt=0, le=30)
+    clip_seconds: float = Field(gt=0.2, le=5)
+    preroll_seconds: float = Field(ge=0, le=1)
+    speech_level_db: float = Field(lt=0)
+    noise_margin_db: float = Field(ge=0)
+    quiet_ms: int = Field(ge=0, le=2000)
+    mic_idle_seconds: float = Field(ge=0, le=600)
+
+
 class PromotionParams(_Section):
     candidate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     tolerance: dict[str, float]
@@ -261,7 +275,19 @@ class Params(BaseModel):
     enroll: EnrollParams
     evaluate: EvaluateParams
     service: ServiceParams
+    page: PageParams
     promotion: PromotionParams
+
+    @model_validator(mode="after")
+    def _page_fits_enrollment(self) -> "Params":
+        e, page = self.enroll, self.page
+        if not e.min_clips <= page.enroll_takes <= e.max_clips:
+            raise ValueError(f"page.enroll_takes: {page.enroll_takes} is outside enroll.min_clips–max_clips "
+                             f"({e.min_clips}–{e.max_clips}); the service would refuse every enrollment")
+        if page.clip_seconds + page.preroll_seconds > e.max_duration_s:
+            raise ValueError(f"page.clip_seconds + page.preroll_seconds is over enroll.max_duration_s "
+                             f"({e.max_duration_s}); the service would refuse every recording")
+        return self
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

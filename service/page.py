@@ -1,0 +1,56 @@
+"""The browser page at /app/: enroll a password by voice and unlock, served by the same `bentoml serve`.
+
+The page is static HTML/JS/CSS from `service/static/` (no build step, no CDN) plus one generated
+file, `config.json`, so its recording settings and the enrollment limits come from params.yaml and
+are never written twice. A strict Content-Security-Policy lets the page load and talk to this origin
+only; the microphone needs a secure context, which http://127.0.0.1 and http://localhost count as.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from voicelock.params import Params
+
+STATIC = Path(__file__).parent / "static"
+MOUNT = "/app"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
+def page_config(params: Params) -> dict:
+    """What the page needs to record takes the service will accept, from params.yaml."""
+    page, enroll = params.page, params.enroll
+    return {
+        **page.model_dump(),
+        "sample_rate": params.data.sample_rate,
+        "min_clips": enroll.min_clips,
+        "max_clips": enroll.max_clips,
+        "max_user_length": params.service.max_user_length,
+        "api_key_required": bool(os.environ.get(params.service.api_key_env)),
+    }
+
+
+def build_page_app(params: Params) -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    config = page_config(params)
+
+    @app.middleware("http")
+    async def _security_headers(request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/config.json")
+    def _config() -> dict:
+        return config
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
+    return app
