@@ -117,3 +117,23 @@ def test_any_rate_stereo_flac_and_ogg_are_accepted(service, trained: Params):
     uploads = [("a.wav", wav_bytes(stereo, 48000)), ("b.flac", wav_bytes(stereo, 48000, "FLAC")),
                ("c.ogg", wav_bytes(x48, 48000, "OGG", "VORBIS"))]
     assert core.enroll("dave", uploads)["enrolled"] is True
+
+
+def test_table_creation_retries_when_another_worker_won_the_race(tmp_path: Path, monkeypatch):
+    # Two BentoML workers on a new SQLite file: one died with "table enrollments already exists".
+    from sqlalchemy.exc import OperationalError
+
+    from voicelock import store
+
+    real, calls = store.metadata.create_all, []
+
+    def racing(engine):
+        calls.append(1)
+        if len(calls) == 1:  # as if another process created the table between check and CREATE
+            real(engine)
+            raise OperationalError("CREATE TABLE enrollments", {}, Exception("table enrollments already exists"))
+        real(engine)
+
+    monkeypatch.setattr(store.metadata, "create_all", racing)
+    EnrollmentStore(f"sqlite:///{tmp_path / 'e.db'}")
+    assert len(calls) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from voicelock.enrollment import Template
 
@@ -50,10 +51,24 @@ def make_engine(url: str) -> Engine:
     return create_engine(url)
 
 
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create missing tables. The service's workers start together on a fresh database; when another
+    worker creates a table between our check and our CREATE, the CREATE fails ("table … already
+    exists": seen with two BentoML workers on a new SQLite file). Looking again finds it and is done."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 class EnrollmentStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        create_tables(self.engine)
 
     def save(self, user: str, template: Template, model: str) -> None:
         """Replace the user's enrollment (and clear their failures) in one transaction."""
