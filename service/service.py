@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
+import numpy as np
 import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -59,14 +60,24 @@ class VoiceLock:
     """Enroll a password by voice, then unlock only for the same person saying it."""
 
     model = bentoml.models.BentoModel(MODEL_TAG)
+    if PARAMS.service.batching:  # embeddings from a separate, adaptively batching service
+        from service.embedder import Embedder
+
+        embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
         torch.set_num_threads(PARAMS.service.torch_threads)
         stored = self.model
-        lock = VoiceModel(stored.path, PARAMS.enroll)
+        lock = VoiceModel(stored.path, PARAMS.enroll,
+                          embedder=self._embed_batched if PARAMS.service.batching else None)
+        self.word_dim = lock.model.password_out.in_features
         store = EnrollmentStore(os.environ.get("VOICELOCK_DATABASE_URL", PARAMS.service.database_url))
         self.core = UnlockService(lock, store, PARAMS, str(stored.tag))
         log.info("voicelock service ready with model %s", stored.tag)
+
+    def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(self.embedder.embed(clips=clips), dtype=np.float32)
+        return rows[:, : self.word_dim], rows[:, self.word_dim:]
 
     @bentoml.api(route="/enroll")
     def enroll(self, user: str, files: list[Path], ctx: bentoml.Context) -> dict:

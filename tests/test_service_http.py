@@ -120,3 +120,41 @@ def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):
         assert_clean_error(c.post(f"{url}/unlock", files={"user": ("u.bin", b"\x80\xff"), "file": ("f.wav", pw[0])}),
                            400, "must be text")
         assert c.get(f"{url}/healthz").status_code == 200
+
+
+def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory):
+    """service.batching moves embeddings to a second, batching service: the scores the core computes
+    in-process, one request at a time and under concurrent requests the embedder groups."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from voicelock.audio import decode_bytes
+    from voicelock.enrollment import VoiceLock
+
+    root = tmp_path_factory.mktemp("batching")
+    raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["service"].update(batching=True, max_batch_size=8, max_latency_ms=50, lockout_failures=1000,
+                          database_url=f"sqlite:///{root / 'enrollments.db'}")
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    pw, other = clips(trained, trained.owner.password), clips(trained, "yes")
+    probes = [pw[3], pw[4], other[0], other[1]]
+    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    template = lock.enroll([decode_bytes(b, "enroll") for b in pw[:3]])
+    want = [lock.verify(template, *decode_bytes(p, "probe")) for p in probes]
+
+    batched = servers.serve_model(params_path, root / "bentoml", {trained.service.api_key_env: API_KEY})
+    try:
+        with client() as c:
+            assert enroll(c, batched.url, "dave", pw[:3]).status_code == 200
+            one_by_one = [unlock(c, batched.url, "dave", p).json() for p in probes]
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(lambda p: unlock(c, batched.url, "dave", p).json(), probes * 4))
+    finally:
+        batched.stop()
+    for got, expected in zip(one_by_one + together, want * 5):
+        assert got["unlocked"] == expected.unlocked
+        assert got["word_score"] == pytest.approx(expected.word_score, abs=2e-3)
+        assert got["speaker_score"] == pytest.approx(expected.speaker_score, abs=2e-2)

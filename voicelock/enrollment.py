@@ -8,6 +8,7 @@ and unlocks only when both scores clear the thresholds calibrated at evaluation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,11 +58,19 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-12)
 
 
-class VoiceLock:
-    """A trained model ready to enroll and verify raw clips (any sample rate, mono)."""
+Embedder = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
-    def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, device: str = "cpu"):
+
+class VoiceLock:
+    """A trained model ready to enroll and verify raw clips (any sample rate, mono).
+
+    `embedder` replaces the in-process embedding (features + network), e.g. with a call to a
+    separate service that batches clips from many requests (service/embedder.py)."""
+
+    def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, device: str = "cpu",
+                 embedder: Embedder | None = None):
         self.model, meta = load_checkpoint(model_dir, device)
+        self.embedder = embedder
         self.device = device
         self.sample_rate = int(meta["sample_rate"])
         self.extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), self.sample_rate)
@@ -90,9 +99,13 @@ class VoiceLock:
             samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, self.sample_rate).numpy()
         return samples.astype(np.float32)
 
-    @torch.no_grad()
     def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Word and speaker embeddings of prepared clips (model sample rate)."""
+        return self.embedder(clips) if self.embedder else self.embed_here(clips)
+
+    @torch.no_grad()
+    def embed_here(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`embed` in this process: features and network on this process's torch threads."""
         feats, frames = self.extractor.from_arrays(clips)
         out = self.model(feats.to(self.device), frames.to(self.device))
         return out.word.cpu().numpy(), out.speaker.cpu().numpy()

@@ -224,6 +224,7 @@ class ServiceParams(_Section):
     workers: int = Field(ge=1)
     torch_threads: int = Field(ge=1)
     batching: bool
+    embedder_threads: int = Field(ge=1)
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
 
