@@ -21,6 +21,7 @@ from voicelock.enrollment import VoiceLock
 from voicelock.model.checkpoint import save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.params import load_params
+from voicelock.runtime import limit_threads
 
 
 def _model_dir(params, tmp: Path) -> Path:
@@ -49,7 +50,7 @@ def main() -> None:
         template = lock.enroll([(c, rate) for c in clips[:3]])
 
         default_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        limit_threads(1)  # torch and numpy's BLAS: "one thread" means both (voicelock/runtime.py)
         for c in clips:  # warm-up
             lock.verify(template, c, rate)
         times = []
@@ -59,7 +60,7 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
 
-        torch.set_num_threads(default_threads)
+        limit_threads(default_threads)
         batch = [clips[i % len(clips)] for i in range(args.batch)]
         lock.embed(batch)
         t0 = time.perf_counter()

@@ -12,10 +12,10 @@ import os
 
 import bentoml
 import numpy as np
-import torch
 
 from voicelock.enrollment import VoiceLock as VoiceModel
 from voicelock.params import load_params
+from voicelock.runtime import limit_threads
 
 PARAMS = load_params(os.environ.get("VOICELOCK_PARAMS", "params.yaml"))
 MODEL_TAG = os.environ.get("VOICELOCK_MODEL_TAG", PARAMS.service.model_tag)
@@ -28,7 +28,7 @@ class Embedder:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        torch.set_num_threads(PARAMS.service.embedder_threads)
+        limit_threads(PARAMS.service.embedder_threads)
         self.lock = VoiceModel(self.model.path, PARAMS.enroll)
 
     @bentoml.api(batchable=True, max_batch_size=PARAMS.service.max_batch_size,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -23,6 +22,7 @@ from service.page import MOUNT as PAGE_MOUNT, build_page_app
 from voicelock.enrollment import VoiceLock as VoiceModel
 from voicelock.errors import LockedOut, VoicelockError
 from voicelock.params import load_params
+from voicelock.runtime import limit_threads
 from voicelock.store import EnrollmentStore
 from voicelock.unlock_service import UnlockService
 
@@ -66,7 +66,7 @@ class VoiceLock:
         embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
-        torch.set_num_threads(PARAMS.service.torch_threads)
+        limit_threads(PARAMS.service.torch_threads)
         stored = self.model
         lock = VoiceModel(stored.path, PARAMS.enroll,
                           embedder=self._embed_batched if PARAMS.service.batching else None)
