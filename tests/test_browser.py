@@ -258,3 +258,14 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         assert b.click_and_wait("#unlock-btn") == "“nobody” is not enrolled yet. Record your password and enroll first."
         b.screenshot("5-not-enrolled")
         b.close(server.url)
+
+        # A microphone that hears nothing: the take gives up after listen_seconds and says so.
+        silent = tmp_path / "silent.wav"
+        sf.write(silent, np.zeros(FAKE_MIC_RATE * 2, dtype=np.float32), FAKE_MIC_RATE, subtype="PCM_16")
+        b = Browser(pw, silent)
+        b.open(server.url, "quiet")
+        message = b.click_and_wait("#record-take")
+        assert message.startswith(f"No voice was heard in {params.page.listen_seconds:g} s."), message
+        assert b.page.locator("#takes li[data-recorded=true]").count() == 0
+        b.screenshot("6-no-voice")
+        b.close(server.url)

@@ -57,6 +57,9 @@ def test_health_docs_and_auth(server: Server):
         paths = c.get(f"{server.url}/docs.json").json()["paths"]
         assert {"/enroll", "/unlock", "/users/{user}"} <= set(paths)
         assert_clean_error(c.post(f"{server.url}/unlock", data={"user": "x"}), 401, "X-API-Key")
+        # The browser page loads without the key (it has none to give) and tells itself to ask for one.
+        assert c.get(f"{server.url}/app/").status_code == 200
+        assert c.get(f"{server.url}/app/config.json").json()["api_key_required"] is True
     with httpx.Client(headers={"X-API-Key": "wrong"}) as c:
         assert_clean_error(c.delete(f"{server.url}/users/x"), 401, "X-API-Key")
 

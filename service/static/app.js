@@ -21,9 +21,12 @@ function say(text, kind = "info") {
 /** The server's error as a sentence: its message already names what was wrong; here it only loses
  *  the upload's internal name ("file 2" is "Take 2" on this page) and gains a full stop. */
 function serverSentence(text) {
-  let s = String(text || "").replace(/^file (\d+)/, "Take $1").replace(/ — /g, ". ");
-  s = s.charAt(0).toUpperCase() + s.slice(1);
-  return /[.!?]$/.test(s) ? s : s + ".";
+  return String(text || "")
+    .replace(/\bfile (\d+)/g, "take $1")
+    .split(" — ")
+    .map((part) => part.charAt(0).toUpperCase() + part.slice(1))
+    .map((part) => (/[.!?]$/.test(part) ? part : part + "."))
+    .join(" ");
 }
 
 function userName() {
