@@ -92,3 +92,22 @@ def test_lr_schedule_runs_for_any_number_of_steps(steps: int):
     assert all(0 < r <= 0.01 + 1e-12 for r in rates[:-1])
     if steps >= 3:
         assert max(rates) == pytest.approx(0.01, rel=1e-6)
+
+
+def test_margin_softmax_penalises_the_true_class_and_skips_unknown_speakers():
+    from voicelock.model.margin_softmax import IGNORE, MarginSoftmax
+
+    torch.manual_seed(0)
+    head = MarginSoftmax(dim=8, classes=4, margin=0.3, scale=10.0)
+    emb = torch.nn.functional.normalize(head.centres.detach()[[0, 1, 2]].clone(), dim=1)  # at their centres
+    targets = torch.tensor([0, 1, 2])
+    with_margin = head(emb, targets)
+    head.margin = 0.0
+    assert with_margin > head(emb, targets)  # the margin makes the true class harder to win
+    head.margin = 0.3
+    # A clip of no class (the owner in fine-tuning) adds nothing; a batch of only such clips gives 0.
+    mixed = head(torch.cat([emb, emb[:1]]), torch.tensor([0, 1, 2, IGNORE]))
+    assert mixed.item() == pytest.approx(with_margin.item(), rel=1e-5)
+    none = head(emb, torch.full((3,), IGNORE))
+    assert none.item() == 0.0
+    none.backward()  # still differentiable, so a training step never breaks

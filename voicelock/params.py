@@ -169,6 +169,10 @@ class TrainParams(_Section):
     margin: float = Field(gt=0)
     mining: Literal["batch_all", "batch_hard", "semi_hard"]
     max_triplets: int = Field(ge=1)
+    speaker_class_weight: float = Field(ge=0, description="0 = triplet loss only for the speaker head")
+    word_class_weight: float = Field(ge=0, description="0 = triplet loss only for the word head")
+    class_margin: float = Field(ge=0, lt=1)
+    class_scale: float = Field(gt=0)
     threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
 
 

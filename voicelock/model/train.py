@@ -23,6 +23,7 @@ from tqdm import tqdm
 from voicelock.features import FeatureSet
 from voicelock.metrics import eer
 from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.margin_softmax import IGNORE, MarginSoftmax
 from voicelock.model.network import VoiceLockNet
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import triplet_loss
@@ -137,7 +138,16 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     sampler = SpeakerWordBatches(train_split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
                                  seed)
     steps = tp.max_epochs * tp.batches_per_epoch
-    optimiser = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    # Auxiliary margin-softmax per head over the training split's classes (voicelock/model/margin_softmax.py).
+    classifiers: dict[str, tuple[dict, MarginSoftmax, float]] = {}
+    for head, weight, dim in (("speaker", tp.speaker_class_weight, model.owner_out.in_features),
+                              ("word", tp.word_class_weight, model.password_out.in_features)):
+        if weight > 0:  # the index column is named as the head: a clip's speaker id or word
+            classes = {c: i for i, c in enumerate(sorted(train_split.index[head].unique()))}
+            classifiers[head] = (classes, MarginSoftmax(dim, len(classes), tp.class_margin, tp.class_scale).to(device),
+                                 weight)
+    trained = list(model.parameters()) + [p for _, c, _ in classifiers.values() for p in c.parameters()]
+    optimiser = torch.optim.AdamW(trained, lr=tp.lr, weight_decay=tp.weight_decay)
     schedule = one_cycle(optimiser, tp.lr, steps)
     loss_fn = nn.TripletMarginLoss(margin=tp.margin)
     gen = torch.Generator().manual_seed(seed)
@@ -146,7 +156,9 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     for epoch in range(1, tp.max_epochs + 1):
         model.train()
         started = time.perf_counter()
-        totals = {"loss_word": 0.0, "loss_speaker": 0.0, "loss_decision": 0.0, "triplets_word": 0,
+        totals = {"loss_word": 0.0, "loss_speaker": 0.0, "loss_word_class": 0.0, "loss_speaker_class": 0.0,
+                  "loss_decision": 0.0,
+                  "triplets_word": 0,
                   "triplets_speaker": 0}
         bar = tqdm(range(tp.batches_per_epoch), desc=f"{desc} epoch {epoch}/{tp.max_epochs}", unit=" batch")
         for _ in bar:
@@ -164,6 +176,11 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
             ls, ts = triplet_loss(_labels(index["speaker"], device), out.speaker, loss_fn, tp.mining,
                                   tp.max_triplets, gen)
             loss = lw + ls
+            for head, (classes, classifier, weight) in classifiers.items():
+                targets = index[head].map(classes).fillna(IGNORE).astype(int).to_numpy()
+                lc = classifier(getattr(out, head), torch.as_tensor(targets, device=device))
+                loss = loss + weight * lc
+                totals[f"loss_{head}_class"] += lc.item()
             if owner is not None:
                 is_owner = torch.tensor((index["speaker"] == owner.owner).to_numpy(), dtype=torch.float32,
                                            device=device)
