@@ -134,3 +134,16 @@ def test_pretraining_is_deterministic(trained: Params, tmp_path: Path):
     assert all(torch.equal(first[k], second[k]) for k in first)
     # The file itself too (no wall-clock time inside), so DVC sees nothing changed downstream.
     assert first_path.read_bytes() == second_path.read_bytes()
+
+
+def test_evaluation_refuses_templates_that_leave_no_takes_to_test(trained: Params, tmp_path: Path):
+    # 5 takes per template on a corpus with 5 takes a word used to die in threshold calibration with a
+    # bare "no impostor scores" ValueError.
+    from voicelock.errors import VoicelockError
+    from voicelock.evaluation import run_evaluation
+
+    takes = trained.data.synth.takes_per_word
+    ep = trained.evaluate.model_copy(update={"enroll_clips": takes, "out_dir": str(tmp_path / "release")})
+    params = trained.model_copy(update={"evaluate": ep})
+    with pytest.raises(VoicelockError, match=rf"evaluate.enroll_clips: {takes} .* at most {takes} takes"):
+        run_evaluation(params, tmp_path / "metrics.json", tmp_path / "plots")

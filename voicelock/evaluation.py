@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from voicelock.data.layout import Clip, scan_corpus
+from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, FeatureParams, load_split
 from voicelock.metrics import cosine_matrix, eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
@@ -65,8 +66,13 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
 
 def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int,
                  scorer: SpeakerScorer) -> UnlockTrials:
-    word, speaker = embed_split(model, split)
     ix = split.index
+    most = int(ix.groupby(["speaker", "word"]).size().max()) if len(ix) else 0
+    if most <= ep.enroll_clips:
+        raise VoicelockError(f"evaluate.enroll_clips: {ep.enroll_clips} takes per template leave none to test — "
+                             f"speakers here have at most {most} takes of a word; lower evaluate.enroll_clips "
+                             f"below {most} or use a corpus with more takes")
+    word, speaker = embed_split(model, split)
     return unlock_trials(word, speaker, ix["speaker"].to_numpy(), ix["word"].to_numpy(),
                          ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, np.random.default_rng(seed),
                          scorer)
