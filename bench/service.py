@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from voicelock.errors import VoicelockError
+from voicelock.features import load_split
 from voicelock.params import load_params
 
 
@@ -136,13 +138,14 @@ def find_probe(c: httpx.Client, url: str, params) -> tuple[bytes, str] | None:
     at most lockout_failures - 1 of those takes, the likeliest to unlock."""
     word = params.owner.password
     speakers = [(sorted((Path(params.owner.out_dir) / word).glob("*.wav")), "an owner enrollment take")]
-    corpus = Path(params.data.raw_dir)
-    split = corpus / "speakers.csv"
-    if split.exists():
-        testing = sorted(line.split(",")[0] for line in split.read_text().splitlines()[1:]
-                         if line.endswith(",testing"))
-        speakers += [(sorted((corpus / word).glob(f"{s}_nohash_*.wav")), f"an enrollment take of test speaker {s}")
-                     for s in testing]
+    try:  # the test split as the pipeline made it, for any corpus
+        index = load_split(params.features.out_dir, "testing").index
+    except VoicelockError:
+        index = None
+    if index is not None:
+        takes = index[index["word"] == word].sort_values(["speaker", "utterance"]).groupby("speaker")["path"]
+        speakers += [([Path(params.data.raw_dir) / p for p in paths], f"an enrollment take of test speaker {s}")
+                     for s, paths in takes]
     for clips, what in speakers:
         if len(clips) < 3:
             continue

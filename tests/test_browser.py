@@ -31,6 +31,7 @@ import torchaudio
 from tests import servers
 from tests.conftest import REPO, run_model_stages, tiny_params_dict, write_params
 from voicelock.enrollment import VoiceLock
+from voicelock.features import load_split
 from voicelock.params import Params, load_params
 
 pytestmark = pytest.mark.slow
@@ -181,11 +182,10 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
         margins[take] = min(d.word_score - d.thresholds["word"], d.speaker_score - d.thresholds["speaker"])
     genuine = max(margins, key=margins.get)
     assert margins[genuine] > 0, f"the API unlocks none of the owner's held-out takes: {margins}"
-    corpus = Path(params.data.raw_dir)
-    testing = [line.split(",")[0] for line in (corpus / "speakers.csv").read_text().splitlines()[1:]
-               if line.endswith(",testing")]
-    for speaker in sorted(testing):
-        take = sorted((corpus / word).glob(f"{speaker}_nohash_*.wav"))[0]
+    index = load_split(params.features.out_dir, "testing").index
+    firsts = index[index["word"] == word].sort_values(["speaker", "utterance"]).groupby("speaker")["path"].first()
+    for path in firsts:
+        take = Path(params.data.raw_dir) / path
         if not lock.verify_file(template, take).unlocked:
             return enroll, genuine, take
     raise AssertionError("the API unlocks every test speaker's password take for the owner")
