@@ -136,14 +136,17 @@ def test_pretraining_is_deterministic(trained: Params, tmp_path: Path):
     assert first_path.read_bytes() == second_path.read_bytes()
 
 
-def test_evaluation_refuses_templates_that_leave_no_takes_to_test(trained: Params, tmp_path: Path):
+def test_evaluation_refuses_templates_that_leave_no_takes_to_test(trained: Params, tiny_corpus: Path,
+                                                                   tmp_path: Path):
     # 5 takes per template on a corpus with 5 takes a word used to die in threshold calibration with a
-    # bare "no impostor scores" ValueError.
+    # bare "no impostor scores" ValueError; on a folder (`voicelock evaluate --data`) it gave no trials.
     from voicelock.errors import VoicelockError
-    from voicelock.evaluation import run_evaluation
+    from voicelock.evaluation import evaluate_folder, run_evaluation
 
     takes = trained.data.synth.takes_per_word
     ep = trained.evaluate.model_copy(update={"enroll_clips": takes, "out_dir": str(tmp_path / "release")})
     params = trained.model_copy(update={"evaluate": ep})
     with pytest.raises(VoicelockError, match=rf"evaluate.enroll_clips: {takes} .* at most {takes} takes"):
         run_evaluation(params, tmp_path / "metrics.json", tmp_path / "plots")
+    with pytest.raises(VoicelockError, match=rf"evaluate.enroll_clips: {takes} "):
+        evaluate_folder(trained.evaluate.out_dir, tiny_corpus, ep, trained.seed)

@@ -64,18 +64,23 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
     return embed(model, split.features, split.frames, next(model.parameters()).device)
 
 
-def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int,
-                 scorer: SpeakerScorer) -> UnlockTrials:
+def split_unlock_trials(word: np.ndarray, speaker: np.ndarray, split: Split, ep: EvaluateParams,
+                        rng: np.random.Generator, scorer: SpeakerScorer | None) -> UnlockTrials:
+    """Unlock trials of a split's embeddings; refuses templates so large that no take is left to test."""
     ix = split.index
     most = int(ix.groupby(["speaker", "word"]).size().max()) if len(ix) else 0
     if most <= ep.enroll_clips:
         raise VoicelockError(f"evaluate.enroll_clips: {ep.enroll_clips} takes per template leave none to test — "
                              f"speakers here have at most {most} takes of a word; lower evaluate.enroll_clips "
                              f"below {most} or use a corpus with more takes")
-    word, speaker = embed_split(model, split)
     return unlock_trials(word, speaker, ix["speaker"].to_numpy(), ix["word"].to_numpy(),
-                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, np.random.default_rng(seed),
-                         scorer)
+                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, rng, scorer)
+
+
+def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int,
+                 scorer: SpeakerScorer) -> UnlockTrials:
+    word, speaker = embed_split(model, split)
+    return split_unlock_trials(word, speaker, split, ep, np.random.default_rng(seed), scorer)
 
 
 def make_scorer(model: VoiceLockNet, params: Params) -> SpeakerScorer:
@@ -96,8 +101,7 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
     predicted, _ = keyword_predictions(word, speakers, words, ep.keyword_enroll_clips, rng)
     same_gen, same_imp = speaker_pair_scores(speaker, speakers, words, True, ep.max_trials, rng)
     all_gen, all_imp = speaker_pair_scores(speaker, speakers, words, False, ep.max_trials, rng)
-    trials = unlock_trials(word, speaker, speakers, words, ix["utterance"].to_numpy(), ep.enroll_clips,
-                           ep.max_trials, rng, scorer)
+    trials = split_unlock_trials(word, speaker, split, ep, rng, scorer)
     metrics = {
         "keyword_accuracy": float(np.mean(predicted == words)),
         "speaker_eer": eer(same_gen, same_imp)[0],
