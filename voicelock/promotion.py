@@ -94,7 +94,7 @@ def decide(params: Params) -> GateDecision:
     from voicelock.model.checkpoint import load_checkpoint
 
     candidate = candidate_model(params)
-    cand_metrics = {k: v for k, v in candidate.info.metadata.get("metrics", {}).items()}
+    cand_metrics = dict(candidate.info.metadata.get("metrics", {}))
     production = production_model(params.service.model_name)
     if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
         return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
