@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 
 from voicelock.data.layout import read_list, scan_corpus, split_for_speaker
@@ -86,3 +87,24 @@ def test_shared_timbres_are_spread_in_pitch_and_variants_balanced():
     assert max(per_variant.values()) - min(per_variant.values()) <= 1
     gaps = [abs(a.pitch - b.pitch) for a, b in itertools.combinations(speakers, 2) if a.variant == b.variant]
     assert min(gaps) > 2 * synth.pitch_jitter  # jittered takes of two such speakers never share a pitch
+
+
+def test_voices_that_ignore_variants_and_duplicate_variants_are_refused(tiny_params: Params):
+    """espeak-ng renders en-gb+f1 exactly as en-gb: every en-gb speaker was a pitch-only twin."""
+    from voicelock.data.synth import check_timbres
+    from voicelock.errors import VoicelockError
+
+    synth = tiny_params.data.synth
+    with pytest.raises(VoicelockError, match=r"data\.synth\.voices: .*'en-gb'.*'en'"):
+        check_timbres(synth.model_copy(update={"voices": ["en-us", "en-gb"], "variants": ["m1", "f1"]}))
+    with pytest.raises(VoicelockError, match=r"data\.synth\.variants: 'klatt6' renders the same audio as 'klatt'"):
+        check_timbres(synth.model_copy(update={"voices": ["en-us"], "variants": ["klatt", "m1", "klatt6"]}))
+    check_timbres(synth.model_copy(update={"voices": ["en-us", "en"], "variants": ["m1", "f1", "klatt"]}))
+
+
+def test_the_default_voices_and_variants_are_all_distinct():
+    from tests.conftest import REPO
+    from voicelock.data.synth import check_timbres
+    from voicelock.params import load_params
+
+    check_timbres(load_params(REPO / "params.yaml").data.synth)

@@ -114,6 +114,34 @@ def speak(text: str, voice: str, variant: str, pitch: int, speed: int) -> tuple[
     return data, rate
 
 
+def check_timbres(params: SynthParams, probe: str = "seven") -> None:
+    """Refuse voice or variant lists under which two "speakers" would be the same voice.
+
+    espeak-ng silently ignores a variant on some voice names: `en-gb+f1` renders exactly what `en-gb`
+    does (while `en+f1`, the same British voice, honours it). Such a voice made all its speakers
+    differ by pitch and speed alone — near-twins no model can tell apart, and an owner who never
+    unlocked. Some variants are also byte-identical to others (klatt6 and caleb to klatt).
+    """
+    def render(voice: str, variant: str) -> str:
+        return hashlib.sha1(speak(probe, voice, variant, 50, 160)[0].tobytes()).hexdigest()
+
+    two = params.variants[:2]
+    if len(two) == 2:
+        for voice in params.voices:
+            if render(voice, two[0]) == render(voice, two[1]):
+                raise VoicelockError(
+                    f"params.yaml: data.synth.voices: espeak-ng ignores variants on voice '{voice}' "
+                    f"({voice}+{two[0]} sounds exactly like {voice}+{two[1]}), so its speakers would differ "
+                    f"by pitch alone — use a voice name that takes variants (e.g. 'en' for 'en-gb')")
+    seen: dict[str, str] = {}
+    for variant in params.variants:
+        digest = render(params.voices[0], variant)
+        if digest in seen:
+            raise VoicelockError(f"params.yaml: data.synth.variants: '{variant}' renders the same audio as "
+                                 f"'{seen[digest]}' — keep one of them")
+        seen[digest] = variant
+
+
 def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     g = np.gcd(rate, target)
     return signal.resample_poly(x, target // g, rate // g).astype(np.float32)
@@ -193,6 +221,7 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
                       clip_seconds: float = 1.0) -> Path:
     """Generate the whole corpus into `out_dir` (atomically), in parallel, with a progress bar."""
     require_espeak()
+    check_timbres(params)
     speakers = plan_speakers(params, seed)
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
@@ -221,6 +250,7 @@ def synthesize_owner(params: SynthParams, out_dir: str | Path, seed: int, rate: 
     They say the password `takes_password` times and every other corpus word `takes_other` times.
     """
     require_espeak()
+    check_timbres(params)
     used = {(sp.voice, sp.variant) for sp in plan_speakers(params, seed)}
     owner = plan_speakers(params, seed + 1, n_speakers=1, exclude=used)[0]
     words = [password] + [w for w in params.words if w != password]
