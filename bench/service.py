@@ -36,7 +36,8 @@ def _wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> byt
     return buf.getvalue()
 
 
-async def load(url: str, headers: dict, user: str, probe: bytes, clients: int, seconds: float) -> list[float]:
+async def load(url: str, headers: dict, user: str, probe: bytes, clients: int, seconds: float,
+               route: str = "/unlock") -> list[float]:
     latencies: list[float] = []
     failures: Counter = Counter()
     deadline = time.perf_counter() + seconds
@@ -44,15 +45,19 @@ async def load(url: str, headers: dict, user: str, probe: bytes, clients: int, s
     async def worker(c: httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            r = await c.post(f"{url}/unlock", data={"user": user}, files={"file": ("p.wav", probe, "audio/wav")})
+            r = await c.post(f"{url}{route}", data={"user": user}, files={"file": ("p.wav", probe, "audio/wav")})
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
                 failures[r.status_code] += 1
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    cpu = time.process_time()
     async with httpx.AsyncClient(headers=headers, timeout=30, limits=limits) as c:
         await asyncio.gather(*(worker(c) for _ in range(clients)))
+    cpu = time.process_time() - cpu
+    # The load generator shares the server's cores: say how much of them it took.
+    print(f"load generator: {cpu / seconds:.2f} cores, {1000 * cpu / max(1, len(latencies)):.2f} ms CPU per request")
     if failures:
         print(f"non-200 answers under load: {dict(failures)}")
     return latencies

@@ -158,6 +158,7 @@ def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_p
     finally:
         batched.stop()
     for got, expected in zip(one_by_one + together, want * 5):
+        assert "unlocked" in got, got
         assert got["unlocked"] == expected.unlocked
         assert got["word_score"] == pytest.approx(expected.word_score, abs=2e-3)
         assert got["speaker_score"] == pytest.approx(expected.speaker_score, abs=2e-2)

@@ -1,0 +1,29 @@
+"""What BentoML alone costs: the /unlock form signature and request guard of the real service, no work.
+
+Served by bench/framework_floor.py; the real service can be no faster than this on the same cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bentoml
+
+from service.middleware import RequestGuard
+
+
+@bentoml.service(name="voicelock-floor", workers=2)
+class Floor:
+    @bentoml.api(route="/unlock")
+    def unlock(self, user: str, file: Path) -> dict:
+        """A sync API, as BentoML runs it: in a thread pool."""
+        return {"unlocked": True, "user": user, "bytes": Path(file).stat().st_size}
+
+    @bentoml.api(route="/unlock_async")
+    async def unlock_async(self, user: str, file: Path) -> dict:
+        """An async API: on the worker's event loop, no thread hand-off."""
+        return {"unlocked": True, "user": user, "bytes": Path(file).stat().st_size}
+
+
+Floor.add_asgi_middleware(RequestGuard, max_request_bytes=21_000_000, api_key_env="VOICELOCK_FLOOR_NO_KEY",
+                          form_routes={"/unlock": ("file",), "/unlock_async": ("file",)})
