@@ -167,28 +167,34 @@ def test_page_is_served_locally_with_its_settings(server: servers.Server, page_p
 
 
 def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
-    """The owner's enrollment takes, the held-out owner take the API unlocks with the widest margin,
-    and the first test speaker (sorted) whose password take the API rejects, all decided on the
-    source files before any browser is involved."""
+    """Enrollment takes, a held-out take of the same speaker and an impostor's take, all decided by the
+    API on the source files before any browser is involved: the test judges the page, not the model.
+
+    The speaker is whichever of the owner and the test speakers the small model unlocks with the
+    widest margin (the recorded take differs a little from its source, so a take that only just
+    unlocks may not once recorded); the impostor is the first other test speaker it rejects."""
     lock = VoiceLock(params.evaluate.out_dir, params.enroll)
-    word = params.owner.password
-    owner = sorted((Path(params.owner.out_dir) / word).glob("*.wav"))
-    n_enroll = params.page.enroll_takes
-    enroll, held_out = owner[:n_enroll], owner[n_enroll:]
-    template = lock.enroll_files(enroll)
-    margins = {}
-    for take in held_out:
-        d = lock.verify_file(template, take)
-        margins[take] = min(d.word_score - d.thresholds["word"], d.speaker_score - d.thresholds["speaker"])
-    genuine = max(margins, key=margins.get)
-    assert margins[genuine] > 0, f"the API unlocks none of the owner's held-out takes: {margins}"
+    word, n_enroll = params.owner.password, params.page.enroll_takes
+    takes = {"owner": sorted((Path(params.owner.out_dir) / word).glob("*.wav"))}
     index = load_split(params.features.out_dir, "testing").index
-    firsts = index[index["word"] == word].sort_values(["speaker", "utterance"]).groupby("speaker")["path"].first()
-    for path in firsts:
-        take = Path(params.data.raw_dir) / path
-        if not lock.verify_file(template, take).unlocked:
-            return enroll, genuine, take
-    raise AssertionError("the API unlocks every test speaker's password take for the owner")
+    for speaker, paths in index[index["word"] == word].sort_values("utterance").groupby("speaker")["path"]:
+        takes[speaker] = [Path(params.data.raw_dir) / p for p in paths]
+    best = (-np.inf, "", Path(), None)
+    for speaker, paths in takes.items():
+        if len(paths) <= n_enroll:
+            continue
+        template = lock.enroll_files(paths[:n_enroll])
+        for take in paths[n_enroll:]:
+            d = lock.verify_file(template, take)
+            margin = min(d.word_score - d.thresholds["word"], d.speaker_score - d.thresholds["speaker"])
+            if margin > best[0]:
+                best = (margin, speaker, take, template)
+    margin, speaker, genuine, template = best
+    assert margin > 0, "the API unlocks no speaker's held-out take"
+    for other, paths in takes.items():
+        if other not in (speaker, "owner") and not lock.verify_file(template, paths[0]).unlocked:
+            return takes[speaker][:n_enroll], genuine, paths[0]
+    raise AssertionError(f"the API unlocks every other test speaker's password take for {speaker}")
 
 
 def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page_params: Path,
@@ -226,7 +232,8 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         # The owner saying the password (a take not used for enrollment): unlocked.
         b = Browser(pw, fake_microphone([genuine], tmp_path / "genuine.wav"))
         b.open(server.url, user)
-        assert b.click_and_wait("#unlock-btn") == "Unlocked."
+        message = b.click_and_wait("#unlock-btn")
+        assert message == "Unlocked.", (message, b.page.inner_text("#result"))
         assert b.page.get_attribute("#result", "data-outcome") == "unlocked"
         assert "both match" in b.page.inner_text("#why")
         b.screenshot("2-unlocked")
