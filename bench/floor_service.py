@@ -10,6 +10,9 @@ from pathlib import Path
 import bentoml
 
 from service.middleware import RequestGuard
+from voicelock.params import load_params
+
+LIMITS = load_params().service
 
 
 @bentoml.service(name="voicelock-floor", workers=2)
@@ -25,5 +28,6 @@ class Floor:
         return {"unlocked": True, "user": user, "bytes": Path(file).stat().st_size}
 
 
-Floor.add_asgi_middleware(RequestGuard, max_request_bytes=21_000_000, api_key_env="VOICELOCK_FLOOR_NO_KEY",
-                          form_routes={"/unlock": ("file",), "/unlock_async": ("file",)})
+# The service's own size limit; no API key (a VOICELOCK_API_KEY in the environment must not lock the bench out).
+Floor.add_asgi_middleware(RequestGuard, max_request_bytes=LIMITS.max_request_bytes,
+                          api_key_env="VOICELOCK_FLOOR_NO_KEY", form_routes={"/unlock": ("file",), "/unlock_async": ("file",)})
