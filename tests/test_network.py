@@ -47,6 +47,30 @@ def test_mining_keeps_only_valid_triplets():
     assert a.numel() == 6  # one per anchor
 
 
+@pytest.mark.parametrize("strategy", ["batch_all", "semi_hard"])
+def test_mining_finds_exactly_the_triplets_of_its_definition(strategy):
+    """Mining walks anchor-positive pairs instead of a B×B×B cube: it must still return every triplet
+    the strategy defines, each once, in (anchor, positive, negative) order, before the random cap."""
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (40,), generator=gen)
+    emb = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen), dim=1)
+    dist, margin = torch.cdist(emb, emb), 0.3
+    expected = []
+    for a in range(40):
+        for p in range(40):
+            if p == a or labels[p] != labels[a]:
+                continue
+            for n in range(40):
+                d_ap, d_an = dist[a, p], dist[a, n]
+                if labels[n] == labels[a]:
+                    continue
+                if (d_an > d_ap and d_an < d_ap + margin) if strategy == "semi_hard" else (d_ap - d_an + margin > 0):
+                    expected.append((a, p, n))
+    a, p, n = mine(labels, emb, margin, strategy, max_triplets=10**6)
+    assert len(expected) > 100
+    assert list(zip(a.tolist(), p.tolist(), n.tolist())) == expected
+
+
 def test_batches_are_speakers_by_words_by_takes():
     rows = [(s, w, t) for s in "ABCDEFGH" for w in ("yes", "no", "up", "dog") for t in range(3)]
     index = pd.DataFrame(rows, columns=["speaker", "word", "utterance"])

@@ -25,13 +25,16 @@ def mine(labels: torch.Tensor, emb: torch.Tensor, margin: float, strategy: str, 
             n = dist.masked_fill(~neg, float("inf")).argmin(1)
             a = torch.nonzero(has).squeeze(1)
             return a, p[a], n[a]
-        d_ap, d_an = dist[:, :, None], dist[:, None, :]
-        valid = pos[:, :, None] & neg[:, None, :]
+        # Anchor-positive pairs first, then their negatives: (pairs × B) instead of a (B × B × B) cube,
+        # 17–30× fewer elements for the P×W×K batches here, and the same triplets in the same order.
+        a, p = torch.nonzero(pos, as_tuple=True)
+        d_ap, d_an = dist[a, p][:, None], dist[a]
         if strategy == "semi_hard":
-            keep = valid & (d_an > d_ap) & (d_an < d_ap + margin)
+            keep = neg[a] & (d_an > d_ap) & (d_an < d_ap + margin)
         else:  # batch_all: every triplet with a non-zero loss
-            keep = valid & (d_ap - d_an + margin > 0)
-        a, p, n = torch.nonzero(keep, as_tuple=True)
+            keep = neg[a] & (d_ap - d_an + margin > 0)
+        pair, n = torch.nonzero(keep, as_tuple=True)
+        a, p = a[pair], p[pair]
         if a.numel() > max_triplets:
             pick = torch.randperm(a.numel(), generator=generator, device="cpu")[:max_triplets].to(a.device)
             a, p, n = a[pick], p[pick], n[pick]
