@@ -174,6 +174,7 @@ class TrainParams(_Section):
     class_margin: float = Field(ge=0, lt=1)
     class_scale: float = Field(gt=0)
     threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class FinetuneParams(TrainParams):

@@ -24,7 +24,7 @@ from voicelock.features import FeatureSet
 from voicelock.metrics import eer
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.margin_softmax import IGNORE, MarginSoftmax
-from voicelock.model.network import VoiceLockNet
+from voicelock.model.network import Outputs, VoiceLockNet
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import triplet_loss
 from voicelock.params import TrainParams
@@ -74,15 +74,17 @@ def embed(model: VoiceLockNet, features: np.ndarray, frames: np.ndarray, device:
 
 
 def validation_scores(model: VoiceLockNet, split: Split, device: torch.device, seed: int) -> dict[str, float]:
-    """Speaker EER on same-word pairs and speaker-independent keyword accuracy; lower `score` is better."""
+    """Speaker EER on same-word and on all pairs, and speaker-independent keyword accuracy; lower
+    `score` is better. All three are reported targets, so the kept epoch is the best on all three."""
     word_emb, spk_emb = embed(model, split.features, split.frames, device)
     speakers, words = split.index["speaker"].to_numpy(), split.index["word"].to_numpy()
     rng = np.random.default_rng(seed)
-    genuine, impostor = speaker_pair_scores(spk_emb, speakers, words, True, 200_000, rng)
-    spk_eer = eer(genuine, impostor)[0]
+    spk_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, True, 200_000, rng))[0]
+    all_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, False, 200_000, rng))[0]
     predicted, _ = keyword_predictions(word_emb, speakers, words, 5, rng)
     accuracy = float(np.mean(predicted == words))
-    return {"val_speaker_eer": spk_eer, "val_keyword_accuracy": accuracy, "val_score": spk_eer + (1 - accuracy)}
+    return {"val_speaker_eer": spk_eer, "val_speaker_eer_all_trials": all_eer, "val_keyword_accuracy": accuracy,
+            "val_score": spk_eer + all_eer + (1 - accuracy)}
 
 
 @dataclass
@@ -113,6 +115,17 @@ def _decision_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     positives = target.sum().clamp(min=1)
     pos_weight = (len(target) - positives) / positives
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+
+def training_forward(model: VoiceLockNet, x: torch.Tensor, frames: torch.Tensor, precision: str) -> Outputs:
+    """The network's forward pass in training, in bfloat16 where `precision` asks for it.
+
+    bf16 autocast runs the convolutions and projections ~1.4× faster on a CPU with AVX512-BF16 (and on
+    GPUs); the losses, mining and the optimiser's weights stay float32, and so does inference.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(x, frames)
+    return Outputs(out.word.float(), out.speaker.float(), out.password_logit.float(), out.owner_logit.float())
 
 
 def one_cycle(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -171,7 +184,7 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
                 frames = np.concatenate([frames, owner.split.frames[pick]])
                 index = pd.concat([index, owner.split.index.iloc[pick]], ignore_index=True)
             x, n = augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames))
-            out = model(x.to(device), n.to(device))
+            out = training_forward(model, x.to(device), n.to(device), tp.precision)
             lw, tw = triplet_loss(_labels(index["word"], device), out.word, loss_fn, tp.mining, tp.max_triplets, gen)
             ls, ts = triplet_loss(_labels(index["speaker"], device), out.speaker, loss_fn, tp.mining,
                                   tp.max_triplets, gen)
