@@ -14,15 +14,15 @@ import argparse
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from voicelock.features import load_noise, load_split, read_meta
-from voicelock.model.augment import FeatureAugmenter
-from voicelock.model.margin_softmax import MarginSoftmax
+from voicelock.features import load_split, read_meta
 from voicelock.model.network import VoiceLockNet, count_parameters
+from voicelock.model.pretrain import make_augmenter
 from voicelock.model.sampling import SpeakerWordBatches
-from voicelock.model.train import Split, training_forward
+from voicelock.model.train import Split, margin_classifiers, training_forward
 from voicelock.model.triplets import triplet_loss
 from voicelock.params import load_params
 
@@ -47,15 +47,11 @@ def main() -> None:
     torch.manual_seed(params.seed)
     split = Split.from_feature_set(load_split(cache, "training"))
     model = VoiceLockNet(read_meta(cache)["n_features"], params.model).train()
-    augmenter = FeatureAugmenter(params.augment, params.features.hop_length / params.data.sample_rate,
-                                 load_noise(cache), params.features.kind == "logmel", params.seed)
+    augmenter = make_augmenter(params, params.seed)
     sampler = SpeakerWordBatches(split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
                                  params.seed)
-    heads = {}
-    for head, size in (("speaker", params.model.speaker_embedding), ("word", params.model.word_embedding)):
-        classes = {c: i for i, c in enumerate(sorted(split.index[head].unique()))}
-        heads[head] = (classes, MarginSoftmax(size, len(classes), tp.class_margin, tp.class_scale))
-    optimiser = torch.optim.AdamW(list(model.parameters()) + [p for _, c in heads.values() for p in c.parameters()],
+    heads = margin_classifiers(model, split.index, tp, torch.device("cpu"))
+    optimiser = torch.optim.AdamW(list(model.parameters()) + [p for _, c, _ in heads.values() for p in c.parameters()],
                                   lr=tp.lr, weight_decay=tp.weight_decay)
     loss_fn = nn.TripletMarginLoss(margin=tp.margin)
     gen = torch.Generator().manual_seed(params.seed)
@@ -72,11 +68,11 @@ def main() -> None:
         out = training_forward(model, x, n, tp.precision)
         marks.append(time.perf_counter())
         loss = torch.zeros(())
-        for head, (classes, classifier) in heads.items():
-            emb = getattr(out, head)
-            labels = torch.tensor(index[head].map(classes).to_numpy())
-            loss = loss + triplet_loss(labels, emb, loss_fn, tp.mining, tp.max_triplets, gen)[0]
-            loss = loss + classifier(emb, labels)
+        for head in ("word", "speaker"):
+            labels = torch.tensor(pd.factorize(index[head])[0])
+            loss = loss + triplet_loss(labels, getattr(out, head), loss_fn, tp.mining, tp.max_triplets, gen)[0]
+        for head, (classes, classifier, weight) in heads.items():
+            loss = loss + weight * classifier(getattr(out, head), torch.tensor(index[head].map(classes).to_numpy()))
         marks.append(time.perf_counter())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -138,6 +138,20 @@ def one_cycle(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.
     return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=warmup / steps)
 
 
+def margin_classifiers(model: VoiceLockNet, index: pd.DataFrame, tp: TrainParams,
+                       device: torch.device) -> dict[str, tuple[dict, MarginSoftmax, float]]:
+    """Auxiliary margin-softmax per head over the training split's classes (voicelock/model/margin_softmax.py):
+    head → (class id of each label, classifier, loss weight); a head whose weight is 0 has none."""
+    classifiers = {}
+    for head, weight, dim in (("speaker", tp.speaker_class_weight, model.owner_out.in_features),
+                              ("word", tp.word_class_weight, model.password_out.in_features)):
+        if weight > 0:  # the index column is named as the head: a clip's speaker id or word
+            classes = {c: i for i, c in enumerate(sorted(index[head].unique()))}
+            classifiers[head] = (classes, MarginSoftmax(dim, len(classes), tp.class_margin, tp.class_scale).to(device),
+                                 weight)
+    return classifiers
+
+
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
           seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
     device = pick_device(tp.device)
@@ -151,14 +165,7 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     sampler = SpeakerWordBatches(train_split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
                                  seed)
     steps = tp.max_epochs * tp.batches_per_epoch
-    # Auxiliary margin-softmax per head over the training split's classes (voicelock/model/margin_softmax.py).
-    classifiers: dict[str, tuple[dict, MarginSoftmax, float]] = {}
-    for head, weight, dim in (("speaker", tp.speaker_class_weight, model.owner_out.in_features),
-                              ("word", tp.word_class_weight, model.password_out.in_features)):
-        if weight > 0:  # the index column is named as the head: a clip's speaker id or word
-            classes = {c: i for i, c in enumerate(sorted(train_split.index[head].unique()))}
-            classifiers[head] = (classes, MarginSoftmax(dim, len(classes), tp.class_margin, tp.class_scale).to(device),
-                                 weight)
+    classifiers = margin_classifiers(model, train_split.index, tp, device)
     trained = list(model.parameters()) + [p for _, c, _ in classifiers.values() for p in c.parameters()]
     optimiser = torch.optim.AdamW(trained, lr=tp.lr, weight_decay=tp.weight_decay)
     schedule = one_cycle(optimiser, tp.lr, steps)
