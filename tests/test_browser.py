@@ -62,7 +62,7 @@ def page_params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tiny_params_dict(root)
     raw["data"]["synth"].update(n_speakers=48, takes_per_word=4)
     raw["model"].update(channels=64, dilations=[1, 2, 4], attention_hidden=32, word_embedding=32,
-                        speaker_embedding=64)
+                        speaker_embedding=64, backend_dims=32)
     # Triplet losses only: the class-centre losses trail them for the first ~10 epochs (measured on the
     # default corpus), longer than this ~40 s training lasts.
     no_classes = {"speaker_class_weight": 0.0, "word_class_weight": 0.0}

@@ -45,7 +45,9 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
     import torch
 
     release = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
-    assert release["cohort"].shape[1] == trained.model.speaker_embedding  # the AS-norm cohort ships with it
+    # The AS-norm cohort ships with it, in the fitted speaker back-end's space.
+    assert release["state_dict"]["speaker_backend.fitted"]
+    assert release["cohort"].shape[1] == trained.model.backend_dims
 
 
 def _owner_clips(params: Params, word: str) -> list[Path]:
@@ -64,6 +66,14 @@ def test_enroll_and_verify(trained: Params):
     assert decision.unlocked == (decision.word_score >= decision.thresholds["word"]
                                  and decision.speaker_score >= decision.thresholds["speaker"])
     assert decision.reason
+    # A template enrolled with another model (here: one without the speaker back-end) is refused, not misread.
+    import dataclasses
+
+    from voicelock.errors import VoicelockError
+
+    other = dataclasses.replace(template, speaker=template.speaker + [0.0] * 8)
+    with pytest.raises(VoicelockError, match="enrolled with another model"):
+        lock.verify_file(other, clips[4])
 
 
 def test_enrollment_refuses_bad_input(trained: Params, tmp_path: Path):

@@ -135,3 +135,61 @@ def test_margin_softmax_penalises_the_true_class_and_skips_unknown_speakers():
     none = head(emb, torch.full((3,), IGNORE))
     assert none.item() == 0.0
     none.backward()  # still differentiable, so a training step never breaks
+
+
+def test_class_centres_start_at_each_class_mean_embedding():
+    # Fine-tuning starts from a trained network: its centres must sit where its classes already are.
+    import numpy as np
+
+    from voicelock.model.train import Split, centres_from_class_means, embed, margin_classifiers
+
+    torch.manual_seed(0)
+    model = VoiceLockNet(64, PARAMS.model).eval()
+    index = pd.DataFrame({"speaker": ["b", "a", "b", "c", "a", "c"], "word": ["x", "y", "y", "x", "x", "y"]})
+    split = Split(np.random.default_rng(0).normal(-40, 10, (6, 64, 50)).astype(np.float16),
+                  np.array([50, 40, 30, 50, 45, 35]), index)
+    tp = PARAMS.pretrain.model_copy(update={"speaker_class_weight": 1.0, "word_class_weight": 1.0})
+    heads = margin_classifiers(model, index, tp, torch.device("cpu"))
+    centres_from_class_means(heads, model, split, torch.device("cpu"))
+    words, speakers = embed(model, split.features, split.frames, torch.device("cpu"))
+    for head, emb in (("speaker", speakers), ("word", words)):
+        classes, classifier, _ = heads[head]
+        for label, i in classes.items():
+            mean = emb[index[head].to_numpy() == label].mean(0)
+            got = torch.nn.functional.normalize(classifier.centres[i].detach(), dim=0).numpy()
+            np.testing.assert_allclose(got, mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_speaker_backend_discards_what_varies_within_a_speaker():
+    # Six voices apart on axes 0-5; the word spoken moves every voice a lot along axes 6-7. Raw cosine
+    # confuses voices across words; the fitted back-end keeps the voice axes and drops the word's.
+    import numpy as np
+
+    from voicelock.model.backend import SpeakerBackend
+
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(np.arange(6), 40)
+    x = np.zeros((240, 16))
+    x[np.arange(240), speakers] = 1.0
+    x[:, 6:8] = rng.normal(0, 2.0, (240, 2))
+    x += rng.normal(0, 0.05, x.shape)
+    raw = torch.nn.functional.normalize(torch.tensor(x, dtype=torch.float32), dim=1)
+    backend = SpeakerBackend(16, 5, shrinkage=0.1)
+    assert torch.equal(backend(raw), raw)  # identity until fitted: training shapes the raw embedding
+    backend.fit(raw.numpy(), speakers)
+    out = backend(raw)
+    assert out.shape == (240, 5)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(240))
+
+    def worst_margin(e: torch.Tensor) -> float:  # lowest same-voice cosine minus highest other-voice one
+        cos = e @ e.T
+        same = torch.as_tensor(speakers[:, None] == speakers[None, :])
+        return float(cos[same].min() - cos[~same].max())
+
+    assert worst_margin(raw) < 0 < worst_margin(out)
+    # The fitted map travels in the state dict, so a loaded checkpoint scores in the same space.
+    again = SpeakerBackend(16, 5, shrinkage=0.1)
+    again.load_state_dict(backend.state_dict())
+    torch.testing.assert_close(again(raw), out)
+    backend.reset()
+    assert torch.equal(backend(raw), raw)

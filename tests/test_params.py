@@ -27,6 +27,7 @@ def test_repository_params_are_valid():
         ("page", "enroll_takes", 2, "page.enroll_takes"),  # below enroll.min_clips: every enrollment refused
         ("page", "clip_seconds", 4.95, "page.clip_seconds"),  # with the pre-roll over enroll.max_duration_s
         ("page", "speech_level_db", 3.0, "page.speech_level_db"),
+        ("model", "backend_dims", 17, "backend_dims"),  # more than speaker_embedding (16)
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

@@ -132,6 +132,10 @@ class VoiceLock:
     def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip") -> Decision:
         """Score one clip against a template; unlock only when word and speaker both clear their thresholds."""
         word, speaker = self.embed([self.prepare(samples, rate, name)])
+        if (len(template.word), len(template.speaker)) != (word.shape[1], speaker.shape[1]):
+            raise VoicelockError(f"the template has {len(template.word)}/{len(template.speaker)}-dimensional "
+                                 f"word/speaker centroids but this model embeds into {word.shape[1]}/"
+                                 f"{speaker.shape[1]}: it was enrolled with another model — enroll again")
         word_score = float(word[0] @ np.asarray(template.word))
         speaker_score = float(self.scorer(np.asarray(template.speaker), speaker)[0])
         tw, ts = self.thresholds["word"], self.thresholds["speaker"]

@@ -133,6 +133,17 @@ class ModelParams(_Section):
     attention_hidden: int = Field(ge=4)
     word_embedding: int = Field(ge=8)
     speaker_embedding: int = Field(ge=8)
+    speaker_backend: Literal["none", "lda"] = Field(
+        "none", description="linear map fitted on the training speakers after training (voicelock/model/backend.py)")
+    backend_dims: int = Field(48, ge=1)
+    backend_shrinkage: float = Field(0.6, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> "ModelParams":
+        if self.speaker_backend != "none" and self.backend_dims > self.speaker_embedding:
+            raise ValueError(f"backend_dims {self.backend_dims} exceeds speaker_embedding {self.speaker_embedding}: "
+                             "the back-end can only keep or reduce dimensions")
+        return self
 
 
 class AugmentParams(_Section):
@@ -175,6 +186,8 @@ class TrainParams(_Section):
     class_scale: float = Field(gt=0)
     threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
     precision: Literal["fp32", "bf16"] = "fp32"
+    class_centres: Literal["random", "class_means"] = Field(
+        "random", description="start of the margin-softmax centres: random, or each class's mean embedding")
 
 
 class FinetuneParams(TrainParams):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from voicelock.model.backend import SpeakerBackend
 from voicelock.params import ModelParams
 
 
@@ -81,7 +82,7 @@ class Head(nn.Module):
 @dataclass
 class Outputs:
     word: torch.Tensor  # (B, word_embedding), unit length
-    speaker: torch.Tensor  # (B, speaker_embedding), unit length
+    speaker: torch.Tensor  # (B, backend_dims) once the speaker back-end is fitted, else (B, speaker_embedding)
     password_logit: torch.Tensor  # (B,)
     owner_logit: torch.Tensor  # (B,)
 
@@ -104,6 +105,8 @@ class VoiceLockNet(nn.Module):
         # Logits on cosine-like scores: a scale and a bias per decision, learned in fine-tuning.
         self.password_out = nn.Linear(params.word_embedding, 1)
         self.owner_out = nn.Linear(params.speaker_embedding, 1)
+        self.speaker_backend = (SpeakerBackend(params.speaker_embedding, params.backend_dims, params.backend_shrinkage)
+                                if params.speaker_backend == "lda" else None)
 
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
         mask = frame_mask(frames, feats.shape[-1])
@@ -115,7 +118,9 @@ class VoiceLockNet(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         word, speaker = self.word_head(x, mask), self.speaker_head(x, mask)
-        return Outputs(word, speaker, self.password_out(word * DECISION_SCALE).squeeze(1),
+        # The owner decision was trained on the raw embedding (training runs with the back-end unfitted).
+        scored = speaker if self.speaker_backend is None else self.speaker_backend(speaker)
+        return Outputs(word, scored, self.password_out(word * DECISION_SCALE).squeeze(1),
                        self.owner_out(speaker * DECISION_SCALE).squeeze(1))
 
 

@@ -102,7 +102,7 @@ class OwnerTask:
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)  # the best epoch's row, + backend_* scores when fitted
 
 
 def _labels(values: pd.Series, device: torch.device) -> torch.Tensor:
@@ -152,8 +152,41 @@ def margin_classifiers(model: VoiceLockNet, index: pd.DataFrame, tp: TrainParams
     return classifiers
 
 
+@torch.no_grad()
+def centres_from_class_means(classifiers: dict[str, tuple[dict, MarginSoftmax, float]], model: VoiceLockNet,
+                             split: Split, device: torch.device) -> None:
+    """Start each class centre at the mean embedding of its class's clips.
+
+    Why: a network that is already trained (fine-tuning) has its speakers and words where they are;
+    random centres would give a loss as if it knew nothing (≈ ln of the class count) and their
+    gradients would drag the embeddings towards arbitrary directions in the first epochs.
+    """
+    embeddings = dict(zip(("word", "speaker"), embed(model, split.features, split.frames, device)))
+    for head, (classes, classifier, _) in classifiers.items():
+        ids = split.index[head].map(classes).to_numpy()
+        centres = np.zeros((len(classes), classifier.centres.shape[1]), dtype=np.float32)
+        np.add.at(centres, ids, embeddings[head])
+        classifier.centres.copy_(torch.as_tensor(centres, device=device))  # the loss normalises them
+
+
+def fit_speaker_backend(model: VoiceLockNet, split: Split, val_split: Split, device: torch.device, seed: int,
+                        desc: str) -> dict[str, float]:
+    """Fit the speaker back-end (voicelock/model/backend.py) on the split's clean raw embeddings and
+    return the validation scores with it, `backend_`-prefixed (the epoch's own scores are without)."""
+    backend = model.speaker_backend
+    backend.reset()
+    _, raw = embed(model, split.features, split.frames, device)
+    backend.fit(raw, split.index["speaker"].to_numpy())
+    scores = {f"backend_{k}": v for k, v in validation_scores(model, val_split, device, seed).items()}
+    log.info("%s: speaker back-end fitted on %d clips; validation with it: %s", desc, len(raw),
+             {k: round(v, 4) for k, v in scores.items()})
+    return scores
+
+
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
           seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
+    """Train the raw embeddings (the speaker back-end reset to identity) and keep the best epoch; then
+    fit the back-end, if the model has one, on the training split."""
     device = pick_device(tp.device)
     # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
     # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
@@ -162,10 +195,14 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     if tp.threads:
         torch.set_num_threads(tp.threads)
     model.to(device)
+    if model.speaker_backend is not None:
+        model.speaker_backend.reset()
     sampler = SpeakerWordBatches(train_split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
                                  seed)
     steps = tp.max_epochs * tp.batches_per_epoch
     classifiers = margin_classifiers(model, train_split.index, tp, device)
+    if tp.class_centres == "class_means":
+        centres_from_class_means(classifiers, model, train_split, device)
     trained = list(model.parameters()) + [p for _, c, _ in classifiers.values() for p in c.parameters()]
     optimiser = torch.optim.AdamW(trained, lr=tp.lr, weight_decay=tp.weight_decay)
     schedule = one_cycle(optimiser, tp.lr, steps)
@@ -233,6 +270,9 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
                 break
     model.load_state_dict(best_state)
     model.eval()
+    if model.speaker_backend is not None:
+        # A new dict: `best` is also a row of the history, which stays one row per epoch.
+        result.best = {**result.best, **fit_speaker_backend(model, train_split, val_split, device, seed, desc)}
     return result
 
 
