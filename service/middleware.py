@@ -1,11 +1,22 @@
-"""HTTP guards in front of every route: optional API key, a request-size limit, well-formed forms.
+"""HTTP guards in front of every route: optional API key, a request-size limit, well-formed forms, metrics.
 
 The key and size checks act before the body is read, so an oversized or unauthenticated upload costs
 the server nothing. Multipart bodies (already size-bounded) are parsed once with Starlette's own
 parser before the app sees them: BentoML 1.4 answers 500 when that parser rejects a malformed form
 (measured: 411 of 2,400 fuzz requests), and a client's broken form is a 400.
+Forms for BentoML's API routes are then handed on rebuilt, because BentoML 1.4 mishandles two things
+a client controls (`_bentoml_impl/serde.py` MultipartSerde.parse_request, `_bentoml_sdk/validators.py`
+PathType.decode):
+- it JSON-decodes every text field (`json.loads(v)`, the raw text only when that fails), so the user
+  names 123, 1e5, true and null arrived as a number, a bool and None (400) and '"alice"' as alice.
+  Rebuilt text fields are JSON strings, which BentoML decodes back to exactly the text that was sent;
+- it names an upload's temporary file after the client's file name (the whole name as the suffix), so
+  a name over the file system's limit was a 500. Rebuilt uploads are named `upload` plus a short
+  sanitized extension.
 Health, readiness, the OpenAPI docs and the browser page's static files stay open so orchestrators and
-people can find the service; the page sends the key (typed by its user) with its API calls.
+people can find the service; the page sends the key (typed by its user) with its API calls. /metrics
+needs the key like the API (it reveals traffic), and its series are labelled by route template, never
+by path (service/metrics_guard.py).
 """
 
 from __future__ import annotations
@@ -13,17 +24,24 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
+import secrets
 
+from service import metrics_guard
 from service.page import MOUNT as PAGE
 
-OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs/", "/docs.json", "/schema.json", PAGE)
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/docs", "/docs/", "/docs.json", "/schema.json", PAGE)
 OPEN_PREFIXES = ("/static_content/",  # the docs page's own CSS and JavaScript
                  PAGE + "/")  # the browser page (service/static): no secrets, and it must load to ask for the key
+METRICS = metrics_guard.PATH
+FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # form field names passed on (they are quoted in the rebuilt form)
+EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")  # the only part of an upload's file name passed on
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]{1,64}/[A-Za-z0-9!#$&^_.+\-]{1,64}")
 
 
 class RequestGuard:
     """ASGI middleware: 401 without the API key (when one is configured), 411/413 for unbounded or
-    oversized bodies."""
+    oversized bodies, 400/415 for malformed forms; counts every answer by route template."""
 
     def __init__(self, app, max_request_bytes: int, api_key_env: str,
                  form_routes: dict[str, tuple[str, ...]] | None = None):
@@ -32,18 +50,37 @@ class RequestGuard:
         self.max_request_bytes = max_request_bytes
         self.api_key = os.environ.get(api_key_env) or None
         self.api_key_env = api_key_env
+        self._api_routes: frozenset[str] | None = None
+
+    @property
+    def api_routes(self) -> frozenset[str]:
+        """BentoML's API routes, whose forms BentoML's own parser reads (known once the worker runs)."""
+        if self._api_routes is None:
+            from bentoml._internal.context import server_context
+
+            self._api_routes = frozenset(self.form_routes) | frozenset(getattr(server_context, "service_routes", ()))
+        return self._api_routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        await metrics_guard.observe(scope, send, lambda counted_send: self._guard(scope, receive, counted_send))
+
+    async def _guard(self, scope, receive, send):
         path = scope.get("path", "")
+        method = scope.get("method")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
         if self.api_key and not open_path:
             given = headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), self.api_key.encode()):
                 return await _reject(send, 401, "missing or wrong X-API-Key header")
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
+        if path == METRICS:
+            if method not in ("GET", "HEAD"):
+                return await _reject(send, 405, "GET /metrics")
+            body, media_type = metrics_guard.exposition()
+            return await _answer(send, 200, media_type, b"" if method == "HEAD" else body, len(body))
+        if method in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
             if length is None:
                 if headers.get("transfer-encoding", "").lower() == "chunked":
@@ -56,16 +93,24 @@ class RequestGuard:
                 if size > self.max_request_bytes:
                     return await _reject(send, 413, f"request of {size} bytes is over the limit of "
                                                     f"{self.max_request_bytes} bytes")
-            is_form = headers.get("content-type", "").lower().startswith("multipart/form-data")
+            content_type = headers.get("content-type", "").lower()
+            is_form = content_type.startswith("multipart/form-data")
             if path in self.form_routes and not is_form:
                 return await _reject(send, 415, "send multipart/form-data (fields: user, and file or files)")
-            if is_form:
+            rebuild = path in self.api_routes
+            if is_form or (rebuild and content_type.startswith("application/x-www-form-urlencoded")):
                 body = await _read_body(receive, self.max_request_bytes)
                 if body is None:
                     return await _reject(send, 413, f"request is over the limit of {self.max_request_bytes} bytes")
-                problem = await _form_problem(scope, body, self.form_routes.get(path, ()))
+                problem, rebuilt = await _check_form(scope, body, self.form_routes.get(path, ()), rebuild)
                 if problem:
-                    return await _reject(send, 400, f"malformed multipart form: {problem}")
+                    return await _reject(send, 400, f"malformed {'multipart ' if is_form else ''}form: {problem}")
+                if rebuilt is not None:
+                    body, form_type = rebuilt
+                    scope = {**scope, "headers": [
+                        *((k, v) for k, v in scope.get("headers", [])
+                          if k.lower() not in (b"content-type", b"content-length")),
+                        (b"content-type", form_type.encode()), (b"content-length", str(len(body)).encode())]}
                 receive = _replay(body)
         return await self.app(scope, receive, send)
 
@@ -99,8 +144,10 @@ def _replay(body: bytes):
     return receive
 
 
-async def _form_problem(scope, body: bytes, upload_fields: tuple[str, ...]) -> str | None:
-    """None when the form parses and has the right shape, else why not.
+async def _check_form(scope, body: bytes, upload_fields: tuple[str, ...],
+                      rebuild: bool) -> tuple[str | None, tuple[bytes, str] | None]:
+    """(why not, None) when the form does not parse or has the wrong shape, else (None, rebuilt): the
+    same fields in the same order as a new multipart body and its content type when `rebuild`.
 
     Upload fields must hold uploaded files: BentoML 1.4 would otherwise take a text value there for a
     URL and fetch it from the server (a request-forgery door). Every other field must be text.
@@ -112,21 +159,52 @@ async def _form_problem(scope, body: bytes, upload_fields: tuple[str, ...]) -> s
     try:
         form = await request.form()
     except Exception as e:  # noqa: BLE001 — any parser failure is the client's malformed form
-        return str(getattr(e, "detail", e)) or type(e).__name__
+        return str(getattr(e, "detail", e)) or type(e).__name__, None
+    parts: list[tuple[bytes, bytes]] = []  # (part headers, part content)
     try:
         for key, value in form.multi_items():
             is_file = isinstance(value, UploadFile)
             if key in upload_fields and not is_file:
-                return f"field '{key}' must be an uploaded file"
+                return f"field '{key}' must be an uploaded file", None
             if key not in upload_fields and is_file:
-                return f"field '{key}' must be text, not a file"
+                return f"field '{key}' must be text, not a file", None
+            if not rebuild:
+                continue
+            if not FIELD_NAME.fullmatch(key):
+                return f"field name {key[:40]!r}: use letters, digits, '_', '.' or '-'", None
+            if is_file:
+                parts.append((_upload_headers(key, value.filename, value.content_type), await value.read()))
+            else:  # a JSON string: BentoML json.loads every text field, which gives back exactly `value`
+                parts.append((f'Content-Disposition: form-data; name="{key}"\r\n'.encode(),
+                              json.dumps(value).encode()))
     finally:
         await form.close()
-    return None
+    if not rebuild:
+        return None, None
+    boundary = secrets.token_hex(16).encode()
+    while any(boundary in content for _, content in parts):  # cannot happen in practice, but costs nothing
+        boundary = secrets.token_hex(16).encode()
+    rebuilt = b"".join(b"--%s\r\n%s\r\n%s\r\n" % (boundary, head, content) for head, content in parts)
+    return None, (rebuilt + b"--%s--\r\n" % boundary, f"multipart/form-data; boundary={boundary.decode()}")
+
+
+def _upload_headers(key: str, filename: str | None, media_type: str | None) -> bytes:
+    """A short, safe file name (BentoML makes it the temporary file's suffix) and a plain media type."""
+    ext = os.path.splitext(filename or "")[1]
+    name = "upload" + (ext.lower() if EXTENSION.fullmatch(ext) else "")
+    head = f'Content-Disposition: form-data; name="{key}"; filename="{name}"\r\n'
+    media_type = (media_type or "").split(";")[0].strip()
+    if MEDIA_TYPE.fullmatch(media_type):
+        head += f"Content-Type: {media_type}\r\n"
+    return head.encode()
 
 
 async def _reject(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    await _answer(send, status, "application/json", json.dumps({"error": message}).encode())
+
+
+async def _answer(send, status: int, media_type: str, body: bytes, length: int | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", media_type.encode()),
+                            (b"content-length", str(len(body) if length is None else length).encode())]})
     await send({"type": "http.response.body", "body": body})

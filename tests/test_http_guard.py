@@ -1,0 +1,135 @@
+"""The HTTP guard in front of every route (service/middleware.py), over real HTTP against `bentoml serve`.
+
+- Upload file names never reach the file system: a 300-character name once made BentoML's temporary
+  file fail with "File name too long" (500).
+- Text form fields reach the API function verbatim, as str: BentoML 1.4 JSON-decodes every text field
+  of a multipart form, which turned the user names 123, 1e5, true and null into a number, a bool and
+  None (400 from its validation) and '"alice"' into alice.
+- /metrics needs the API key like every other route, and its series are labelled by route template,
+  never by the raw path (one series per probed path once grew it from 110 KB to 2.35 MB and listed
+  every user name tried).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import servers
+from tests.servers import Server
+from tests.test_service_http import API_KEY, clips
+from voicelock.params import Params
+
+
+@pytest.fixture(scope="module")
+def server(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("guard")
+    # A database of its own, so the fixed user names below ("123", "true", …) are always new.
+    srv = servers.serve_model(tiny_params_path, home / "bentoml",
+                              {trained.service.api_key_env: API_KEY,
+                               "VOICELOCK_DATABASE_URL": f"sqlite:///{home / 'enrollments.db'}"})
+    yield srv
+    srv.stop()
+
+
+def client(key: str | None = API_KEY) -> httpx.Client:
+    return httpx.Client(headers={"X-API-Key": key} if key is not None else {}, timeout=60)
+
+
+def fresh(stem: str = "u") -> str:
+    return f"{stem}{secrets.token_hex(4)}"
+
+
+def enroll(c: httpx.Client, url: str, user: str, blobs: list[bytes], names: list[str] | None = None) -> httpx.Response:
+    names = names or [f"c{i}.wav" for i in range(len(blobs))]
+    return c.post(f"{url}/enroll", data={"user": user},
+                  files=[("files", (n, b, "audio/wav")) for n, b in zip(names, blobs)])
+
+
+def test_long_and_odd_upload_file_names_are_not_a_server_error(server: Server, trained: Params):
+    pw = clips(trained, trained.owner.password)[:3]
+    odd = ["a" * 296 + ".wav",  # over the file system's 255-byte name limit once BentoML adds its prefix
+           "é" * 200 + ".wav",  # 400 bytes of UTF-8 in 205 characters
+           "../../../../etc/passwd"]
+    with client() as c:
+        for names in ([odd[0]] * 3, [odd[1], odd[2], "x" * 1000]):
+            user = fresh()
+            r = enroll(c, server.url, user, pw, names)
+            assert r.status_code == 200, r.text
+            assert r.json()["enrolled"] is True
+            r = c.post(f"{server.url}/unlock", data={"user": user}, files={"file": (names[0], pw[0], "audio/wav")})
+            assert r.status_code < 500 and "unlocked" in r.json(), r.text
+        # The same name on a recording that is no audio: the recording's own 4xx, not a 500.
+        r = enroll(c, server.url, fresh(), [b"GIF89a not audio" * 20, *pw[1:]], [odd[0]] * 3)
+        assert r.status_code == 400 and "Traceback" not in r.text, r.text
+
+
+@pytest.mark.parametrize("user", ["123", "1e5", "true", "null", "0", "1.50"])
+def test_user_names_that_look_like_json_are_still_names(server: Server, trained: Params, user: str):
+    pw = clips(trained, trained.owner.password)[:3]
+    with client() as c:
+        r = enroll(c, server.url, user, pw)
+    assert r.status_code == 200, r.text
+    assert r.json()["user"] == user
+
+
+def test_text_fields_arrive_verbatim(server: Server, trained: Params):
+    """A quoted name is not unquoted on the way (BentoML's JSON decoding made '"bob"' into bob), and
+    whitespace is kept, so the name rule refuses all of these instead of enrolling a trimmed name."""
+    pw = clips(trained, trained.owner.password)[:3]
+    with client() as c:
+        for user in (f'"{fresh()}"', f' "{fresh()}" ', f'["{fresh()}"]', '{"a": 1}',
+                     f" {fresh()} ", f"{fresh()}\n", f"\t{fresh()}", f"{fresh()}\r\n"):
+            r = enroll(c, server.url, user, pw)
+            assert r.status_code == 400 and "user" in r.json()["error"], (user, r.text)
+
+
+def _metrics(c: httpx.Client, url: str) -> str:
+    r = c.get(f"{url}/metrics")
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def test_metrics_need_the_key_and_are_labelled_by_route_not_path(server: Server):
+    url = server.url
+    with client(None) as anon:
+        r = anon.get(f"{url}/metrics")
+        assert r.status_code == 401 and "X-API-Key" in r.json()["error"]
+        assert "bentoml" not in r.text and "_total" not in r.text
+    with client("wrong") as bad:
+        assert bad.get(f"{url}/metrics").status_code == 401
+
+    def burst(n: int) -> list[str]:
+        tokens = [secrets.token_hex(8) for _ in range(n)]
+        with client(None) as anon, client("wrong") as bad, client() as good:
+            for i, tok in enumerate(tokens):
+                kind = i % 5
+                if kind == 0:
+                    assert bad.delete(f"{url}/users/u{tok}").status_code == 401
+                elif kind == 1:
+                    assert anon.get(f"{url}/random-{tok}").status_code == 401
+                elif kind == 2:
+                    assert good.get(f"{url}/random-{tok}/x").status_code == 404
+                elif kind == 3:
+                    assert good.delete(f"{url}/users/u{tok}").status_code in (403, 404)
+                else:
+                    assert anon.get(f"{url}/app/{tok}.js").status_code == 404
+        return tokens
+
+    with client() as c:
+        burst(10)  # every kind of request once, so its series exist before the baseline
+        before = _metrics(c, url)
+        tokens = burst(200)
+        after = _metrics(c, url)
+    leaked = [t for t in tokens if t in after]
+    assert not leaked, f"{len(leaked)} raw paths in /metrics, e.g. {leaked[0]}"
+    assert len(after) - len(before) < 4096, (len(before), len(after))
+    # Still counted, each under its route's template (a mounted app's routes may share their mount's).
+    for route in ("/users/", "/app/"):
+        assert re.search(r'_total\{endpoint="%s\{\w+\}"' % route, after), route
+    assert '_total{endpoint="[unmatched]"' in after
