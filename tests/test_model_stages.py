@@ -42,12 +42,17 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
     assert thresholds["target_far"] == trained.evaluate.target_far
     assert -1.0 <= thresholds["word"] <= 1.01  # a cosine
     assert np.isfinite(thresholds["speaker"]) and thresholds["score_norm"] == trained.evaluate.score_norm
+    # Replay and liveness thresholds are calibrated too; an exact copy (similarity 1.0) is always a replay.
+    assert 0.0 < thresholds["replay"] < 1.0 and 0.0 <= metrics["replay_false_refusals"] <= 1.0
+    assert np.isfinite(thresholds["challenge_word"]) and np.isfinite(thresholds["speaker_any_word"])
     import torch
 
     release = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
     # The AS-norm cohort ships with it, in the fitted speaker back-end's space.
     assert release["state_dict"]["speaker_backend.fitted"]
     assert release["cohort"].shape[1] == trained.model.backend_dims
+    # Speaker-independent word templates for liveness challenges: one per training word.
+    assert sorted(release["word_templates"]) == sorted(trained.data.synth.words)
 
 
 def _owner_clips(params: Params, word: str) -> list[Path]:
@@ -107,8 +112,12 @@ def test_resampled_stereo_upload_is_accepted(trained: Params, tmp_path: Path):
     import torchaudio
 
     up = torchaudio.functional.resample(torch.from_numpy(x), 16000, 44100).numpy()
-    template = lock.enroll([(np.stack([up, up], 1).mean(1), 44100)] * 3)
+    template = lock.enroll([(np.stack([up, up], 1).mean(1), 44100)] + [(x, 16000) for x in
+                           (sf.read(p, dtype="float32")[0] for p in _owner_clips(trained, trained.owner.password)[1:3])])
     assert len(template.word) == trained.model.word_embedding
+    # The same recording twice in one enrollment is refused: a replayed take is no second take.
+    with pytest.raises(VoicelockError, match="is the same recording as"):
+        lock.enroll([(np.stack([up, up], 1).mean(1), 44100)] * 3)
 
 
 def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tiny_corpus: Path, tmp_path: Path,

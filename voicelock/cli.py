@@ -53,14 +53,13 @@ def _enroll(args: argparse.Namespace) -> None:
 
 def _unlock(args: argparse.Namespace) -> None:
     import json
-    from dataclasses import asdict
 
     from voicelock.enrollment import Template, VoiceLock
 
     params = load_params(args.params)
     lock = VoiceLock(args.model or params.evaluate.out_dir, params.enroll)
     decision = lock.verify_file(Template.load(args.template), args.clip)
-    print(json.dumps(asdict(decision), indent=1))
+    print(json.dumps(decision.explain(), indent=1))
     if not decision.unlocked:
         raise SystemExit(1)
 

@@ -1,26 +1,34 @@
 """Enrollment and unlock, with no retraining: templates in both embedding spaces.
 
 `enroll` turns 3–10 clips of one person saying one password into a template (per-head centroids)
-and refuses enrollments that disagree; `verify` scores a new clip against a template in both spaces
-and unlocks only when both scores clear the thresholds calibrated at evaluation.
+and refuses enrollments that disagree; `verify` is the one place that decides an unlock — CLI,
+service and tests all call it. It unlocks only when both scores clear the thresholds calibrated at
+evaluation, the probe is no copy of a recording already heard (voicelock/replay.py), and, when a
+liveness challenge is given, every challenge take is the asked word in the enrolled voice
+(voicelock/liveness.py).
+
+Every decision fails closed: audio is checked finite and scaled into [-1, 1] before features, and a
+non-finite embedding or score raises VoicelockError (a 4xx at the service) instead of deciding —
+NaN compares false with everything, so a `score < threshold` refusal rule would let NaN through.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio
 
-from voicelock.audio import read_wav
+from voicelock.audio import read_wav, resample
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor
+from voicelock.liveness import nearest_word, template_scores
 from voicelock.model.checkpoint import load_checkpoint
 from voicelock.params import EnrollParams, FeatureParams
+from voicelock.replay import fingerprints, max_similarity
 from voicelock.scoring import SpeakerScorer
 
 
@@ -31,6 +39,8 @@ class Template:
     word: list[float]
     speaker: list[float]
     clips: int
+    # Fingerprints of the enrollment takes (voicelock/replay.py): a replayed take is refused.
+    takes: list[list[float]] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -45,13 +55,41 @@ class Template:
             raise VoicelockError(f"{path}: not a voicelock template ({e})") from None
 
 
+# Coarse outcomes: what a caller may learn without `service.explain` (no score, no which-check-failed).
+UNLOCKED, NOT_RECOGNISED = "unlocked", "not recognised"
+
+
 @dataclass
 class Decision:
     unlocked: bool
     word_score: float
     speaker_score: float
     thresholds: dict[str, float]
-    reason: str
+    reason: str  # which checks failed, with scores: for the owner of the system, never an attacker
+    # The password take's fingerprint: stored after an unlock so that the same recording cannot
+    # unlock again (voicelock/replay.py).
+    fingerprint: list[float] = field(default_factory=list, repr=False)
+    details: dict[str, float | str] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        return UNLOCKED if self.unlocked else NOT_RECOGNISED
+
+    def explain(self) -> dict:
+        """Everything but the fingerprint: for the CLI and a service with `explain: true`."""
+        out = asdict(self)
+        out.pop("fingerprint")
+        return out
+
+
+@dataclass
+class ChallengeTake:
+    """One take answering a liveness challenge: the word asked for and the recording."""
+
+    word: str
+    samples: np.ndarray
+    rate: int
+    name: str
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -77,15 +115,47 @@ class VoiceLock:
         self.thresholds: dict[str, float] = meta.get("thresholds") or {}
         # Speaker scores as calibrated: AS-norm against the cohort shipped with the model, or raw cosine.
         self.scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", 50))
-        if not {"word", "speaker"} <= set(self.thresholds):
-            raise VoicelockError(f"{model_dir}: model has no calibrated thresholds — use the evaluated model "
-                                 f"(models/release, written by the evaluate stage)")
+        needed = ("word", "speaker", "replay", "challenge_word", "speaker_any_word")
+        missing = [k for k in needed if not np.isfinite(float(self.thresholds.get(k, np.nan)))]
+        if missing:
+            raise VoicelockError(f"{model_dir}: model has no calibrated {', '.join(missing)} threshold(s) — use "
+                                 f"the evaluated model (models/release, written by the evaluate stage), or re-run "
+                                 f"`dvc repro evaluate` for a model evaluated by an older voicelock")
+        # Speaker-independent word templates, for liveness challenges.
+        self.word_templates: dict[str, np.ndarray] = {
+            w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
         self.p = enroll_params
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The words a liveness challenge may ask for: those the model has a template of."""
+        return list(self.word_templates)
+
+    def password_word(self, template: Template) -> str | None:
+        """The vocabulary word nearest the user's enrolled password (never asked in a challenge)."""
+        return nearest_word(np.asarray(template.word, dtype=np.float32), self.word_templates)
+
+    def decoy_template(self) -> Template:
+        """A template in this model's spaces that no voice matches (the negated embedding of a quiet
+        noise clip): the service scores an unknown user's probe against it so the answer takes as
+        long as a real refusal. Callers must still never unlock on it."""
+        noise = np.random.default_rng(0).normal(0, 0.01, self.sample_rate).astype(np.float32)
+        word, speaker = self.embed_here([noise])
+        return Template((-_unit(word[0])).tolist(), (-_unit(speaker[0])).tolist(), 0)
+
     def prepare(self, samples: np.ndarray, rate: int, name: str) -> np.ndarray:
-        """Resample to the model's rate and refuse clips that cannot hold a spoken word."""
+        """Resample to the model's rate and refuse clips that cannot hold a spoken word.
+
+        Float WAV/FLAC may carry any finite value: a clip scaled by 1e20 overflowed the network to NaN.
+        Samples are checked finite, then a clip whose peak is above full scale is scaled back to it, so
+        the network only ever sees audio in [-1, 1].
+        """
+        samples = np.asarray(samples, dtype=np.float32)
         if not np.all(np.isfinite(samples)):
             raise VoicelockError(f"{name}: audio contains NaN or infinite samples")
+        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+        if peak > 1.0:
+            samples = samples / np.float32(peak)
         duration = samples.size / rate if rate else 0.0
         if duration < self.p.min_duration_s:
             raise VoicelockError(f"{name}: too short ({duration:.2f} s, need at least {self.p.min_duration_s} s)")
@@ -96,7 +166,7 @@ class VoiceLock:
             raise VoicelockError(f"{name}: no speech (level {rms:.4f} below {self.p.min_rms}) — speak closer "
                                  f"to the microphone")
         if rate != self.sample_rate:
-            samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, self.sample_rate).numpy()
+            samples = resample(samples, rate, self.sample_rate)  # polyphase: bounded cost at any rate
         return samples.astype(np.float32)
 
     def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,13 +180,28 @@ class VoiceLock:
         out = self.model(feats.to(self.device), frames.to(self.device))
         return out.word.cpu().numpy(), out.speaker.cpu().numpy()
 
+    def embed_checked(self, clips: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`embed`, refusing any clip whose embedding is not finite: such a clip must never decide."""
+        word, speaker = self.embed(clips)
+        for i, name in enumerate(names):
+            if not (np.all(np.isfinite(word[i])) and np.all(np.isfinite(speaker[i]))):
+                raise VoicelockError(f"{name}: the recording could not be scored (non-finite embedding) — "
+                                     f"record it again")
+        return word, speaker
+
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None) -> Template:
         """Template from 3–10 (samples, rate) clips of one person saying one password."""
         names = names or [f"clip {i + 1}" for i in range(len(clips))]
         if not self.p.min_clips <= len(clips) <= self.p.max_clips:
             raise VoicelockError(f"enrollment needs {self.p.min_clips}–{self.p.max_clips} clips, got {len(clips)}")
         prepared = [self.prepare(x, r, n) for (x, r), n in zip(clips, names)]
-        word, speaker = self.embed(prepared)
+        word, speaker = self.embed_checked(prepared, names)
+        fps = fingerprints(word, speaker)
+        for i in range(len(names)):
+            for j in range(i):
+                if float(fps[i] @ fps[j]) >= self.thresholds["replay"]:
+                    raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
+                                         f"anew")
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
                                     ("speaker", speaker, self.p.min_speaker_agreement)):
             total = emb.sum(axis=0)
@@ -127,25 +212,71 @@ class VoiceLock:
                     what = "a different word" if space == "word" else "a different voice"
                     raise VoicelockError(f"{name} does not match the others ({what}: {space} agreement "
                                          f"{agreement:.2f} < {minimum}) — record it again")
-        return Template(_unit(word.mean(axis=0)).tolist(), _unit(speaker.mean(axis=0)).tolist(), len(clips))
+        return Template(_unit(word.mean(axis=0)).tolist(), _unit(speaker.mean(axis=0)).tolist(), len(clips),
+                        fps.tolist())
 
-    def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip") -> Decision:
-        """Score one clip against a template; unlock only when word and speaker both clear their thresholds."""
-        word, speaker = self.embed([self.prepare(samples, rate, name)])
+    def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip",
+               recent: list[list[float]] | None = None,
+               challenge: list[ChallengeTake] | None = None) -> Decision:
+        """Decide one unlock: the password take (and the takes of a liveness challenge, if given)
+        against a template.
+
+        Unlocks only when every check passes: the password's word and speaker scores clear their
+        thresholds; no take is a copy of an enrollment take, of a `recent` accepted probe or of
+        another take in the request; and each challenge take is its asked word (nearest word template,
+        above `challenge_word`) in the enrolled voice (above `speaker_any_word`). A non-finite
+        embedding or score raises instead of deciding.
+        """
+        challenge = challenge or []
+        names = [name] + [c.name for c in challenge]
+        prepared = [self.prepare(samples, rate, name)] + [self.prepare(c.samples, c.rate, c.name) for c in challenge]
+        word, speaker = self.embed_checked(prepared, names)
         if (len(template.word), len(template.speaker)) != (word.shape[1], speaker.shape[1]):
             raise VoicelockError(f"the template has {len(template.word)}/{len(template.speaker)}-dimensional "
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
                                  f"{speaker.shape[1]}: it was enrolled with another model — enroll again")
-        word_score = float(word[0] @ np.asarray(template.word))
-        speaker_score = float(self.scorer(np.asarray(template.speaker), speaker)[0])
-        tw, ts = self.thresholds["word"], self.thresholds["speaker"]
+        th = self.thresholds
+        t_word, t_speaker = np.asarray(template.word, dtype=np.float32), np.asarray(template.speaker, dtype=np.float32)
+        word_score = float(word[0] @ t_word)
+        speaker_scores = self.scorer(t_speaker, speaker)
+        speaker_score = float(speaker_scores[0])
+        fps = fingerprints(word, speaker)
+        heard = list(template.takes) + list(recent or [])
+        replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
+                     for i in range(len(fps)))
+        scores = {"word_score": word_score, "speaker_score": speaker_score, "replay_similarity": replay}
+        if not all(np.isfinite(v) or v == float("inf") for v in scores.values()) or not np.all(
+                np.isfinite(speaker_scores)):
+            raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
-        if word_score < tw:
-            reasons.append(f"wrong password (word score {word_score:.3f} < {tw:.3f})")
-        if speaker_score < ts:
-            reasons.append(f"voice not recognised (speaker score {speaker_score:.3f} < {ts:.3f})")
-        return Decision(not reasons, word_score, speaker_score, {"word": tw, "speaker": ts},
-                        "; ".join(reasons) or "password and voice match")
+        if not word_score >= th["word"]:
+            reasons.append(f"wrong password (word score {word_score:.3f} < {th['word']:.3f})")
+        if not speaker_score >= th["speaker"]:
+            reasons.append(f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})")
+        if not replay < th["replay"]:
+            reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
+        details: dict[str, float | str] = {"replay_similarity": round(replay, 4)}
+        if challenge:
+            if not self.word_templates:
+                raise VoicelockError("this model ships no word templates for liveness challenges — re-run "
+                                     "`dvc repro evaluate`")
+            vocab, word_scores = template_scores(word[1:], self.word_templates)
+            for i, take in enumerate(challenge):
+                asked = vocab.index(take.word) if take.word in vocab else -1
+                heard_word = vocab[int(np.argmax(word_scores[i]))]
+                w_score = float(word_scores[i, asked]) if asked >= 0 else float("-inf")
+                s_score = float(speaker_scores[i + 1])
+                details[f"challenge_{i + 1}"] = f"asked {take.word}, heard {heard_word}"
+                if not (asked >= 0 and heard_word == take.word and w_score >= th["challenge_word"]):
+                    reasons.append(f"{take.name}: not the word '{take.word}' (nearest '{heard_word}', "
+                                   f"score {w_score:.3f}, need {th['challenge_word']:.3f})")
+                if not s_score >= th["speaker_any_word"]:
+                    reasons.append(f"{take.name}: voice not recognised (speaker score {s_score:.3f} < "
+                                   f"{th['speaker_any_word']:.3f})")
+        unlocked = not reasons
+        thresholds = {k: float(th[k]) for k in ("word", "speaker", "replay", "challenge_word", "speaker_any_word")}
+        return Decision(unlocked, word_score, speaker_score, thresholds,
+                        "; ".join(reasons) or "password and voice match", fps[0].tolist(), details)
 
     def enroll_files(self, paths: list[str | Path]) -> Template:
         return self.enroll([read_wav(p) for p in paths], [str(p) for p in paths])

@@ -18,16 +18,16 @@ class NotFound(VoicelockError):
     status = 404
 
 
-class Unauthorized(VoicelockError):
-    """A request without the right API key."""
-
-    status = 401
-
-
 class TooLarge(VoicelockError):
     """A request over the configured size limit."""
 
     status = 413
+
+
+class Busy(VoicelockError):
+    """The worker's compute queue is full, or a request ran past its time: retry later (never an unlock)."""
+
+    status = 503
 
 
 class LockedOut(VoicelockError):

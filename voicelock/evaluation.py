@@ -20,12 +20,14 @@ import torch
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, FeatureParams, load_split
+from voicelock.liveness import challenge_word_trials, word_templates
 from voicelock.metrics import cosine_matrix, eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
 from voicelock.model.network import VoiceLockNet
 from voicelock.model.train import Split, embed
 from voicelock.params import EvaluateParams, Params
+from voicelock.replay import calibrate_replay_threshold, genuine_repeat_similarities
 from voicelock.scoring import SpeakerScorer, build_cohort
 from voicelock.trials import UNLOCK_IMPOSTOR_KINDS, UnlockTrials, keyword_predictions, speaker_pair_scores, \
     unlock_trials
@@ -77,19 +79,57 @@ def split_unlock_trials(word: np.ndarray, speaker: np.ndarray, split: Split, ep:
                          ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, rng, scorer)
 
 
-def split_trials(model: VoiceLockNet, split: Split, ep: EvaluateParams, seed: int,
-                 scorer: SpeakerScorer) -> UnlockTrials:
-    word, speaker = embed_split(model, split)
-    return split_unlock_trials(word, speaker, split, ep, np.random.default_rng(seed), scorer)
-
-
-def make_scorer(model: VoiceLockNet, params: Params) -> SpeakerScorer:
-    """The speaker scorer the released model will use: AS-norm against the training speakers, or raw."""
-    if params.evaluate.score_norm == "none":
-        return SpeakerScorer()
+def training_references(model: VoiceLockNet, params: Params) -> tuple[SpeakerScorer, dict[str, np.ndarray]]:
+    """What the released model ships from the training speakers: the speaker scorer (AS-norm against
+    their cohort, or raw cosine) and one word template per vocabulary word (liveness challenges)."""
     train = Split.from_feature_set(load_split(params.features.out_dir, "training"))
-    _, speaker = embed_split(model, train)
-    return SpeakerScorer(build_cohort(speaker, train.index), params.evaluate.cohort_top_k)
+    word, speaker = embed_split(model, train)
+    templates = word_templates(word, train.index)
+    if params.evaluate.score_norm == "none":
+        return SpeakerScorer(), templates
+    return SpeakerScorer(build_cohort(speaker, train.index), params.evaluate.cohort_top_k), templates
+
+
+def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: SpeakerScorer,
+                  templates: dict[str, np.ndarray]) -> dict:
+    """Every threshold the verifier uses, from the validation speakers only.
+
+    word / speaker: the unlock rule at `target_far`. speaker_any_word: the voice of a challenge take
+    (another word than the password) at `target_far` against other speakers saying other words.
+    challenge_word: a challenge take's word against the other words' templates at
+    `challenge_word_far`. replay: above the closest two genuine takes of one word by one voice.
+    """
+    ep = params.evaluate
+    word, speaker = embed_split(model, val)
+    trials = split_unlock_trials(word, speaker, val, ep, np.random.default_rng(params.seed), scorer)
+    thresholds = calibrate(trials, ep.target_far)
+    thresholds["speaker_any_word"] = threshold_for_far(trials.speaker["other_speaker_other_word"], ep.target_far)
+    _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)
+    thresholds["challenge_word"] = threshold_for_far(wrong_word, ep.challenge_word_far)
+    repeats = genuine_repeat_similarities(word, speaker, val.index["speaker"].to_numpy(), val.index["word"].to_numpy())
+    thresholds["replay"] = calibrate_replay_threshold(repeats, ep.replay_margin)
+    thresholds["score_norm"] = ep.score_norm
+    return thresholds
+
+
+def liveness_metrics(model: VoiceLockNet, test: Split, thresholds: dict, scorer: SpeakerScorer,
+                     templates: dict[str, np.ndarray]) -> dict[str, float]:
+    """On the test speakers, at the shipped thresholds: how often a genuine take is wrongly refused by
+    each liveness check, and how close two genuine repeated takes come to the replay threshold."""
+    word, speaker = embed_split(model, test)
+    words, speakers = test.index["word"].to_numpy(), test.index["speaker"].to_numpy()
+    vocab = list(templates)
+    scores = word @ np.stack([templates[w] for w in vocab]).T
+    known = np.isin(words, vocab)
+    own = np.asarray([vocab.index(w) for w in words[known]])
+    nearest_ok = scores[known].argmax(axis=1) == own
+    above = scores[known][np.arange(own.size), own] >= thresholds["challenge_word"]
+    repeats = genuine_repeat_similarities(word, speaker, speakers, words)
+    return {
+        "challenge_word_frr": float(1 - np.mean(nearest_ok & above)) if own.size else float("nan"),
+        "replay_false_refusals": float(np.mean(repeats >= thresholds["replay"])) if repeats.size else float("nan"),
+        "replay_closest_genuine": float(repeats.max()) if repeats.size else float("nan"),
+    }
 
 
 def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, float], ep: EvaluateParams,
@@ -161,7 +201,8 @@ def _write_plots(result: SplitEvaluation, out: Path) -> None:
     plot_confusion(result.confusion, out / "confusion.png")
 
 
-def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEvaluation, SpeakerScorer]:
+def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEvaluation, SpeakerScorer,
+                                                                 dict[str, np.ndarray]]:
     """Calibrate thresholds on the validation speakers, then measure on the test speakers.
 
     The promotion gate calls this for the production model too, so both are judged on the same data.
@@ -170,19 +211,19 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     cache = params.features.out_dir
     val = Split.from_feature_set(load_split(cache, "validation"))
     test = Split.from_feature_set(load_split(cache, "testing"))
-    scorer = make_scorer(model, params)
-    thresholds = calibrate(split_trials(model, val, ep, params.seed, scorer), ep.target_far)
-    thresholds["score_norm"] = ep.score_norm
+    scorer, templates = training_references(model, params)
+    thresholds = calibrate_all(model, val, params, scorer, templates)
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
     result = evaluate_split(model, test, thresholds, ep, params.seed, scorer)
-    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer), "thresholds": thresholds}
-    return metrics, result, scorer
+    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer),
+               **liveness_metrics(model, test, thresholds, scorer, templates), "thresholds": thresholds}
+    return metrics, result, scorer, templates
 
 
 def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
     """Evaluate the fine-tuned model; write the release (model + thresholds), metrics and plots."""
     model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
-    metrics, result, scorer = evaluate_model(model, params)
+    metrics, result, scorer, templates = evaluate_model(model, params)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=1))
     _write_plots(result, Path(plots_dir))
@@ -192,7 +233,8 @@ def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Pa
     release.mkdir(parents=True)
     thresholds = metrics["thresholds"]
     cohort = {"cohort": scorer.cohort.astype(np.float16), "cohort_top_k": scorer.top_k} if scorer.normalised else {}
-    torch.save({**meta, "thresholds": thresholds, "metrics": metrics, **cohort}, release / MODEL_FILE)
+    torch.save({**meta, "thresholds": thresholds, "metrics": metrics, **cohort,
+                "word_templates": {w: v.astype(np.float16) for w, v in templates.items()}}, release / MODEL_FILE)
     (release / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=1))
     return metrics
 

@@ -102,7 +102,7 @@ def decide(params: Params) -> GateDecision:
     prod_metrics = None
     if production is not None:
         model, _ = load_checkpoint(production.path)
-        prod_metrics, _, _ = evaluate_model(model, params)
+        prod_metrics, *_ = evaluate_model(model, params)
     ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance)
     return GateDecision(ok, reasons, cand_metrics, prod_metrics, str(candidate.tag),
                         None if production is None else str(production.tag))
