@@ -1,8 +1,13 @@
 """The voice-unlock API as a BentoML service: `bentoml serve service.service:VoiceLock`.
 
 Thin by design: each endpoint hands the request to `voicelock.unlock_service.UnlockService` and turns
-its VoicelockError into a JSON answer with the error's 4xx status. Unexpected errors are logged and
-answered with a generic 500 by BentoML, never with a stack trace.
+its VoicelockError into a JSON answer with the error's 4xx/503 status. The work (decoding, network,
+database) runs off the event loop through `BoundedCompute`, so /healthz answers while requests are
+scored. Unexpected errors are logged and answered with a generic 500 by BentoML, never with a stack
+trace.
+
+Proof of ownership travels in headers, never in the form: `X-Unlock-Token` (from a successful
+unlock) or `X-Admin-Key` (the key in the variable named by service.admin_key_env).
 """
 
 from __future__ import annotations
@@ -12,16 +17,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import anyio.to_thread
 import bentoml
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from service.compute import BoundedCompute
 from service.middleware import RequestGuard
 from service.page import MOUNT as PAGE_MOUNT, build_page_app
 from voicelock.enrollment import VoiceLock as VoiceModel
-from voicelock.errors import LockedOut, VoicelockError
+from voicelock.errors import Busy, LockedOut, VoicelockError
 from voicelock.params import load_params
 from voicelock.runtime import limit_threads
 from voicelock.store import EnrollmentStore
@@ -43,20 +48,26 @@ def _docs_page() -> RedirectResponse:
     return RedirectResponse("/")
 
 
-def _answer(ctx: bentoml.Context, call: Callable[[], dict]) -> dict:
-    try:
-        return call()
-    except VoicelockError as e:
-        ctx.response.status_code = e.status
-        if isinstance(e, LockedOut):
-            ctx.response.headers["Retry-After"] = str(int(e.retry_after_s))
-        return {"error": str(e)}
+def _error(e: VoicelockError) -> tuple[int, dict, dict]:
+    """(status, body, headers) of a refusal."""
+    headers = {}
+    if isinstance(e, LockedOut):
+        headers["Retry-After"] = str(int(e.retry_after_s))
+    elif isinstance(e, Busy):
+        headers["Retry-After"] = "1"
+    return e.status, {"error": str(e)}, headers
+
+
+def _proof(request: Request) -> dict[str, str | None]:
+    return {"token": request.headers.get("x-unlock-token") or None,
+            "admin_key": request.headers.get("x-admin-key") or None}
 
 
 @bentoml.asgi_app(page, path=PAGE_MOUNT)
 @bentoml.asgi_app(docs, path="/docs")
 @bentoml.asgi_app(users, path="/users")
-@bentoml.service(name="voicelock", traffic={"timeout": 30}, workers=PARAMS.service.workers)
+@bentoml.service(name="voicelock", traffic={"timeout": 30}, workers=PARAMS.service.workers,
+                 metrics={"enabled": False})  # RequestGuard counts requests by route template instead
 class VoiceLock:
     """Enroll a password by voice, then unlock only for the same person saying it."""
 
@@ -73,43 +84,64 @@ class VoiceLock:
                           embedder=self._embed_batched if PARAMS.service.batching else None)
         self.word_dim = lock.model.password_out.in_features
         store = EnrollmentStore(os.environ.get("VOICELOCK_DATABASE_URL", PARAMS.service.database_url))
-        self.core = UnlockService(lock, store, PARAMS, str(stored.tag))
+        self.core = UnlockService(lock, store, PARAMS, str(stored.tag),
+                                  admin_key=os.environ.get(PARAMS.service.admin_key_env))
+        p = PARAMS.service
+        self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)
         log.info("voicelock service ready with model %s", stored.tag)
 
     def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(self.embedder.embed(clips=clips), dtype=np.float32)
         return rows[:, : self.word_dim], rows[:, self.word_dim:]
 
+    async def _answer(self, ctx: bentoml.Context, call: Callable[[], dict]) -> dict:
+        """Run `call` on the bounded compute pool; a VoicelockError becomes its status and message."""
+        try:
+            return await self.compute.run(call)
+        except VoicelockError as e:
+            ctx.response.status_code, body, headers = _error(e)
+            ctx.response.headers.update(headers)
+            return body
+
     @bentoml.api(route="/enroll")
-    def enroll(self, user: str, files: list[Path], ctx: bentoml.Context) -> dict:
-        """Enroll `user` from 3–10 recordings of their password (WAV/FLAC/OGG, any rate, mono or stereo)."""
-        return _answer(ctx, lambda: self.core.enroll(
-            user, [(f"file {i + 1}", Path(f).read_bytes()) for i, f in enumerate(files)]))
+    async def enroll(self, user: str, files: list[Path], ctx: bentoml.Context) -> dict:
+        """Enroll `user` from 3–10 recordings of their password (WAV/FLAC/OGG, any rate, mono or stereo).
+
+        A name already enrolled is replaced only with proof of ownership: header X-Unlock-Token (the
+        token of a successful unlock, single use) or X-Admin-Key; otherwise 409 (no proof) or 403."""
+        proof = _proof(ctx.request)
+        return await self._answer(ctx, lambda: self.core.enroll(
+            user, [(f"file {i + 1}", Path(f).read_bytes()) for i, f in enumerate(files)], **proof))
+
+    @bentoml.api(route="/challenge")
+    async def challenge(self, user: str, ctx: bentoml.Context) -> dict:
+        """A liveness challenge (service.liveness: challenge): 1–3 words to say after the password,
+        single use, expiring. Send its id as `challenge` and one take per word, in order, as
+        `challenge_files` to /unlock."""
+        return await self._answer(ctx, lambda: self.core.challenge(user))
 
     @bentoml.api(route="/unlock")
-    async def unlock(self, user: str, file: Path, ctx: bentoml.Context) -> dict:
-        """Unlock when `file` is the enrolled user saying the enrolled password."""
-        blob = Path(file).read_bytes()
+    async def unlock(self, user: str, file: Path, ctx: bentoml.Context, challenge: str = "",
+                     challenge_files: list[Path] = []) -> dict:  # noqa: B006 — a pydantic default, never mutated
+        """Unlock when `file` is the enrolled user saying the enrolled password (and, with liveness on,
+        `challenge_files` are the same voice saying the challenge's words). A successful unlock returns
+        a single-use `token`: the proof of ownership that re-enrolling or deleting the user needs."""
+        def call() -> dict:
+            extra = [(f"challenge file {i + 1}", Path(f).read_bytes()) for i, f in enumerate(challenge_files or [])]
+            return self.core.unlock(user, "file", Path(file).read_bytes(), challenge or None, extra)
 
-        def answer() -> dict:
-            return _answer(ctx, lambda: self.core.unlock(user, "file", blob))
-
-        if PARAMS.service.batching:  # waits on the embedder service, whose client wants an AnyIO thread
-            return await anyio.to_thread.run_sync(answer)
-        # A few milliseconds of CPU on this worker's one torch thread: run it on the event loop. The
-        # thread-pool hand-off BentoML gives a sync API costs more than it frees (measured, 1 worker,
-        # 16 clients: 186–191 → 202–222 req/s; bench/framework_floor.py shows the same for a no-op).
-        return answer()
+        return await self._answer(ctx, call)
 
     @users.delete("/{user}")
-    def delete_user(self, user: str) -> JSONResponse:
-        """Forget a user's enrollment and failure count."""
+    def delete_user(self, user: str, request: Request) -> JSONResponse:
+        """Forget a user's enrollment; needs header X-Unlock-Token (from a successful unlock) or X-Admin-Key."""
         try:
-            return JSONResponse(self.core.delete(user))
+            return JSONResponse(self.core.delete(user, **_proof(request)))
         except VoicelockError as e:
-            return JSONResponse({"error": str(e)}, status_code=e.status)
+            status, body, headers = _error(e)
+            return JSONResponse(body, status_code=status, headers=headers)
 
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,
                               api_key_env=PARAMS.service.api_key_env,
-                              form_routes={"/enroll": ("files",), "/unlock": ("file",)})
+                              form_routes={"/enroll": ("files",), "/unlock": ("file", "challenge_files")})

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,65 @@ def project(tmp_path: Path) -> Path:
     run_in(["dvc", "init", "-q"], tmp_path)
     run_in(["dvc", "config", "core.analytics", "false"], tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def lenient_params_path(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny trained model re-evaluated at FAR 0.3 into a release of its own, so that some genuine
+    takes unlock — the security tests need real unlocks (tokens, replays) from a model trained in a
+    minute. Only the evaluate stage runs again."""
+    from voicelock.evaluation import run_evaluation
+
+    root = tmp_path_factory.mktemp("lenient")
+    raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["evaluate"].update(target_far=0.3, out_dir=str(root / "release"), metrics_file=str(root / "metrics.json"),
+                           plots_dir=str(root / "plots"))
+    raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",
+                          package_record=str(root / "package.json"))
+    path = write_params(root, raw)
+    params = load_params(path)
+    run_evaluation(params, params.evaluate.metrics_file, params.evaluate.plots_dir)
+    return path
+
+
+@dataclass
+class UnlockCase:
+    """Recordings whose decisions the verifier itself settled on the source files: `enroll` takes of
+    one voice's password, `genuine` takes that unlock its template, `impostors` that do not."""
+
+    enroll: list[Path]
+    genuine: list[Path]
+    impostors: list[Path]
+
+    @staticmethod
+    def read(paths: list[Path]) -> list[bytes]:
+        return [p.read_bytes() for p in paths]
+
+
+def find_unlock_case(params: Params, n_enroll: int = 3, min_genuine: int = 2) -> UnlockCase:
+    """The voice (owner or test speaker) whose held-out password takes unlock most often, with the
+    other voices' takes (password and other words) that its template rejects."""
+    from voicelock.enrollment import VoiceLock
+    from voicelock.features import load_split
+
+    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    takes: dict[str, list[Path]] = {"owner": sorted((Path(params.owner.out_dir) / params.owner.password).glob("*.wav"))}
+    index = load_split(params.features.out_dir, "testing").index
+    others: list[Path] = [Path(params.data.raw_dir) / p for p in index["path"]]
+    for speaker, paths in index[index["word"] == params.owner.password].sort_values("utterance").groupby("speaker")["path"]:
+        takes[speaker] = [Path(params.data.raw_dir) / p for p in paths]
+    best: tuple[int, str, list[Path]] = (-1, "", [])
+    for speaker, paths in takes.items():
+        if len(paths) < n_enroll + min_genuine:
+            continue
+        template = lock.enroll_files(paths[:n_enroll])
+        unlocking = [p for p in paths[n_enroll:] if lock.verify_file(template, p).unlocked]
+        if len(unlocking) > best[0]:
+            best = (len(unlocking), speaker, unlocking)
+    n, speaker, genuine = best
+    assert n >= min_genuine, f"the tiny model unlocks fewer than {min_genuine} held-out takes of any voice"
+    template = lock.enroll_files(takes[speaker][:n_enroll])
+    own = {p.name.split("_nohash_")[0] for p in takes[speaker]}
+    impostors = [p for p in others if p.name.split("_nohash_")[0] not in own
+                 and not lock.verify_file(template, p).unlocked]
+    return UnlockCase(takes[speaker][:n_enroll], genuine, impostors)

@@ -10,19 +10,25 @@ import numpy as np
 import pytest
 
 from tests import servers
+from tests.conftest import UnlockCase, find_unlock_case
 from tests.servers import Server
 from tests.test_unlock_service import wav_bytes
-from voicelock.params import Params
+from voicelock.params import Params, load_params
 
 API_KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
-def server(trained: Params, tiny_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = servers.serve_model(tiny_params_path, tmp_path_factory.mktemp("bentoml"),
+def server(trained: Params, lenient_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = servers.serve_model(lenient_params_path, tmp_path_factory.mktemp("bentoml"),
                               {trained.service.api_key_env: API_KEY})
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def case(lenient_params_path: Path) -> UnlockCase:
+    return find_unlock_case(load_params(lenient_params_path))
 
 
 def client(auth: bool = True) -> httpx.Client:
@@ -64,30 +70,30 @@ def test_health_docs_and_auth(server: Server):
         assert_clean_error(c.delete(f"{server.url}/users/x"), 401, "X-API-Key")
 
 
-def test_enroll_unlock_delete_and_persistence(server: Server, trained: Params):
-    pw = clips(trained, trained.owner.password)
+def test_enroll_unlock_delete_and_persistence(server: Server, case: UnlockCase):
     with client() as c:
-        r = enroll(c, server.url, "alice", pw[:3])
-        assert r.status_code == 200 and r.json()["enrolled"] is True
-        answer = unlock(c, server.url, "alice", pw[4]).json()
-        assert isinstance(answer["unlocked"], bool) and set(answer["thresholds"]) == {"word", "speaker"}
-        assert answer["reason"]
+        r = enroll(c, server.url, "alice", case.read(case.enroll))
+        assert r.json() == {"enrolled": True, "user": "alice", "clips": 3, "replaced": False}
+        answer = unlock(c, server.url, "alice", case.genuine[0].read_bytes()).json()
+        assert answer["unlocked"] is True and answer["token"], answer
+        assert unlock(c, server.url, "alice", case.impostors[0].read_bytes()).json() == \
+            {"unlocked": False, "user": "alice", "reason": "not recognised"}
     server.stop()
-    server.start()  # enrollments survive a restart
+    server.start()  # enrollments, replay memory and tokens survive a restart
     with client() as c:
-        assert unlock(c, server.url, "alice", pw[4]).status_code == 200
-        assert c.delete(f"{server.url}/users/alice").json() == {"deleted": True, "user": "alice"}
-        assert_clean_error(unlock(c, server.url, "alice", pw[4]), 404, "not enrolled")
-        assert_clean_error(c.delete(f"{server.url}/users/alice"), 404, "not enrolled")
+        assert unlock(c, server.url, "alice", case.genuine[0].read_bytes()).json()["unlocked"] is False  # heard
+        token = {"X-Unlock-Token": answer["token"]}
+        assert c.delete(f"{server.url}/users/alice", headers=token).json() == {"deleted": True, "user": "alice"}
+        assert unlock(c, server.url, "alice", case.genuine[1].read_bytes()).json()["unlocked"] is False
+        assert_clean_error(c.delete(f"{server.url}/users/alice", headers=token), 403, "X-Unlock-Token")
 
 
-def test_lockout_over_http(server: Server, trained: Params):
-    pw, other = clips(trained, trained.owner.password), clips(trained, "yes")
+def test_lockout_over_http(server: Server, case: UnlockCase, trained: Params):
     with client() as c:
-        assert enroll(c, server.url, "bob", pw[:3]).status_code == 200
-        for _ in range(trained.service.lockout_failures):
-            assert unlock(c, server.url, "bob", other[0]).json()["unlocked"] is False
-        r = unlock(c, server.url, "bob", pw[4])
+        assert enroll(c, server.url, "bob", case.read(case.enroll)).status_code == 200
+        for probe in case.impostors[: trained.service.lockout_failures]:
+            assert unlock(c, server.url, "bob", probe.read_bytes()).json()["unlocked"] is False
+        r = unlock(c, server.url, "bob", case.genuine[0].read_bytes())
         assert_clean_error(r, 429, "locked")
         assert 0 < int(r.headers["Retry-After"]) <= trained.service.lockout_seconds
 
@@ -104,7 +110,8 @@ def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):
         nan = wav_bytes(np.full(16000, np.nan, dtype=np.float32), subtype="FLOAT")
         assert_clean_error(enroll(c, url, "carol", [nan, pw[1], pw[2]]), 400, "NaN")
         assert_clean_error(enroll(c, url, "../../etc", pw[:3]), 400, "user")
-        assert_clean_error(unlock(c, url, "nobody", pw[0]), 404, "not enrolled")
+        assert unlock(c, url, "nobody", pw[0]).json() == {"unlocked": False, "user": "nobody",
+                                                            "reason": "not recognised"}  # no enumeration
         big = b"\0" * (trained.service.max_request_bytes + 10)
         assert_clean_error(c.post(f"{url}/unlock", content=big, headers={"Content-Type": "audio/wav"}), 413,
                            "over the limit")
@@ -138,7 +145,9 @@ def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_p
 
     root = tmp_path_factory.mktemp("batching")
     raw = yaml.safe_load(tiny_params_path.read_text())
+    # explain: scores in the answers; replay_history 0: the same probes repeat without counting as replays
     raw["service"].update(batching=True, max_batch_size=8, max_latency_ms=50, lockout_failures=1000,
+                          explain=True, replay_history=0,
                           database_url=f"sqlite:///{root / 'enrollments.db'}")
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -226,6 +226,8 @@ class EvaluateParams(_Section):
     max_trials: int = Field(ge=100)
     score_norm: Literal["asnorm", "none"]
     cohort_top_k: int = Field(ge=2)
+    challenge_word_far: float = Field(gt=0, lt=1)
+    replay_margin: float = Field(ge=0, lt=0.5)
 
 
 class ServiceParams(_Section):
@@ -234,10 +236,25 @@ class ServiceParams(_Section):
     package_record: str
     database_url: str
     api_key_env: str
+    admin_key_env: str
+    proof_token_seconds: float = Field(gt=0, le=3600)
     lockout_failures: int = Field(ge=1)
     lockout_seconds: float = Field(gt=0)
+    lockout_max_seconds: float = Field(gt=0)
+    replay_history: int = Field(ge=0, le=10000)
+    liveness: Literal["off", "challenge"]
+    challenge_words: int = Field(ge=1, le=3)
+    challenge_seconds: float = Field(gt=0, le=600)
+    max_open_challenges: int = Field(ge=1, le=20)
+    explain: bool
     max_request_bytes: int = Field(ge=1024)
     max_file_bytes: int = Field(ge=1024)
+    min_sample_rate: int = Field(ge=1000)
+    max_sample_rate: int = Field(le=1_000_000)
+    max_channels: int = Field(ge=1, le=64)
+    compute_threads: int = Field(ge=1, le=64)
+    max_queued: int = Field(ge=0)
+    request_timeout_s: float = Field(gt=0)
     max_user_length: int = Field(ge=1, le=128)
     workers: int = Field(ge=1)
     torch_threads: int = Field(ge=1)
@@ -245,6 +262,14 @@ class ServiceParams(_Section):
     embedder_threads: int = Field(ge=1)
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ServiceParams":
+        if self.lockout_max_seconds < self.lockout_seconds:
+            raise ValueError("lockout_max_seconds: below lockout_seconds — raise it to at least lockout_seconds")
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError("min_sample_rate: above max_sample_rate — swap them")
+        return self
 
 
 class PageParams(_Section):

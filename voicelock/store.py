@@ -7,15 +7,20 @@ half-written enrollment. Only templates (embedding centroids) are stored, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, case, create_engine, delete, event,
+                        insert, select, update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from voicelock.enrollment import Template
+from voicelock.errors import VoicelockError
 
 metadata = MetaData()
 enrollments = Table(
@@ -26,12 +31,66 @@ enrollments = Table(
     Column("model", String(256), nullable=False),
     Column("created_at", Float, nullable=False),
 )
-attempts = Table(
-    "attempts", metadata,
+# The lockout state per user name (also for names never enrolled, so a lockout tells nothing about
+# who exists). `failures` counts attempts charged in the current window, including ones still being
+# scored; `streak` counts lockouts in a row, which doubles the next one. Replaces the `attempts` table
+# of voicelock ≤ 0.1, whose read-then-write counter lost concurrent increments.
+lockouts = Table(
+    "lockouts", metadata,
     Column("user", String(128), primary_key=True),
     Column("failures", Integer, nullable=False),
     Column("locked_until", Float, nullable=False),
+    Column("streak", Integer, nullable=False),
 )
+# Single-use proofs of ownership from a successful unlock; only their SHA-256 is stored.
+proof_tokens = Table(
+    "proof_tokens", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user", String(128), nullable=False, index=True),
+    Column("expires_at", Float, nullable=False),
+)
+# Open liveness challenges; only their id's SHA-256 is stored.
+challenges = Table(
+    "challenges", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user", String(128), nullable=False, index=True),
+    Column("words", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+# Fingerprints (embeddings, never audio) of each user's recent accepted probes, for replay detection.
+heard = Table(
+    "heard", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(128), nullable=False, index=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The outcome of charging one unlock attempt against a user's lockout budget."""
+
+    allowed: bool  # False: the user is locked until `locked_until`, nothing may be scored
+    failures: int  # attempts charged in this window, this one included
+    locked_until: float  # > 0: the user is (or, if this attempt fails, stays) locked until then
+
+
+class Conflict(VoicelockError):
+    """The request clashes with stored state (e.g. enrolling a name already taken)."""
+
+    status = 409
+
+
+class Forbidden(VoicelockError):
+    """Proof of ownership was missing, wrong, used or expired."""
+
+    status = 403
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def make_engine(url: str) -> Engine:
@@ -65,19 +124,54 @@ def create_tables(engine: Engine, attempts: int = 5) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
+def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
+    """INSERT that does nothing when the primary key exists (atomic: no check-then-insert race);
+    True when it inserted. Being a write, it also takes SQLite's write lock first thing, so the rest
+    of the transaction cannot fail on a stale read snapshot."""
+    dialect = conn.engine.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+        return conn.execute(module.insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+    try:  # other databases: a nested transaction absorbs the duplicate-key error
+        with conn.begin_nested():
+            conn.execute(insert(table).values(**values))
+        return True
+    except IntegrityError:
+        return False
+
+
 class EnrollmentStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         create_tables(self.engine)
 
-    def save(self, user: str, template: Template, model: str) -> None:
-        """Replace the user's enrollment (and clear their failures) in one transaction."""
+    # --- enrollments ----------------------------------------------------------------------------
+
+    def save(self, user: str, template: Template, model: str, now: float, token: str | None = None,
+             admin: bool = False) -> bool:
+        """Store an enrollment; True when it replaced one.
+
+        A new name is inserted (two concurrent first enrollments cannot both win: the primary key
+        refuses the second). An existing name is replaced only with proof of ownership — `admin`, or a
+        valid `token` from that user's successful unlock, spent in the same transaction — so a failed
+        enrollment never costs the token. The lockout state is never touched: re-enrolling must not
+        reset a lock.
+        """
+        row = {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes}),
+               "clips": template.clips, "model": model, "created_at": now}
         with self.engine.begin() as conn:
-            conn.execute(delete(enrollments).where(enrollments.c.user == user))
-            conn.execute(enrollments.insert().values(
-                user=user, template=json.dumps({"word": template.word, "speaker": template.speaker}),
-                clips=template.clips, model=model, created_at=time.time()))
-            conn.execute(delete(attempts).where(attempts.c.user == user))
+            if _insert_if_missing(conn, enrollments, user=user, **row):
+                return False
+            if not admin:
+                if not token:
+                    raise Conflict(f"user '{user}' is already enrolled — to re-enroll, unlock first and send the "
+                                   f"token it returns as header X-Unlock-Token")
+                if not self._spend_token(conn, user, token, now):
+                    raise Forbidden("X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock "
+                                    "again for a new one")
+            conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
+            conn.execute(delete(heard).where(heard.c.user == user))
+        return True
 
     def get(self, user: str) -> tuple[Template, str] | None:
         with self.engine.connect() as conn:
@@ -85,35 +179,113 @@ class EnrollmentStore:
         if row is None:
             return None
         data = json.loads(row.template)
-        return Template(data["word"], data["speaker"], row.clips), row.model
+        return Template(data["word"], data["speaker"], row.clips, data.get("takes", [])), row.model
 
-    def delete(self, user: str) -> bool:
+    def delete(self, user: str, now: float, token: str | None = None, admin: bool = False) -> bool:
+        """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting
+        and re-enrolling must not reset a lock). Needs the same proof as replacing an enrollment;
+        without it the answer is the same whether or not the user exists."""
         with self.engine.begin() as conn:
+            if not admin and not (token and self._spend_token(conn, user, token, now)):
+                raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
+                                "unlock (or the administrator's X-Admin-Key)")
             removed = conn.execute(delete(enrollments).where(enrollments.c.user == user)).rowcount
-            conn.execute(delete(attempts).where(attempts.c.user == user))
+            for table in (proof_tokens, challenges, heard):
+                conn.execute(delete(table).where(table.c.user == user))
         return removed > 0
 
-    def failures(self, user: str) -> tuple[int, float]:
-        """(consecutive failures, locked until) — (0, 0.0) for a user with a clean record."""
+    # --- lockout --------------------------------------------------------------------------------
+
+    def lock_state(self, user: str) -> tuple[int, float]:
+        """(failures charged, locked until): a cheap early look, not the authoritative check."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(attempts).where(attempts.c.user == user)).first()
+            row = conn.execute(select(lockouts).where(lockouts.c.user == user)).first()
         return (row.failures, row.locked_until) if row else (0, 0.0)
 
-    def record_failure(self, user: str, now: float, max_failures: int, lockout_s: float) -> float:
-        """Count a failed unlock; at `max_failures` in a row lock the user until now + lockout_s.
+    def charge_attempt(self, user: str, now: float, max_failures: int, lockout_s: float,
+                       lockout_max_s: float) -> Charge:
+        """Charge one unlock attempt *before* it is scored, in one atomic UPDATE … RETURNING.
 
-        Returns the time the user is locked until (0 when not locked).
+        Counting after scoring (read, then write) let 8 concurrent guessers score 43 attempts in one
+        window. Here the attempt that reaches `max_failures` sets the lock at once, so while it is
+        scored every further attempt is refused; if it then unlocks, `clear_failures` lifts the lock.
+        Each lockout in a row doubles the next (capped at `lockout_max_s`).
         """
+        durations = [min(lockout_s * 2 ** k, lockout_max_s) for k in range(32)]
+        c = lockouts.c
+        ended = c.locked_until > 0  # the WHERE below keeps only rows whose lock, if any, has ended
+        failures = case((ended, 1), else_=c.failures + 1)
+        reaches = failures >= max_failures
+        duration = case(*[(c.streak == k, d) for k, d in enumerate(durations)], else_=lockout_max_s)
         with self.engine.begin() as conn:
-            row = conn.execute(select(attempts).where(attempts.c.user == user)).first()
-            failures = (row.failures if row else 0) + 1
-            locked_until = now + lockout_s if failures >= max_failures else 0.0
-            if locked_until:
-                failures = 0  # a fresh count starts when the lock ends
-            conn.execute(delete(attempts).where(attempts.c.user == user))
-            conn.execute(attempts.insert().values(user=user, failures=failures, locked_until=locked_until))
-        return locked_until
+            _insert_if_missing(conn, lockouts, user=user, failures=0, locked_until=0.0, streak=0)
+            row = conn.execute(
+                update(lockouts).where(c.user == user, c.locked_until <= now)
+                .values(failures=failures, locked_until=case((reaches, now + duration), else_=0.0),
+                        streak=case((reaches, c.streak + 1), else_=c.streak))
+                .returning(c.failures, c.locked_until)).first()
+            if row is None:
+                until = conn.execute(select(c.locked_until).where(c.user == user)).scalar_one()
+                return Charge(False, max_failures, float(until))
+        return Charge(True, int(row.failures), float(row.locked_until))
 
-    def reset_failures(self, user: str) -> None:
+    def clear_failures(self, user: str) -> None:
+        """A successful unlock: the count, the lock and the lockout streak start afresh."""
         with self.engine.begin() as conn:
-            conn.execute(delete(attempts).where(attempts.c.user == user))
+            conn.execute(delete(lockouts).where(lockouts.c.user == user))
+
+    # --- proofs of ownership ----------------------------------------------------------------------
+
+    def issue_token(self, user: str, now: float, ttl_s: float) -> str:
+        """A single-use proof that `user` just unlocked; only its hash is stored."""
+        token = secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(delete(proof_tokens).where(proof_tokens.c.expires_at <= now))
+            conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
+        return token
+
+    @staticmethod
+    def _spend_token(conn: Connection, user: str, token: str, now: float) -> bool:
+        """Atomically use up a token: of two concurrent requests with it, exactly one succeeds."""
+        t = proof_tokens.c
+        return conn.execute(delete(proof_tokens).where(
+            t.token_hash == _hash(token), t.user == user, t.expires_at > now)).rowcount == 1
+
+    # --- liveness challenges ----------------------------------------------------------------------
+
+    def open_challenge(self, user: str, words: list[str], now: float, ttl_s: float, max_open: int) -> str:
+        """Store a challenge and return its id; a user keeps at most `max_open` open ones."""
+        challenge_id = secrets.token_urlsafe(24)
+        c = challenges.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(challenges).where(c.expires_at <= now))
+            conn.execute(insert(challenges).values(id_hash=_hash(challenge_id), user=user, words=json.dumps(words),
+                                                   created_at=now, expires_at=now + ttl_s))
+            keep = select(c.id_hash).where(c.user == user).order_by(c.created_at.desc()).limit(max_open)
+            conn.execute(delete(challenges).where(c.user == user, c.id_hash.not_in(keep.scalar_subquery())))
+        return challenge_id
+
+    def take_challenge(self, user: str, challenge_id: str, now: float) -> list[str] | None:
+        """Use up a challenge (single use, even when the unlock then fails); its words, or None when it
+        is unknown, someone else's, used or expired."""
+        c = challenges.c
+        with self.engine.begin() as conn:
+            row = conn.execute(delete(challenges).where(c.id_hash == _hash(challenge_id), c.user == user,
+                                                        c.expires_at > now).returning(c.words)).first()
+        return json.loads(row.words) if row else None
+
+    # --- replay memory ----------------------------------------------------------------------------
+
+    def heard_recently(self, user: str, limit: int) -> list[list[float]]:
+        h = heard.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(h.fingerprint).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
+        return [json.loads(r.fingerprint) for r in rows]
+
+    def remember(self, user: str, fingerprint: list[float], now: float, keep: int) -> None:
+        """Add an accepted probe's fingerprint; keep the user's newest `keep`."""
+        h = heard.c
+        with self.engine.begin() as conn:
+            conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fingerprint), at=now))
+            newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
+            conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))

@@ -1,90 +1,179 @@
 """The voice-unlock API's logic, independent of the HTTP framework serving it.
 
-Validates users and uploads, enrolls and verifies with `VoiceLock`, persists with `EnrollmentStore`,
-and enforces the lockout. Every refusal is a VoicelockError whose `status` the HTTP layer returns.
+Validates users and uploads, enrolls and verifies with `VoiceLock` (the one verifier), persists with
+`EnrollmentStore`, and enforces every account rule: proof of ownership to replace or delete an
+enrollment, the atomic lockout, replay memory, liveness challenges, and answers that tell a caller no
+more than it needs. Every refusal is a VoicelockError whose `status` the HTTP layer returns.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable
 
-from voicelock.audio import decode_bytes
-from voicelock.enrollment import VoiceLock
-from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
-from voicelock.params import Params
-from voicelock.store import EnrollmentStore
+import numpy as np
 
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+from voicelock.audio import DecodeLimits, decode_bytes
+from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, VoiceLock
+from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
+from voicelock.liveness import draw_challenge
+from voicelock.params import Params
+from voicelock.store import Conflict, EnrollmentStore, Forbidden
+
+# Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
 
 class UnlockService:
     def __init__(self, lock: VoiceLock, store: EnrollmentStore, params: Params, model_tag: str,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, admin_key: str | None = None):
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
+        self.admin_key = admin_key or None
+        self.limits = DecodeLimits(max_seconds=params.enroll.max_duration_s, min_rate=self.p.min_sample_rate,
+                                   max_rate=self.p.max_sample_rate, max_channels=self.p.max_channels)
+        # An unknown user's probe is scored against this decoy, so that the answer takes as long as a
+        # wrong voice's and an attacker cannot tell from timing who is enrolled. It never unlocks.
+        self._decoy = lock.decoy_template()
+
+    # --- input checks -----------------------------------------------------------------------------
 
     def check_user(self, user: str | None) -> str:
-        user = (user or "").strip()
+        """The name exactly as sent: whitespace is refused, never trimmed (" alice " is not alice)."""
         if not user:
             raise VoicelockError("user: missing — send a form field 'user'")
-        if len(user) > self.p.max_user_length or not _USER.match(user):
+        if len(user) > self.p.max_user_length or not _USER.fullmatch(user):
             raise VoicelockError(f"user: must be 1–{self.p.max_user_length} characters of letters, digits, "
-                                 f"'_', '.', '@' or '-', starting with a letter or digit")
+                                 f"'_', '.', '@' or '-', starting with a letter or digit (no spaces)")
         return user
 
-    def _check_size(self, name: str, blob: bytes) -> None:
+    def _decode(self, name: str, blob: bytes) -> tuple[np.ndarray, int]:
         if len(blob) > self.p.max_file_bytes:
             raise TooLarge(f"{name}: {len(blob)} bytes, at most {self.p.max_file_bytes} per file")
+        return decode_bytes(blob, name, self.limits)
 
-    def enroll(self, user: str, files: list[tuple[str, bytes]]) -> dict:
+    def _is_admin(self, admin_key: str | None) -> bool:
+        """True for the right admin key, False when none is sent; a wrong one is refused outright."""
+        if not admin_key:
+            return False
+        if not (self.admin_key and hmac.compare_digest(admin_key.encode(), self.admin_key.encode())):
+            raise Forbidden("X-Admin-Key: wrong, or no admin key is configured on this service")
+        return True
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    def enroll(self, user: str, files: list[tuple[str, bytes]], token: str | None = None,
+               admin_key: str | None = None) -> dict:
+        """Enroll a new user; replacing an enrollment needs proof (see `EnrollmentStore.save`)."""
         user = self.check_user(user)
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
-        clips = []
-        for name, blob in files:
-            self._check_size(name, blob)
-            clips.append(decode_bytes(blob, name))
+        clips = [self._decode(name, blob) for name, blob in files]
         template = self.lock.enroll(clips, [name for name, _ in files])
-        self.store.save(user, template, self.model_tag)
-        return {"enrolled": True, "user": user, "clips": template.clips}
+        replaced = self.store.save(user, template, self.model_tag, self.clock(), token, self._is_admin(admin_key))
+        return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
-    def unlock(self, user: str, name: str, blob: bytes) -> dict:
+    def challenge(self, user: str) -> dict:
+        """A single-use, expiring liveness challenge: words to say after the password.
+
+        Answered alike for every name (no enumeration); an enrolled user's password word is never asked,
+        for anyone else a random word is left out instead.
+        """
+        if self.p.liveness != "challenge":
+            raise VoicelockError("liveness challenges are off on this service (service.liveness: off) — unlock "
+                                 "with the password take alone")
         user = self.check_user(user)
         found = self.store.get(user)
-        if found is None:
-            raise NotFound(f"user '{user}' is not enrolled — enroll first")
-        template, model = found
-        if model != self.model_tag:
-            raise VoicelockError(f"user '{user}' was enrolled with model {model}, the service runs "
-                                 f"{self.model_tag} — enroll again")
+        vocab = self.lock.vocabulary
+        exclude = self.lock.password_word(found[0]) if found else secrets.choice(vocab) if vocab else None
+        words = draw_challenge(vocab, self.p.challenge_words, exclude)
+        challenge_id = self.store.open_challenge(user, words, self.clock(), self.p.challenge_seconds,
+                                                 self.p.max_open_challenges)
+        return {"challenge": challenge_id, "words": words, "expires_in_s": self.p.challenge_seconds}
+
+    def unlock(self, user: str, name: str, blob: bytes, challenge_id: str | None = None,
+               challenge_files: list[tuple[str, bytes]] | None = None) -> dict:
+        """Decide one unlock. Order matters: cheap refusals first, then the attempt is charged
+        atomically, and only then scored — so no number of concurrent requests scores more than
+        `lockout_failures` guesses per lockout window."""
+        user = self.check_user(user)
         now = self.clock()
-        failures, locked_until = self.store.failures(user)
+        _, locked_until = self.store.lock_state(user)
         if locked_until > now:
-            wait = math.ceil(locked_until - now)
-            raise LockedOut(f"user '{user}' is locked after {self.p.lockout_failures} failed attempts — "
-                            f"try again in {wait} s", wait)
-        self._check_size(name, blob)
-        samples, rate = decode_bytes(blob, name)
-        decision = self.lock.verify(template, samples, rate, name)
-        answer = {"unlocked": decision.unlocked, "user": user, "word_score": round(decision.word_score, 4),
-                  "speaker_score": round(decision.speaker_score, 4), "thresholds": decision.thresholds,
-                  "reason": decision.reason}
-        if decision.unlocked:
-            if failures or locked_until:  # write only when there is a record to clear
-                self.store.reset_failures(user)
+            raise self._locked(user, locked_until - now)
+        samples, rate = self._decode(name, blob)
+        takes = self._challenge_takes(user, challenge_id, challenge_files or [], now)
+        found = self.store.get(user)
+        if found is None and self.p.explain:
+            raise NotFound(f"user '{user}' is not enrolled — enroll first")
+        if found is not None and found[1] != self.model_tag:
+            raise Conflict(f"user '{user}' was enrolled with model {found[1]}, the service runs {self.model_tag} — "
+                           f"enroll again (with the administrator's X-Admin-Key)")
+        charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,
+                                           self.p.lockout_max_seconds)
+        if not charge.allowed:
+            raise self._locked(user, charge.locked_until - now)
+        template = found[0] if found else self._decoy
+        recent = self.store.heard_recently(user, self.p.replay_history) if found else []
+        decision = self.lock.verify(template, samples, rate, name, recent, takes)
+        unlocked = decision.unlocked and found is not None  # the decoy never unlocks
+        answer: dict = {"unlocked": unlocked, "user": user}
+        if unlocked:
+            self.store.clear_failures(user)
+            if self.p.replay_history:
+                self.store.remember(user, decision.fingerprint, now, self.p.replay_history)
+            answer["token"] = self.store.issue_token(user, now, self.p.proof_token_seconds)
+            answer["token_expires_in_s"] = self.p.proof_token_seconds
         else:
-            until = self.store.record_failure(user, now, self.p.lockout_failures, self.p.lockout_seconds)
-            if until:
-                answer["locked_for_s"] = self.p.lockout_seconds
-                answer["reason"] += f"; locked for {self.p.lockout_seconds:g} s after " \
-                                    f"{self.p.lockout_failures} failed attempts"
+            answer["reason"] = NOT_RECOGNISED
+            if charge.locked_until > 0:
+                wait = math.ceil(charge.locked_until - now)
+                answer["locked_for_s"] = wait
+                answer["reason"] += f"; locked for {wait} s after {self.p.lockout_failures} failed attempts"
+        if self.p.explain:
+            answer.update(self._explain(decision))
         return answer
 
-    def delete(self, user: str) -> dict:
+    def delete(self, user: str, token: str | None = None, admin_key: str | None = None) -> dict:
+        """Forget a user; needs proof of ownership, and says nothing about unknown names without it."""
         user = self.check_user(user)
-        if not self.store.delete(user):
+        if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key)):
             raise NotFound(f"user '{user}' is not enrolled")
         return {"deleted": True, "user": user}
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _challenge_takes(self, user: str, challenge_id: str | None, files: list[tuple[str, bytes]],
+                         now: float) -> list[ChallengeTake]:
+        """Decode the takes answering a challenge, and spend the challenge (single use)."""
+        if self.p.liveness != "challenge":
+            if challenge_id or files:
+                raise VoicelockError("challenge: liveness challenges are off on this service — send the password "
+                                     "take alone")
+            return []
+        if not challenge_id:
+            raise VoicelockError("challenge: this service needs a liveness challenge — POST /challenge first, then "
+                                 "send its id as 'challenge' and one take per word as 'challenge_files'")
+        decoded = [(n, *self._decode(n, b)) for n, b in files]
+        words = self.store.take_challenge(user, challenge_id, now)
+        if words is None:
+            raise VoicelockError("challenge: unknown, already used or expired — POST /challenge for a new one")
+        if len(decoded) != len(words):
+            raise VoicelockError(f"challenge_files: the challenge asks for {len(words)} word(s) ({', '.join(words)}), "
+                                 f"got {len(decoded)} take(s) — the challenge is used up, ask for a new one")
+        return [ChallengeTake(w, s, r, n) for w, (n, s, r) in zip(words, decoded)]
+
+    def _locked(self, user: str, wait_s: float) -> LockedOut:
+        wait = max(1, math.ceil(wait_s))
+        return LockedOut(f"user '{user}' is locked after {self.p.lockout_failures} failed attempts — try again in "
+                         f"{wait} s", wait)
+
+    @staticmethod
+    def _explain(decision: Decision) -> dict:
+        return {"word_score": round(decision.word_score, 4), "speaker_score": round(decision.speaker_score, 4),
+                "thresholds": decision.thresholds, "reason_detail": decision.reason, **decision.details}
+
