@@ -23,15 +23,20 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def page_config(params: Params) -> dict:
-    """What the page needs to record takes the service will accept, from params.yaml."""
-    page, enroll = params.page, params.enroll
+    """What the page needs to record takes the service will accept, from params.yaml: also whether
+    unlocking needs a liveness challenge (so the Unlock button asks for one first) and whether answers
+    carry scores (explain), so the page shows scores only when the service sends them."""
+    page, enroll, service = params.page, params.enroll, params.service
     return {
         **page.model_dump(),
         "sample_rate": params.data.sample_rate,
         "min_clips": enroll.min_clips,
         "max_clips": enroll.max_clips,
-        "max_user_length": params.service.max_user_length,
-        "api_key_required": bool(os.environ.get(params.service.api_key_env)),
+        "max_user_length": service.max_user_length,
+        "api_key_required": bool(os.environ.get(service.api_key_env)),
+        "explain": service.explain,
+        "liveness": service.liveness,
+        "challenge_words": service.challenge_words,
     }
 
 

@@ -1,7 +1,8 @@
 """The browser page end to end: headless Chromium with a fake microphone against a real `bentoml serve`.
 
 Chromium plays a generated WAV file as the microphone (`--use-file-for-fake-audio-capture`); the
-page records takes after its countdown, enrolls them, records once to unlock and shows the answer.
+page records takes after its countdown, enrolls them, records once to unlock and shows the answer,
+re-enrolls and deletes with the unlock's token, and answers a liveness challenge.
 Screenshots of each outcome go to test-output/browser/ in the repository (VOICELOCK_TEST_OUTPUT
 overrides it).
 
@@ -27,6 +28,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+import yaml
 
 from tests import servers
 from tests.conftest import REPO, run_model_stages, tiny_params_dict, write_params
@@ -40,15 +42,18 @@ playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("VOICELOCK_TEST_OUTPUT", REPO / "test-output")) / "browser"
 FAKE_MIC_RATE = 48_000  # Chromium's fake device reproduced 44.1/48 kHz files most faithfully
-# Records what the page uploads, so the test can compare it with what the fake microphone played.
+# Records every form the page sends: [url, [[field, text or bytes], ...]], so the test can compare
+# uploads with what the fake microphone played and see which fields a request carried.
 UPLOAD_SPY = """
-window.__uploads = [];
+window.__forms = [];
 const realFetch = window.fetch;
 window.fetch = async (url, options) => {
   if (options && options.body instanceof FormData) {
-    for (const [, value] of options.body.entries()) {
-      if (value instanceof Blob) window.__uploads.push(Array.from(new Uint8Array(await value.arrayBuffer())));
+    const fields = [];
+    for (const [name, value] of options.body.entries()) {
+      fields.push([name, value instanceof Blob ? Array.from(new Uint8Array(await value.arrayBuffer())) : value]);
     }
+    window.__forms.push([String(url), fields]);
   }
   return realFetch(url, options);
 };
@@ -87,15 +92,42 @@ def server(page_params: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     srv.stop()
 
 
-def fake_microphone(clips: list[Path], out: Path) -> Path:
-    """A WAV the fake device loops: each clip after a second of near-silence, at 48 kHz."""
+@pytest.fixture(scope="module")
+def live_server(server: servers.Server, page_params: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    """The same model (already in `server`'s BentoML store) served with liveness challenges of one word
+    and explain on, from a database of its own."""
+    root = tmp_path_factory.mktemp("browser-liveness")
+    raw = yaml.safe_load(page_params.read_text())
+    raw["service"].update(liveness="challenge", challenge_words=1, explain=True, workers=1,
+                          database_url=f"sqlite:///{root / 'enrollments.db'}")
+    env = {**server.env, "VOICELOCK_PARAMS": str(write_params(root, raw))}
+    srv = servers.Server(f"http://127.0.0.1:{servers.free_port()}", env, root / "serve.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def speakers(page_params: Path) -> tuple[list[Path], Path, Path]:
+    return choose_speakers(load_params(page_params))
+
+
+def fake_microphone(clips: list[Path], out: Path, gap_s: float = 3.0) -> Path:
+    """A WAV the fake device loops: each clip after `gap_s` of near-silence, at 48 kHz.
+
+    The gap outlasts what is left of a clip after its take (1.3 s from the voice's start) plus the
+    next take's 1 s countdown, with room for the browser's delays, so consecutive takes record
+    consecutive clips. With 1 s gaps a take sometimes started mid-clip and skipped to the one after,
+    and three takes of three looping clips could record one clip twice (measured: "Take 3 is the same
+    recording as take 1")."""
     rng = np.random.default_rng(0)
-    gap = lambda: rng.normal(0, 1e-4, FAKE_MIC_RATE).astype(np.float32)  # noqa: E731
+    gap = lambda: rng.normal(0, 1e-4, int(FAKE_MIC_RATE * gap_s)).astype(np.float32)  # noqa: E731
     parts = []
     for clip in clips:
         x, rate = sf.read(clip, dtype="float32")
         parts += [gap(), torchaudio.functional.resample(torch.from_numpy(x), rate, FAKE_MIC_RATE).numpy()]
-    sf.write(out, np.concatenate([*parts, gap()]), FAKE_MIC_RATE, subtype="PCM_16")
+    sf.write(out, np.concatenate(parts), FAKE_MIC_RATE, subtype="PCM_16")  # looped: one gap between clips
     return out
 
 
@@ -119,9 +151,9 @@ class Browser:
             f"--use-file-for-fake-audio-capture={wav}", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--no-first-run"])
         self.page = self.browser.new_context(permissions=["microphone"]).new_page()
-        self.requests: list[str] = []
+        self.requests: list = []  # playwright Requests: url, method, headers
         self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("request", lambda r: self.requests.append(r))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.add_init_script(UPLOAD_SPY)
 
@@ -135,8 +167,29 @@ class Browser:
         self.page.wait_for_selector("body[data-busy=false]", timeout=30_000)
         return self.page.inner_text("#message")
 
+    def unlock(self) -> tuple[str, dict]:
+        """Press Unlock; (the verdict the page shows, the service's JSON answer)."""
+        with self.page.expect_response(lambda r: r.url.endswith("/unlock"), timeout=60_000) as answer:
+            message = self.click_and_wait("#unlock-btn")
+            # (inside the block: a page that stopped before /unlock fails here, not after a timeout)
+            assert message == "", f"the verdict belongs in the result, once: {message!r}"
+        return self.page.inner_text("#verdict"), answer.value.json()
+
+    def forms(self, path: str) -> list[list[tuple[str, object]]]:
+        """The fields of every form sent to `path`, uploads as bytes."""
+        return [[(name, bytes(v) if isinstance(v, list) else v) for name, v in fields]
+                for url, fields in self.page.evaluate("window.__forms") if url.endswith(path)]
+
     def uploads(self) -> list[bytes]:
-        return [bytes(b) for b in self.page.evaluate("window.__uploads")]
+        return [v for form in self.forms("") for _, v in form if isinstance(v, bytes)]
+
+    def headers(self, method: str, path: str) -> list[dict[str, str]]:
+        """The headers of every `method` request to `path` (names in lower case)."""
+        return [r.headers for r in self.requests if r.method == method and r.url.split("?")[0].endswith(path)]
+
+    def stored(self) -> str:
+        """Everything the page keeps in localStorage and sessionStorage."""
+        return self.page.evaluate("JSON.stringify([{...localStorage}, {...sessionStorage}])")
 
     def screenshot(self, name: str) -> Path:
         OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -145,7 +198,7 @@ class Browser:
         return path
 
     def close(self, url: str) -> None:
-        foreign = [u for u in self.requests if not (u.startswith(url) or u.startswith(("blob:", "data:")))]
+        foreign = [r.url for r in self.requests if not r.url.startswith((url, "blob:", "data:"))]
         self.browser.close()
         assert not foreign, f"the page fetched from outside the service: {foreign}"
         assert not self.errors, f"JavaScript errors on the page: {self.errors}"
@@ -162,6 +215,8 @@ def test_page_is_served_locally_with_its_settings(server: servers.Server, page_p
     config = httpx.get(f"{server.url}/app/config.json").json()
     assert config["enroll_takes"] == params.page.enroll_takes
     assert config["min_clips"] == params.enroll.min_clips and config["sample_rate"] == params.data.sample_rate
+    assert (config["explain"], config["liveness"]) == (False, "off")  # the page shows no scores, asks no words
+    assert config["challenge_words"] == params.service.challenge_words
     for asset in ("app.js", "recorder.js", "capture-worklet.js", "style.css"):
         assert httpx.get(f"{server.url}/app/{asset}").status_code == 200, asset
 
@@ -197,12 +252,22 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
     raise AssertionError(f"the API unlocks every other test speaker's password take for {speaker}")
 
 
+def enroll_directly(url: str, user: str, clips: list[Path]) -> dict:
+    """Enroll from the source files over HTTP: for steps that test the page's later actions."""
+    import httpx
+
+    files = [("files", (c.name, c.read_bytes(), "audio/wav")) for c in clips]
+    r = httpx.post(f"{url}/enroll", data={"user": user}, files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page_params: Path,
-                                                    tmp_path: Path):
+                                                    speakers: tuple[list[Path], Path, Path], tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
     params = load_params(page_params)
-    enroll, genuine, impostor = choose_speakers(params)
+    enroll, genuine, impostor = speakers
     user = "owner"
     with sync_playwright() as pw:
         # Enroll: the fake microphone loops the owner's enrollment takes.
@@ -227,45 +292,73 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         assert len(uploads) == params.page.enroll_takes
         # What was uploaded is what the microphone played (the source at 16 kHz after two resamplings).
         assert all(best_match(u, enroll) > 0.95 for u in uploads), [best_match(u, enroll) for u in uploads]
+        # Enrolling the same name again without unlocking first: the service refuses (409), the page
+        # says what to do, and offers no re-enroll/delete without a proof.
+        message = b.click_and_wait("#enroll-btn")
+        assert message == f"“{user}” is already enrolled — unlock first, then re-enroll.", message
+        assert b.page.get_attribute("#message", "data-kind") == "error"
+        assert b.page.is_hidden("#proof")
+        b.screenshot("1b-already-enrolled")
         b.close(server.url)
 
-        # The owner saying the password (a take not used for enrollment): unlocked.
+        # The owner saying the password (a take not used for enrollment): unlocked, said once, no scores
+        # (explain is off); the page offers Re-enroll and Delete with the unlock's token.
         b = Browser(pw, fake_microphone([genuine], tmp_path / "genuine.wav"))
         b.open(server.url, user)
-        message = b.click_and_wait("#unlock-btn")
-        assert message == "Unlocked.", (message, b.page.inner_text("#result"))
+        verdict, answer = b.unlock()
+        assert verdict == "Unlocked", (verdict, answer, b.page.inner_text("#result"))
+        assert answer["unlocked"] and "word_score" not in answer
         assert b.page.get_attribute("#result", "data-outcome") == "unlocked"
         assert "both match" in b.page.inner_text("#why")
+        assert b.page.is_hidden("#scores") and "0." not in b.page.inner_text("#result")
+        assert b.page.inner_text("main").count("Unlocked") == 1
+        assert b.page.is_visible("#proof") and b.page.is_visible("#delete-btn") and b.page.is_visible("#reenroll-btn")
+        left = int(b.page.inner_text("#proof-expiry").split()[-2])
+        assert 0 < left <= params.service.proof_token_seconds
+        assert answer["token"] not in b.stored(), "the unlock token must stay in the page's memory"
         b.screenshot("2-unlocked")
         assert best_match(b.uploads()[0], [genuine]) > 0.95
+        # Delete with the token: the request carries it as X-Unlock-Token, and it is spent.
+        assert b.click_and_wait("#delete-btn") == f"Deleted the enrollment of “{user}”."
+        assert [h.get("x-unlock-token") for h in b.headers("DELETE", f"/users/{user}")] == [answer["token"]]
+        assert b.page.is_hidden("#proof")
         b.close(server.url)
+        # Enrolled again from the source files: the template the impostor below was chosen against.
+        assert enroll_directly(server.url, user, enroll)["replaced"] is False
 
-        # Another speaker saying the password: rejected, and the page says why; a second failure
-        # locks the user (lockout_failures is 2 here) and the page says so in words.
+        # Another speaker saying the password: not recognised, with no hint which check failed; a
+        # second failure locks the user (lockout_failures is 2 here) and the page says so in words.
         b = Browser(pw, fake_microphone([impostor], tmp_path / "impostor.wav"))
         b.open(server.url, user)
-        assert b.click_and_wait("#unlock-btn") == "Rejected."
+        verdict, answer = b.unlock()
+        assert verdict == "Not recognised", (answer, b.page.inner_text("#result"))
+        assert answer == {"unlocked": False, "user": user, "reason": "not recognised"}
         assert b.page.get_attribute("#result", "data-outcome") == "rejected"
-        why = b.page.inner_text("#why")
-        assert why.startswith("Rejected because") and "voice did not sound like the enrolled voice" in why, why
-        assert "✗ too low" in b.page.inner_text("#speaker-ok")
+        assert b.page.inner_text("#why") == "The password or the voice did not match the enrollment."
+        assert b.page.is_hidden("#scores") and b.page.is_hidden("#proof")
         b.screenshot("3-rejected-other-speaker")
-        assert b.click_and_wait("#unlock-btn") == "Rejected."
+        assert b.unlock()[0] == "Not recognised"
         assert f"is now locked for {params.service.lockout_seconds:g} seconds" in b.page.inner_text("#why")
         assert b.page.is_disabled("#unlock-btn")
         b.close(server.url)
 
-        # Locked out: even the owner is refused, with a plain sentence and the wait.
+        # Locked out: even the owner is refused, with a plain sentence and the wait (Retry-After).
         b = Browser(pw, fake_microphone([genuine], tmp_path / "genuine.wav"))
         b.open(server.url, user)
         message = b.click_and_wait("#unlock-btn")
         assert message.startswith(f"“{user}” is locked after too many failed attempts. Try again in "), message
+        wait = int(message.split("Try again in ")[1].split()[0])
+        assert 0 < wait <= params.service.lockout_seconds
         assert b.page.get_attribute("#message", "data-kind") == "error"
+        assert b.page.is_hidden("#result")
         b.screenshot("4-locked-out")
-        # Another user on the same page is not locked; one never enrolled gets a sentence, not a code.
+        # Another user on the same page is not locked; one never enrolled gets the same answer as a
+        # wrong voice (the service does not say who is enrolled).
         b.page.fill("#user", "nobody")
         assert b.page.is_enabled("#unlock-btn")
-        assert b.click_and_wait("#unlock-btn") == "“nobody” is not enrolled yet. Record your password and enroll first."
+        verdict, answer = b.unlock()
+        assert verdict == "Not recognised" and answer == {"unlocked": False, "user": "nobody",
+                                                          "reason": "not recognised"}
         b.screenshot("5-not-enrolled")
         b.close(server.url)
 
@@ -279,3 +372,92 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         assert b.page.locator("#takes li[data-recorded=true]").count() == 0
         b.screenshot("6-no-voice")
         b.close(server.url)
+
+
+def test_reenroll_with_the_unlock_token(server: servers.Server, page_params: Path,
+                                        speakers: tuple[list[Path], Path, Path], tmp_path: Path):
+    """After an unlock the page's Re-enroll replaces the enrollment, sending the token once."""
+    from playwright.sync_api import sync_playwright
+
+    params = load_params(page_params)
+    enroll, genuine, _ = speakers
+    user = "owner2"
+    enroll_directly(server.url, user, enroll)
+    # The genuine take first (the unlock hears it), then the enrollment takes for the new takes: four
+    # clips, so three consecutive takes are never one recording twice.
+    mic = fake_microphone([genuine, *enroll], tmp_path / "reenroll.wav")
+    with sync_playwright() as pw:
+        b = Browser(pw, mic)
+        b.open(server.url, user)
+        assert b.page.is_hidden("#proof")
+        verdict, answer = b.unlock()
+        assert verdict == "Unlocked", (answer, b.page.inner_text("#result"))
+        # No takes yet: the panel says to record them, and Re-enroll waits for them.
+        assert b.page.is_disabled("#reenroll-btn")
+        assert f"record {params.page.enroll_takes} new takes" in b.page.inner_text("#proof-hint")
+        for _ in range(params.page.enroll_takes):
+            b.click_and_wait("#record-take")
+        assert b.page.is_enabled("#reenroll-btn")
+        with b.page.expect_response(lambda r: r.url.endswith("/enroll")) as reply:
+            message = b.click_and_wait("#reenroll-btn")
+        assert reply.value.status == 200 and reply.value.json()["replaced"] is True, reply.value.text()
+        assert message == (f"Re-enrolled “{user}” with {params.page.enroll_takes} recordings: the old enrollment "
+                           f"is replaced."), message
+        assert [h.get("x-unlock-token") for h in b.headers("POST", "/enroll")] == [answer["token"]]
+        assert b.page.is_hidden("#proof"), "a spent token must not be offered again"
+        assert answer["token"] not in b.stored()
+        b.screenshot("7-re-enrolled")
+        # The plain Enroll button sends no token: refused with the plain sentence.
+        assert b.click_and_wait("#enroll-btn") == f"“{user}” is already enrolled — unlock first, then re-enroll."
+        b.close(server.url)
+
+
+def test_liveness_challenge_in_a_real_browser(live_server: servers.Server, page_params: Path,
+                                              speakers: tuple[list[Path], Path, Path], tmp_path: Path):
+    """With liveness on, Unlock asks for a challenge, shows its word, records the password and one take
+    for the word, and sends them in one /unlock; explain mode shows the scores and what was heard."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    enroll, genuine, _ = speakers
+    user = "live"
+    enroll_directly(live_server.url, user, enroll)
+    config = httpx.get(f"{live_server.url}/app/config.json").json()
+    assert (config["liveness"], config["challenge_words"], config["explain"]) == ("challenge", 1, True)
+    with sync_playwright() as pw:
+        # The microphone only ever plays the password: the challenge take repeats it, so the service
+        # must refuse (not the asked word, and the same recording twice) — whatever word it draws.
+        b = Browser(pw, fake_microphone([genuine], tmp_path / "genuine.wav"))
+        b.open(live_server.url, user)
+        with b.page.expect_response(lambda r: r.url.endswith("/challenge")) as asked, \
+                b.page.expect_response(lambda r: r.url.endswith("/unlock"), timeout=60_000) as answered:
+            b.page.click("#unlock-btn")
+            b.page.wait_for_function("() => document.getElementById('message').textContent.startsWith("
+                                     "'Say your password, then: ')", timeout=10_000)
+            challenge = asked.value.json()
+            word = challenge["words"][0]
+            assert b.page.inner_text("#message") == f"Say your password, then: {word}"
+            b.page.wait_for_function(f"() => document.getElementById('prompt').textContent === 'Now say “{word}”'"
+                                     " && !document.getElementById('recording').hidden", timeout=20_000)
+            b.screenshot("8-challenge-word")
+            b.page.wait_for_selector("body[data-busy=false]", timeout=60_000)
+            assert b.page.inner_text("#message") == "", b.page.inner_text("#message")
+        answer = answered.value.json()
+        assert answered.value.status == 200, answer
+        assert b.page.inner_text("#verdict") == ("Unlocked" if answer["unlocked"] else "Not recognised"), answer
+        assert not answer["unlocked"] or word == load_params(page_params).owner.password, answer
+        assert answer["challenge_1"].startswith(f"asked {word}, heard ")
+        # One /unlock carried the password take, one take for the word, and the challenge's id.
+        (form,) = b.forms("/unlock")
+        assert [name for name, _ in form] == ["user", "file", "challenge_files", "challenge"]
+        assert dict(form)["challenge"] == challenge["challenge"]
+        takes = [v for _, v in form if isinstance(v, bytes)]
+        assert all(best_match(t, [genuine]) > 0.95 for t in takes), [best_match(t, [genuine]) for t in takes]
+        # Explain mode: the scores, the reason and the challenge as the service heard it.
+        assert b.page.is_visible("#scores")
+        for cell in ("#word-score", "#word-threshold", "#speaker-score", "#speaker-threshold"):
+            assert np.isfinite(float(b.page.inner_text(cell))), cell
+        assert f"Challenge word 1: asked {word}, heard" in b.page.inner_text("#detail")
+        assert answer["reason_detail"] in b.page.inner_text("#detail")
+        b.screenshot("9-challenge-refused")
+        b.close(live_server.url)

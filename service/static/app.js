@@ -9,6 +9,11 @@ let busy = false;
 const lockedUntil = {}; // user → time (ms) their lockout ends, as the service said
 let mic = null; // kept open between enrollment takes, closed when idle (the browser shows it is in use)
 let micTimer = 0;
+// The proof of ownership from the last successful unlock: {user, token, expiresAt}. It replaces or
+// deletes an enrollment, so it lives in this page's memory only — never localStorage/sessionStorage,
+// where it would outlive the page and be readable by whatever reads storage later.
+let proof = null;
+let proofTimer = 0;
 
 // ---- messages --------------------------------------------------------------------------------
 function say(text, kind = "info") {
@@ -39,10 +44,13 @@ function userName() {
 }
 
 // ---- talking to the service -------------------------------------------------------------------
-async function call(method, path, form) {
+/** Sends one request; resolves to the JSON answer, or throws a PageError that says what to do.
+ *  `token` is the proof of ownership, sent as the header the service reads it from. */
+async function call(method, path, form, token = null) {
   const headers = {};
   const key = $("api-key").value;
   if (key) headers["X-API-Key"] = key;
+  if (token) headers["X-Unlock-Token"] = token;
   let response;
   try {
     response = await fetch(path, { method, body: form, headers });
@@ -55,25 +63,84 @@ async function call(method, path, form) {
   } catch (e) { /* an answer without JSON is explained by its status below */ }
   if (response.ok) return body;
   const user = form && form.get ? form.get("user") : decodeURIComponent(path.split("/").pop());
+  throw refusal(response, body, path, user);
+}
+
+/** A refused request as a sentence for the person at the page. */
+function refusal(response, body, path, user) {
   switch (response.status) {
     case 401:
       $("api-key-row").hidden = false;
-      throw new PageError(key ? "The API key is wrong. Check it and try again." : "This service needs an API key. Enter it above and try again.");
+      return new PageError($("api-key").value ? "The API key is wrong. Check it and try again." : "This service needs an API key. Enter it above and try again.");
+    case 403:
+      // The page sends no admin key, so a 403 always means the unlock token: used, expired or another user's.
+      dropProof();
+      return new PageError(`The proof from your last unlock is no longer valid (used or expired). Unlock “${user}” again, then try once more.`);
     case 404:
-      throw new PageError(`“${user}” is not enrolled yet. Record your password and enroll first.`);
+      return new PageError(`“${user}” is not enrolled yet. Record your password and enroll first.`);
+    case 409:
+      if (path !== "/enroll") break; // a model change (from /unlock): the server's sentence says what to do
+      return new PageError(proofFor(user, false)
+        ? `“${user}” is already enrolled — press Re-enroll under Unlock to replace the enrollment.`
+        : `“${user}” is already enrolled — unlock first, then re-enroll.`);
     case 413:
-      throw new PageError("The recording is larger than the service accepts. Record a shorter take.");
+      return new PageError("The recording is larger than the service accepts. Record a shorter take.");
     case 429: {
       const wait = Number(response.headers.get("Retry-After")) || 0;
-      lockedUntil[user] = Date.now() + wait * 1000;
-      refreshButtons();
-      setTimeout(refreshButtons, wait * 1000 + 50);
-      throw new PageError(`“${user}” is locked after too many failed attempts. Try again in ${wait} seconds.`);
+      lockFor(user, wait);
+      return new PageError(`“${user}” is locked after too many failed attempts. Try again in ${wait} seconds.`);
     }
-    default:
-      if (response.status >= 500) throw new PageError("The service had an internal problem. Try again in a moment.");
-      throw new PageError(serverSentence(body.error || `The service refused the request (HTTP ${response.status}).`));
+    case 503:
+      return new PageError("The service is busy. Try again in a moment.");
   }
+  if (response.status >= 500) return new PageError("The service had an internal problem. Try again in a moment.");
+  return new PageError(serverSentence(body.error || `The service refused the request (HTTP ${response.status}).`));
+}
+
+/** Disables Unlock for `user` until the service's lockout ends. */
+function lockFor(user, seconds) {
+  lockedUntil[user] = Date.now() + seconds * 1000;
+  refreshButtons();
+  setTimeout(refreshButtons, seconds * 1000 + 50);
+}
+
+// ---- proof of ownership (the token of a successful unlock) ---------------------------------------
+function holdProof(user, token, seconds) {
+  proof = { user, token, expiresAt: Date.now() + seconds * 1000 };
+  clearInterval(proofTimer);
+  proofTimer = setInterval(refreshButtons, 1000); // the "expires in N s" countdown
+  refreshButtons();
+}
+
+function dropProof() {
+  proof = null;
+  clearInterval(proofTimer);
+  refreshButtons();
+}
+
+/** The token proving `user`'s ownership, or (when `required`) a PageError saying to unlock first. */
+function proofFor(user, required = true) {
+  if (proof && proof.user === user && Date.now() < proof.expiresAt) return proof.token;
+  if (required) throw new PageError(`Unlock “${user}” first: re-enrolling or deleting needs a fresh unlock.`);
+  return null;
+}
+
+/** Shows the Re-enroll/Delete panel while a proof for the user typed above is valid. */
+function refreshProof(user, takesReady) {
+  const left = proof ? Math.ceil((proof.expiresAt - Date.now()) / 1000) : 0;
+  if (proof && left <= 0) {
+    proof = null; // expired: the service would refuse it, so stop offering it
+    clearInterval(proofTimer);
+  }
+  const shown = Boolean(proof) && proof.user === user;
+  $("proof").hidden = !shown;
+  if (!shown) return;
+  $("proof-expiry").textContent = `expires in ${left} s`;
+  $("proof-hint").textContent = takesReady
+    ? "Re-enroll replaces your enrollment with the takes recorded in step 1."
+    : `To re-enroll, record ${takes.length} new takes in step 1, then press Re-enroll.`;
+  $("reenroll-btn").disabled = busy || !takesReady;
+  $("delete-btn").disabled = busy;
 }
 
 // ---- recording -----------------------------------------------------------------------------------
@@ -90,11 +157,12 @@ function closeMicrophone() {
   mic = null;
 }
 
-/** Records one take; the microphone stays open for cfg.mic_idle_seconds so the next take does not
- *  ask for it again, unless `keepOpen` is false. */
-async function recordTake(keepOpen = true) {
+/** Records one take while the overlay shows `prompt` (what to say); the microphone stays open for
+ *  cfg.mic_idle_seconds so the next take does not ask for it again, unless `keepOpen` is false. */
+async function recordTake(keepOpen = true, prompt = "Say your password") {
   const overlay = $("recording"), phase = $("phase"), bar = $("level-bar");
   const meter = bar.parentElement;
+  $("prompt").textContent = prompt;
   overlay.hidden = false;
   phase.textContent = "…";
   try {
@@ -168,73 +236,138 @@ async function captureInto(i) {
   say(missing < 0 ? "All takes recorded. Press Enroll." : `Take ${i + 1} recorded. Record take ${missing + 1} next.`, "ok");
 }
 
-async function enroll() {
-  const user = userName();
+/** The recorded takes as the /enroll form. */
+function takesForm(user) {
   const form = new FormData();
   form.append("user", user);
   takes.forEach((t, i) => form.append("files", t.blob, `take-${i + 1}.wav`));
+  return form;
+}
+
+async function enroll() {
+  const user = userName();
   closeMicrophone();
   say(`Enrolling “${user}”…`);
-  const answer = await call("POST", "/enroll", form);
+  const answer = await call("POST", "/enroll", takesForm(user));
   say(`Enrolled “${answer.user}” with ${answer.clips} recordings. You can unlock now.`, "ok");
+}
+
+/** Replaces an enrollment: the same upload as Enroll, with the proof from this page's last unlock. */
+async function reenroll() {
+  const user = userName();
+  const token = proofFor(user);
+  closeMicrophone();
+  say(`Re-enrolling “${user}”…`);
+  const answer = await call("POST", "/enroll", takesForm(user), token);
+  if (!answer.replaced) {
+    say(`Enrolled “${answer.user}” with ${answer.clips} recordings. You can unlock now.`, "ok");
+    return; // the enrollment had gone meanwhile: the token was not needed, and is still unspent
+  }
+  dropProof(); // spent by the service: single use
+  say(`Re-enrolled “${answer.user}” with ${answer.clips} recordings: the old enrollment is replaced.`, "ok");
 }
 
 async function forget() {
   const user = userName();
-  await call("DELETE", `/users/${encodeURIComponent(user)}`);
+  const token = proofFor(user);
+  await call("DELETE", `/users/${encodeURIComponent(user)}`, undefined, token);
+  dropProof();
+  hideResult();
   say(`Deleted the enrollment of “${user}”.`, "ok");
 }
 
 // ---- unlock ------------------------------------------------------------------------------------
+function hideResult() {
+  $("result").hidden = true;
+  delete $("result").dataset.outcome;
+}
+
+/** The verdict, once and in words; scores only from a service in explain mode, which alone sends them. */
 function showResult(answer) {
   const r = $("result");
-  const t = answer.thresholds;
-  const wordOk = answer.word_score >= t.word, speakerOk = answer.speaker_score >= t.speaker;
   r.hidden = false;
   r.dataset.outcome = answer.unlocked ? "unlocked" : "rejected";
-  $("verdict").textContent = answer.unlocked ? "Unlocked" : "Rejected";
-  $("word-score").textContent = answer.word_score.toFixed(3);
-  $("word-threshold").textContent = t.word.toFixed(3);
-  $("word-ok").textContent = wordOk ? "✓ matches" : "✗ too low";
-  $("speaker-score").textContent = answer.speaker_score.toFixed(3);
-  $("speaker-threshold").textContent = t.speaker.toFixed(3);
-  $("speaker-ok").textContent = speakerOk ? "✓ matches" : "✗ too low";
-  const why = [];
-  if (!wordOk) why.push("the word did not sound like the enrolled password");
-  if (!speakerOk) why.push("the voice did not sound like the enrolled voice");
-  let text = answer.unlocked ? "Welcome back: the password and the voice both match." : `Rejected because ${why.join(" and ")}.`;
-  if (answer.locked_for_s) text += ` Too many failed attempts: “${answer.user}” is now locked for ${answer.locked_for_s} seconds.`;
-  $("why").textContent = text;
+  $("verdict").textContent = answer.unlocked ? "Unlocked" : "Not recognised";
+  // Without explain the service does not say which check failed (that would tell a guesser what to
+  // change), so neither does the page.
+  let why = answer.unlocked ? `Welcome back, “${answer.user}”: the password and the voice both match.`
+    : cfg.liveness === "challenge" ? "The password, the voice or a challenge word did not match."
+      : "The password or the voice did not match the enrollment.";
   if (answer.locked_for_s) {
-    lockedUntil[answer.user] = Date.now() + answer.locked_for_s * 1000;
-    setTimeout(refreshButtons, answer.locked_for_s * 1000 + 50);
+    why += ` Too many failed attempts: “${answer.user}” is now locked for ${answer.locked_for_s} seconds.`;
+    lockFor(answer.user, answer.locked_for_s);
   }
+  $("why").textContent = why;
+  showScores(answer);
+  if (answer.unlocked && answer.token) holdProof(answer.user, answer.token, answer.token_expires_in_s);
+}
+
+function showScores(answer) {
+  const shown = Boolean(cfg.explain && answer.thresholds);
+  $("scores").hidden = !shown;
+  if (!shown) return;
+  scoreRow("word", answer.word_score, answer.thresholds.word);
+  scoreRow("speaker", answer.speaker_score, answer.thresholds.speaker);
+  const challenges = Object.keys(answer).filter((k) => /^challenge_\d+$/.test(k)).sort();
+  const lines = [answer.reason_detail, ...challenges.map((k) => `Challenge word ${k.split("_")[1]}: ${answer[k]}`)];
+  $("detail").replaceChildren(...lines.filter(Boolean).map((text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    return li;
+  }));
+}
+
+function scoreRow(name, score, threshold) {
+  $(`${name}-score`).textContent = score.toFixed(3);
+  $(`${name}-threshold`).textContent = threshold.toFixed(3);
+  $(`${name}-ok`).textContent = score >= threshold ? "✓ matches" : "✗ too low";
+}
+
+/** Liveness: asks the service for words, then records the password and one take per word, in order,
+ *  into `form`. The service draws the words per unlock, so a recording made earlier cannot hold them. */
+async function recordChallenged(user, form) {
+  const ask = new FormData();
+  ask.append("user", user);
+  const challenge = await call("POST", "/challenge", ask);
+  say(`Say your password, then: ${challenge.words.join(", ")}`);
+  try {
+    form.append("file", (await recordTake(true, "Say your password")).blob, "unlock.wav");
+    for (const [i, word] of challenge.words.entries()) {
+      form.append("challenge_files", (await recordTake(true, `Now say “${word}”`)).blob, `challenge-${i + 1}.wav`);
+    }
+  } finally {
+    closeMicrophone();
+  }
+  form.append("challenge", challenge.challenge);
 }
 
 async function unlock() {
   const user = userName();
-  $("result").hidden = true;
-  delete $("result").dataset.outcome;
-  say("Recording…");
-  const take = await recordTake(false);
+  hideResult();
   const form = new FormData();
   form.append("user", user);
-  form.append("file", take.blob, "unlock.wav");
+  if (cfg.liveness === "challenge") {
+    await recordChallenged(user, form);
+  } else {
+    say("Recording…");
+    form.append("file", (await recordTake(false)).blob, "unlock.wav");
+  }
   say("Checking…");
   const answer = await call("POST", "/unlock", form);
+  say(""); // the verdict below says it, once
   showResult(answer);
-  say(answer.unlocked ? "Unlocked." : "Rejected.", answer.unlocked ? "ok" : "error");
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
 function refreshButtons() {
   const next = takes.findIndex((t) => !t);
-  const locked = Date.now() < (lockedUntil[$("user").value.trim()] || 0);
+  const user = $("user").value.trim();
+  const locked = Date.now() < (lockedUntil[user] || 0);
   $("record-take").disabled = busy || next < 0;
   $("record-take").textContent = next < 0 ? "All takes recorded" : `Record take ${next + 1}`;
   $("enroll-btn").disabled = busy || next >= 0;
   $("unlock-btn").disabled = busy || locked;
-  $("forget-btn").disabled = busy;
+  refreshProof(user, next < 0);
   document.querySelectorAll("#takes button").forEach((b) => { b.disabled = busy; });
   document.body.dataset.busy = String(busy);
 }
@@ -252,10 +385,15 @@ async function start() {
   $("api-key").addEventListener("change", () => sessionStorage.setItem("voicelock-api-key", $("api-key").value));
   $("user").maxLength = cfg.max_user_length;
   $("user").addEventListener("input", refreshButtons);
+  if (cfg.liveness === "challenge") {
+    $("unlock-hint").textContent = "Say your password, then the word(s) the page asks for, each after its countdown. "
+      + "After a successful unlock you can re-enroll or delete this user.";
+  }
   $("record-take").addEventListener("click", () => action(() => captureInto(takes.findIndex((t) => !t))));
   $("enroll-btn").addEventListener("click", () => action(enroll));
   $("unlock-btn").addEventListener("click", () => action(unlock));
-  $("forget-btn").addEventListener("click", () => action(forget));
+  $("reenroll-btn").addEventListener("click", () => action(reenroll));
+  $("delete-btn").addEventListener("click", () => action(forget));
   window.addEventListener("pagehide", closeMicrophone);
   renderTakes();
   refreshButtons();
