@@ -30,4 +30,4 @@ class Floor:
 
 # The service's own size limit; no API key (a VOICELOCK_API_KEY in the environment must not lock the bench out).
 Floor.add_asgi_middleware(RequestGuard, max_request_bytes=LIMITS.max_request_bytes,
-                          api_key_env="VOICELOCK_FLOOR_NO_KEY", form_routes={"/unlock": ("file",), "/unlock_async": ("file",)})
+                          api_key_env="VOICELOCK_FLOOR_NO_KEY", form_routes={"/unlock": {"file": 1}, "/unlock_async": {"file": 1}})

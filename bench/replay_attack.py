@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for n_words in [0] + args.words:
         rejected, wins = 0, {n: 0 for n in args.held}
         for _ in range(args.attempts):
-            words = draw_challenge(vocab, n_words, exclude=password) if n_words else []
+            words = draw_challenge(vocab, n_words) if n_words else []
             words = [w for w in words if w in takes]  # the owner has takes of the training words
             # The owner: a fresh password take and a fresh take of each asked word.
             owner_answers = [(w, rng.choice(takes[w])) for w in words]

@@ -36,6 +36,7 @@ OPEN_PREFIXES = ("/static_content/",  # the docs page's own CSS and JavaScript
 METRICS = metrics_guard.PATH
 FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # form field names passed on (they are quoted in the rebuilt form)
 EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")  # the only part of an upload's file name passed on
+MAX_TEXT_FIELDS = 16  # user, challenge, …: a form with more text fields is no voicelock form
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]{1,64}/[A-Za-z0-9!#$&^_.+\-]{1,64}")
 
 
@@ -44,9 +45,11 @@ class RequestGuard:
     oversized bodies, 400/415 for malformed forms; counts every answer by route template."""
 
     def __init__(self, app, max_request_bytes: int, api_key_env: str,
-                 form_routes: dict[str, tuple[str, ...]] | None = None):
+                 form_routes: dict[str, dict[str, int]] | None = None):
         self.app = app
-        self.form_routes = form_routes or {}  # route → its upload fields; the other fields are text
+        # route → {upload field: most files it may hold}; every other field is text. Counting uploads
+        # before the app decodes any: 600 challenge files in one 1.6 MB request cost 2.2 GB.
+        self.form_routes = form_routes or {}
         self.max_request_bytes = max_request_bytes
         self.api_key = os.environ.get(api_key_env) or None
         self.api_key_env = api_key_env
@@ -102,7 +105,7 @@ class RequestGuard:
                 body = await _read_body(receive, self.max_request_bytes)
                 if body is None:
                     return await _reject(send, 413, f"request is over the limit of {self.max_request_bytes} bytes")
-                problem, rebuilt = await _check_form(scope, body, self.form_routes.get(path, ()), rebuild)
+                problem, rebuilt = await _check_form(scope, body, self.form_routes.get(path, {}), rebuild)
                 if problem:
                     return await _reject(send, 400, f"malformed {'multipart ' if is_form else ''}form: {problem}")
                 if rebuilt is not None:
@@ -144,23 +147,25 @@ def _replay(body: bytes):
     return receive
 
 
-async def _check_form(scope, body: bytes, upload_fields: tuple[str, ...],
+async def _check_form(scope, body: bytes, upload_fields: dict[str, int],
                       rebuild: bool) -> tuple[str | None, tuple[bytes, str] | None]:
     """(why not, None) when the form does not parse or has the wrong shape, else (None, rebuilt): the
     same fields in the same order as a new multipart body and its content type when `rebuild`.
 
-    Upload fields must hold uploaded files: BentoML 1.4 would otherwise take a text value there for a
-    URL and fetch it from the server (a request-forgery door). Every other field must be text.
+    Upload fields must hold uploaded files, at most as many as `upload_fields` allows: BentoML 1.4
+    would otherwise take a text value there for a URL and fetch it from the server (a request-forgery
+    door). Every other field must be text, and there are few of them.
     """
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
     request = Request(scope, _replay(body))
     try:
-        form = await request.form()
+        form = await request.form(max_files=sum(upload_fields.values()), max_fields=MAX_TEXT_FIELDS)
     except Exception as e:  # noqa: BLE001 — any parser failure is the client's malformed form
         return str(getattr(e, "detail", e)) or type(e).__name__, None
     parts: list[tuple[bytes, bytes]] = []  # (part headers, part content)
+    counts: dict[str, int] = {}
     try:
         for key, value in form.multi_items():
             is_file = isinstance(value, UploadFile)
@@ -168,6 +173,9 @@ async def _check_form(scope, body: bytes, upload_fields: tuple[str, ...],
                 return f"field '{key}' must be an uploaded file", None
             if key not in upload_fields and is_file:
                 return f"field '{key}' must be text, not a file", None
+            counts[key] = counts.get(key, 0) + 1
+            if is_file and counts[key] > upload_fields[key]:
+                return f"field '{key}': at most {upload_fields[key]} files", None
             if not rebuild:
                 continue
             if not FIELD_NAME.fullmatch(key):

@@ -144,4 +144,5 @@ class VoiceLock:
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,
                               api_key_env=PARAMS.service.api_key_env,
-                              form_routes={"/enroll": ("files",), "/unlock": ("file", "challenge_files")})
+                              form_routes={"/enroll": {"files": PARAMS.enroll.max_clips},
+                                           "/unlock": {"file": 1, "challenge_files": PARAMS.service.challenge_words}})

@@ -61,16 +61,20 @@ def refusal(blob: bytes, name: str, limits: DecodeLimits = LIMITS) -> tuple[str,
         tracemalloc.stop()
 
 
-@pytest.fixture(scope="module")
-def bomb() -> bytes:
-    """A FLAC holding BOMB_MINUTES of one constant sample: every frame compresses to a few bytes."""
+def flac_bomb(minutes: int) -> bytes:
+    """A FLAC holding `minutes` of one constant sample: every frame compresses to a few bytes."""
     out, chunk = io.BytesIO(), np.full(1 << 20, 0.25, dtype=np.float32)
     with sf.SoundFile(out, "w", samplerate=16000, channels=1, format="FLAC", subtype="PCM_16") as f:
-        left = BOMB_MINUTES * 60 * 16000
+        left = minutes * 60 * 16000
         while left:
             f.write(chunk[: min(left, chunk.size)])
             left -= min(left, chunk.size)
     return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return flac_bomb(BOMB_MINUTES)
 
 
 # --- length: header and stream ---------------------------------------------------------------

@@ -26,7 +26,7 @@ import yaml
 from tests import servers
 from tests.conftest import UnlockCase, find_unlock_case, write_params
 from tests.servers import Server
-from tests.test_audio_bounds import set_total_samples
+from tests.test_audio_bounds import flac, flac_bomb, set_total_samples
 from voicelock.audio import resample
 from voicelock.params import Params, load_params
 
@@ -173,20 +173,10 @@ def test_3_a_replayed_recording_or_enrollment_take_does_not_unlock(server: Serve
 # --- 4. bounded decoding: bombs ------------------------------------------------------------------
 
 
-def flac_bomb(minutes: int) -> bytes:
-    out, chunk = io.BytesIO(), np.full(1 << 20, 0.25, dtype=np.float32)
-    with sf.SoundFile(out, "w", samplerate=16000, channels=1, format="FLAC", subtype="PCM_16") as f:
-        left = minutes * 60 * 16000
-        while left:
-            f.write(chunk[: min(left, chunk.size)])
-            left -= min(left, chunk.size)
-    return out.getvalue()
-
-
 def test_4_flac_bombs_are_refused_fast_and_memory_returns(server: Server, case: UnlockCase):
     url = server.url
     bomb = set_total_samples(flac_bomb(30), 0)  # 28.8 M samples, length "unknown" in the header
-    liar = set_total_samples(pcm_flac(np.zeros(800)), (1 << 36) - 1)  # declares 2^36 samples
+    liar = set_total_samples(flac(np.zeros(800)), (1 << 36) - 1)  # declares 2^36 samples
     assert len(bomb) < 200_000 and len(liar) < 2_000
     assert enroll(url, "row4", case.read(case.enroll)).status_code == 200
     before = server_rss_mb(server)
@@ -198,12 +188,6 @@ def test_4_flac_bombs_are_refused_fast_and_memory_returns(server: Server, case: 
     assert r.status_code == 400 and "too long" in r.json()["error"], r.text
     assert time.perf_counter() - t0 < 10
     assert server_rss_mb(server) - before < 200, (before, server_rss_mb(server))
-
-
-def pcm_flac(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, 16000, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 # --- 5. odd rates: bounded resampling, off the event loop -----------------------------------------

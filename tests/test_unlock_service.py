@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.params import Params, load_params
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
 from voicelock.unlock_service import UnlockService
+
+
+ADMIN = "admin-secret-for-tests"
 
 
 class Clock:
@@ -54,7 +58,7 @@ def lenient(lenient_params_path: Path, tmp_path: Path) -> tuple[UnlockService, C
     lock = VoiceLock(params.evaluate.out_dir, params.enroll)
     clock = Clock()
     core = UnlockService(lock, EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}"), params, "voicelock:t1", clock,
-                         admin_key="admin-secret")
+                         admin_key=ADMIN)
     return core, clock, find_unlock_case(params)
 
 
@@ -78,7 +82,7 @@ def test_enroll_persist_unlock_delete(lenient, tmp_path: Path):
     # Unknown now: the same answer as a wrong voice (no enumeration), never an unlock.
     assert core.unlock("alice", "probe.wav", genuine[1][1]) == refused
     with pytest.raises(NotFound):
-        core.delete("alice", admin_key="admin-secret")
+        core.delete("alice", admin_key=ADMIN)
 
 
 def test_reenrolling_needs_proof_and_never_clears_a_lockout(lenient):
@@ -101,7 +105,7 @@ def test_reenrolling_needs_proof_and_never_clears_a_lockout(lenient):
         assert core.unlock("bob", "probe.wav", probe[1])["unlocked"] is False
     with pytest.raises(LockedOut):
         core.unlock("bob", "probe.wav", genuine[1][1])
-    assert core.enroll("bob", enroll, admin_key="admin-secret")["replaced"] is True
+    assert core.enroll("bob", enroll, admin_key=ADMIN)["replaced"] is True
     with pytest.raises(LockedOut):  # enrolling did not clear the lock
         core.unlock("bob", "probe.wav", genuine[1][1])
 
@@ -118,6 +122,58 @@ def test_replayed_probe_or_enrollment_take_is_refused(lenient):
     x, rate = sf.read(io.BytesIO(genuine[0][1]), dtype="float32")
     noisy = x + np.random.default_rng(1).normal(0, 1e-3 * np.abs(x).max(), x.size).astype(np.float32)
     assert core.unlock("dora", "probe.flac", wav_bytes(noisy, rate, "FLAC"))["unlocked"] is False
+
+
+def test_the_same_recording_sent_twice_at_once_unlocks_at_most_once(lenient, monkeypatch):
+    """Both requests read the replay memory before either wrote to it: the write that comes second
+    sees the first and refuses (both may refuse: failing closed)."""
+    core, _, case = lenient
+    core.enroll("fred", files(case.enroll))
+    stale = core.store.heard_recently("fred", core.p.replay_history)
+    monkeypatch.setattr(core.store, "heard_recently", lambda user, limit: stale)  # as if read at the same moment
+    probe = files(case.genuine)[0][1]
+    first, second = core.unlock("fred", "a.wav", probe), core.unlock("fred", "b.wav", probe)
+    assert first["unlocked"] is True and second["unlocked"] is False
+
+    def attempt(_: int) -> bool:
+        try:
+            return core.unlock("fred", "c.wav", files(case.genuine)[1][1])["unlocked"]
+        except LockedOut:  # the failed copies count as failures: the lock may come before the last one
+            return False
+
+    with ThreadPoolExecutor(4) as pool:  # and really at once, a different genuine take: at most one
+        assert sum(pool.map(attempt, range(4))) <= 1
+
+
+def test_an_unlock_token_reenrolls_the_same_voice_only(lenient):
+    """A token proves the lock opened (perhaps to a recording of the owner), not that the account may
+    pass to another voice: that needs the administrator."""
+    core, _, case = lenient
+    core.enroll("gina", files(case.enroll))
+    token = core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["token"]
+    with pytest.raises(Forbidden, match="not the enrolled voice"):
+        core.enroll("gina", files(case.impostors[:3]), token=token)
+    assert core.enroll("gina", files(case.enroll), token=token)["replaced"] is True  # the token survived
+
+
+def test_refused_recordings_and_challenges_are_charged_as_they_should_be(lenient, lenient_params_path: Path):
+    """A clip too short to hold a word is no guess: it must not lock the owner out for free. A
+    liveness challenge is one: drawing challenges until the words suit an attacker's recordings costs
+    an attempt each."""
+    core, _, case = lenient
+    core.enroll("hana", files(case.enroll))
+    short = wav_bytes(0.1 * np.ones(800))
+    for _ in range(3 * core.p.lockout_failures):
+        with pytest.raises(VoicelockError, match="too short"):
+            core.unlock("hana", "short.wav", short)
+    assert core.store.lock_state("hana") == (0, 0.0)
+    params = load_params(lenient_params_path)
+    params = params.model_copy(update={"service": params.service.model_copy(update={"liveness": "challenge"})})
+    live = UnlockService(core.lock, core.store, params, "voicelock:t1", core.clock)
+    for _ in range(core.p.lockout_failures):
+        live.challenge("hana")
+    with pytest.raises(LockedOut):
+        live.challenge("hana")
 
 
 def test_lockout_after_consecutive_failures_then_expiry_doubles(lenient):

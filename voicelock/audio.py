@@ -52,6 +52,9 @@ _SF_COUNT_MAX = 2**63 - 1  # libsndfile's frame count for "unknown length"
 _MAX_DENOMINATOR = 2000  # 1000 would allow 0.05% pitch error at 176 kHz; 2000 halves it, still ms
 
 
+UPLOAD_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "FLAC", "OGG"})  # libsndfile's names for them
+
+
 def decode_bytes(blob: bytes, name: str = "upload",
                  limits: DecodeLimits = DecodeLimits(max_seconds=10.0)) -> tuple[np.ndarray, int]:
     """Decode audio held in memory (WAV/FLAC/OGG) to float32 mono within `limits`.
@@ -64,7 +67,9 @@ def decode_bytes(blob: bytes, name: str = "upload",
         raise VoicelockError(f"{name}: empty file")
     try:
         with sf.SoundFile(io.BytesIO(blob)) as f:
-            rate, channels, declared = f.samplerate, f.channels, f.frames
+            rate, channels, declared, container = f.samplerate, f.channels, f.frames, f.format
+        if container not in UPLOAD_FORMATS:  # libsndfile reads ~25 formats: fewer parsers, fewer doors
+            raise VoicelockError(f"{name}: a {container} file — upload WAV, FLAC or OGG")
         _check_header(name, rate, channels, declared, limits)
         cap = math.ceil(limits.max_seconds * rate)
         with sf.SoundFile(io.BytesIO(_flac_length_unknown(blob))) as f:

@@ -25,7 +25,7 @@ import torch
 from voicelock.audio import read_wav, resample
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor
-from voicelock.liveness import nearest_word, template_scores
+from voicelock.liveness import template_scores
 from voicelock.model.checkpoint import load_checkpoint
 from voicelock.params import EnrollParams, FeatureParams
 from voicelock.replay import fingerprints, max_similarity
@@ -66,9 +66,9 @@ class Decision:
     speaker_score: float
     thresholds: dict[str, float]
     reason: str  # which checks failed, with scores: for the owner of the system, never an attacker
-    # The password take's fingerprint: stored after an unlock so that the same recording cannot
-    # unlock again (voicelock/replay.py).
-    fingerprint: list[float] = field(default_factory=list, repr=False)
+    # Every take's fingerprint (password first, then challenge takes): stored after an unlock so that
+    # none of these recordings can unlock again (voicelock/replay.py).
+    fingerprints: list[list[float]] = field(default_factory=list, repr=False)
     details: dict[str, float | str] = field(default_factory=dict)
 
     @property
@@ -76,9 +76,9 @@ class Decision:
         return UNLOCKED if self.unlocked else NOT_RECOGNISED
 
     def explain(self) -> dict:
-        """Everything but the fingerprint: for the CLI and a service with `explain: true`."""
+        """Everything but the fingerprints: for the CLI and a service with `explain: true`."""
         out = asdict(self)
-        out.pop("fingerprint")
+        out.pop("fingerprints")
         return out
 
 
@@ -90,6 +90,12 @@ class ChallengeTake:
     samples: np.ndarray
     rate: int
     name: str
+
+
+def _within_full_scale(samples: np.ndarray) -> np.ndarray:
+    """Finite samples scaled back to a peak of 1.0 when they go beyond it (float files may)."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    return samples / np.float32(peak) if peak > 1.0 else samples
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -131,10 +137,6 @@ class VoiceLock:
         """The words a liveness challenge may ask for: those the model has a template of."""
         return list(self.word_templates)
 
-    def password_word(self, template: Template) -> str | None:
-        """The vocabulary word nearest the user's enrolled password (never asked in a challenge)."""
-        return nearest_word(np.asarray(template.word, dtype=np.float32), self.word_templates)
-
     def decoy_template(self) -> Template:
         """A template in this model's spaces that no voice matches (the negated embedding of a quiet
         noise clip): the service scores an unknown user's probe against it so the answer takes as
@@ -143,19 +145,14 @@ class VoiceLock:
         word, speaker = self.embed_here([noise])
         return Template((-_unit(word[0])).tolist(), (-_unit(speaker[0])).tolist(), 0)
 
-    def prepare(self, samples: np.ndarray, rate: int, name: str) -> np.ndarray:
-        """Resample to the model's rate and refuse clips that cannot hold a spoken word.
+    def check(self, samples: np.ndarray, rate: int, name: str) -> None:
+        """Refuse clips that cannot hold a spoken word (non-finite, too short or long, silent).
 
-        Float WAV/FLAC may carry any finite value: a clip scaled by 1e20 overflowed the network to NaN.
-        Samples are checked finite, then a clip whose peak is above full scale is scaled back to it, so
-        the network only ever sees audio in [-1, 1].
+        Cheap: the service runs it before it charges an attempt, so such a clip never counts as a guess.
         """
-        samples = np.asarray(samples, dtype=np.float32)
         if not np.all(np.isfinite(samples)):
             raise VoicelockError(f"{name}: audio contains NaN or infinite samples")
-        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-        if peak > 1.0:
-            samples = samples / np.float32(peak)
+        samples = _within_full_scale(samples)  # the level is judged as the network will see it
         duration = samples.size / rate if rate else 0.0
         if duration < self.p.min_duration_s:
             raise VoicelockError(f"{name}: too short ({duration:.2f} s, need at least {self.p.min_duration_s} s)")
@@ -165,6 +162,17 @@ class VoiceLock:
         if rms < self.p.min_rms:
             raise VoicelockError(f"{name}: no speech (level {rms:.4f} below {self.p.min_rms}) — speak closer "
                                  f"to the microphone")
+
+    def prepare(self, samples: np.ndarray, rate: int, name: str) -> np.ndarray:
+        """`check`, then scale into [-1, 1] and resample to the model's rate.
+
+        Float WAV/FLAC may carry any finite value: a clip scaled by 1e20 overflowed the network to NaN.
+        A clip whose peak is above full scale is scaled back to it, so the network only ever sees audio
+        in [-1, 1].
+        """
+        samples = np.asarray(samples, dtype=np.float32)
+        self.check(samples, rate, name)
+        samples = _within_full_scale(samples)
         if rate != self.sample_rate:
             samples = resample(samples, rate, self.sample_rate)  # polyphase: bounded cost at any rate
         return samples.astype(np.float32)
@@ -244,9 +252,8 @@ class VoiceLock:
         heard = list(template.takes) + list(recent or [])
         replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
                      for i in range(len(fps)))
-        scores = {"word_score": word_score, "speaker_score": speaker_score, "replay_similarity": replay}
-        if not all(np.isfinite(v) or v == float("inf") for v in scores.values()) or not np.all(
-                np.isfinite(speaker_scores)):
+        # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
+        if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and not np.isnan(replay)):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
         if not word_score >= th["word"]:
@@ -276,7 +283,22 @@ class VoiceLock:
         unlocked = not reasons
         thresholds = {k: float(th[k]) for k in ("word", "speaker", "replay", "challenge_word", "speaker_any_word")}
         return Decision(unlocked, word_score, speaker_score, thresholds,
-                        "; ".join(reasons) or "password and voice match", fps[0].tolist(), details)
+                        "; ".join(reasons) or "password and voice match", fps.tolist(), details)
+
+    def is_replay(self, fingerprints: list[list[float]], others: list[list[float]]) -> bool:
+        """Whether any take is a copy of any of `others` (takes accepted at the same moment)."""
+        if not others:
+            return False
+        history = np.asarray(others, dtype=np.float32)
+        return any(not max_similarity(np.asarray(fp, dtype=np.float32), history) < self.thresholds["replay"]
+                   for fp in fingerprints)
+
+    def same_voice(self, enrolled: Template, new: Template) -> bool:
+        """Whether a new enrollment is the enrolled voice (its password may differ): re-enrolling with an
+        unlock token must not hand the account to another voice."""
+        score = self.scorer(np.asarray(enrolled.speaker, dtype=np.float32),
+                            np.asarray(new.speaker, dtype=np.float32)[None, :])
+        return bool(np.all(np.isfinite(score)) and score[0] >= self.thresholds["speaker_any_word"])
 
     def enroll_files(self, paths: list[str | Path]) -> Template:
         return self.enroll([read_wav(p) for p in paths], [str(p) for p in paths])

@@ -48,17 +48,7 @@ def challenge_word_trials(word_emb: np.ndarray, words: np.ndarray,
     return scores[mask], scores[~mask]
 
 
-def draw_challenge(vocabulary: list[str], n_words: int, exclude: str | None = None) -> list[str]:
-    """`n_words` distinct words at random from `vocabulary` (a CSPRNG: an attacker must not predict
-    them), never the excluded word (the user's password, which a replay attacker already holds)."""
-    pool = [w for w in vocabulary if w != exclude]
-    rng = secrets.SystemRandom()
-    return rng.sample(pool, min(n_words, len(pool)))
-
-
-def nearest_word(word_vector: np.ndarray, templates: dict[str, np.ndarray]) -> str | None:
-    """The vocabulary word whose template is closest to an enrolled word template (the password)."""
-    if not templates:
-        return None
-    vocab, scores = template_scores(np.asarray(word_vector, dtype=np.float32).reshape(1, -1), templates)
-    return vocab[int(np.argmax(scores[0]))]
+def draw_challenge(vocabulary: list[str], n_words: int) -> list[str]:
+    """`n_words` distinct words at random from `vocabulary`, with a CSPRNG: an attacker must not
+    predict them."""
+    return secrets.SystemRandom().sample(vocabulary, min(n_words, len(vocabulary)))

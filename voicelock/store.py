@@ -47,7 +47,7 @@ proof_tokens = Table(
     "proof_tokens", metadata,
     Column("token_hash", String(64), primary_key=True),
     Column("user", String(128), nullable=False, index=True),
-    Column("expires_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
 )
 # Open liveness challenges; only their id's SHA-256 is stored.
 challenges = Table(
@@ -56,7 +56,7 @@ challenges = Table(
     Column("user", String(128), nullable=False, index=True),
     Column("words", Text, nullable=False),
     Column("created_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),  # every insert purges the expired ones
 )
 # Fingerprints (embeddings, never audio) of each user's recent accepted probes, for replay detection.
 heard = Table(
@@ -169,8 +169,8 @@ class EnrollmentStore:
                 if not self._spend_token(conn, user, token, now):
                     raise Forbidden("X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock "
                                     "again for a new one")
+            # The replay memory stays: recordings heard before a re-enrollment must not open it after.
             conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
-            conn.execute(delete(heard).where(heard.c.user == user))
         return True
 
     def get(self, user: str) -> tuple[Template, str] | None:
@@ -216,13 +216,16 @@ class EnrollmentStore:
         ended = c.locked_until > 0  # the WHERE below keeps only rows whose lock, if any, has ended
         failures = case((ended, 1), else_=c.failures + 1)
         reaches = failures >= max_failures
-        duration = case(*[(c.streak == k, d) for k, d in enumerate(durations)], else_=lockout_max_s)
+        # A streak is forgotten once its last lock ended longer ago than the longest lock lasts: five
+        # bad clips once a day must not keep the owner locked for an hour each time.
+        streak = case((ended & (c.locked_until < now - lockout_max_s), 0), else_=c.streak)
+        duration = case(*[(streak == k, d) for k, d in enumerate(durations)], else_=lockout_max_s)
         with self.engine.begin() as conn:
             _insert_if_missing(conn, lockouts, user=user, failures=0, locked_until=0.0, streak=0)
             row = conn.execute(
                 update(lockouts).where(c.user == user, c.locked_until <= now)
                 .values(failures=failures, locked_until=case((reaches, now + duration), else_=0.0),
-                        streak=case((reaches, c.streak + 1), else_=c.streak))
+                        streak=case((reaches, streak + 1), else_=streak))
                 .returning(c.failures, c.locked_until)).first()
             if row is None:
                 until = conn.execute(select(c.locked_until).where(c.user == user)).scalar_one()
@@ -282,10 +285,21 @@ class EnrollmentStore:
             rows = conn.execute(select(h.fingerprint).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
         return [json.loads(r.fingerprint) for r in rows]
 
-    def remember(self, user: str, fingerprint: list[float], now: float, keep: int) -> None:
-        """Add an accepted probe's fingerprint; keep the user's newest `keep`."""
+    def remember(self, user: str, fingerprints: list[list[float]], now: float, keep: int) -> list[list[float]]:
+        """Add an accepted unlock's take fingerprints, keep the user's newest `keep`, and return every
+        *other* remembered fingerprint as of this write: the same recording sent twice at once passes
+        both requests' replay checks (each read the memory before the other wrote), and must not
+        unlock twice. The write is serialised per user — SQLite's write lock, taken by the first
+        statement; elsewhere a row lock on the user's enrollment — so of two such writes the second
+        sees the first."""
         h = heard.c
         with self.engine.begin() as conn:
-            conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fingerprint), at=now))
+            if conn.engine.dialect.name != "sqlite":
+                conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
+            mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), at=now)
+                                 .returning(h.id)).scalar_one() for fp in fingerprints]
+            others = conn.execute(select(h.fingerprint).where(h.user == user, h.id.not_in(mine))
+                                  .order_by(h.id.desc()).limit(keep)).all()
             newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
             conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
+        return [json.loads(r.fingerprint) for r in others]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import math
 import re
-import secrets
 import time
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from voicelock.store import Conflict, EnrollmentStore, Forbidden
 
 # Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key must be long
 
 
 class UnlockService:
@@ -33,6 +33,9 @@ class UnlockService:
                  clock: Callable[[], float] = time.time, admin_key: str | None = None):
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
         self.admin_key = admin_key or None
+        if self.admin_key and len(self.admin_key) < MIN_ADMIN_KEY:
+            raise VoicelockError(f"{self.p.admin_key_env}: the admin key is {len(self.admin_key)} characters — use at "
+                                 f"least {MIN_ADMIN_KEY} random ones (e.g. `openssl rand -hex 16`), or unset it")
         self.limits = DecodeLimits(max_seconds=params.enroll.max_duration_s, min_rate=self.p.min_sample_rate,
                                    max_rate=self.p.max_sample_rate, max_channels=self.p.max_channels)
         # An unknown user's probe is scored against this decoy, so that the answer takes as long as a
@@ -74,64 +77,82 @@ class UnlockService:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
         clips = [self._decode(name, blob) for name, blob in files]
         template = self.lock.enroll(clips, [name for name, _ in files])
-        replaced = self.store.save(user, template, self.model_tag, self.clock(), token, self._is_admin(admin_key))
+        admin = self._is_admin(admin_key)
+        found = self.store.get(user)
+        if token and not admin and found is not None and found[1] == self.model_tag \
+                and not self.lock.same_voice(found[0], template):
+            # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
+            # not that they may give the account to another voice.
+            raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
+                            "voice only; changing the voice needs the administrator's X-Admin-Key")
+        replaced = self.store.save(user, template, self.model_tag, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
     def challenge(self, user: str) -> dict:
         """A single-use, expiring liveness challenge: words to say after the password.
 
-        Answered alike for every name (no enumeration); an enrolled user's password word is never asked,
-        for anyone else a random word is left out instead.
+        Issuing one is what charges the unlock attempt (see `charge_attempt`): were challenges free, an
+        attacker holding some recordings of the owner would draw again and again until the words were
+        ones they hold. Answered alike for every name (no enumeration), from the whole vocabulary:
+        leaving out the user's password word would tell who is enrolled, and with what word.
         """
         if self.p.liveness != "challenge":
             raise VoicelockError("liveness challenges are off on this service (service.liveness: off) — unlock "
                                  "with the password take alone")
         user = self.check_user(user)
-        found = self.store.get(user)
-        vocab = self.lock.vocabulary
-        exclude = self.lock.password_word(found[0]) if found else secrets.choice(vocab) if vocab else None
-        words = draw_challenge(vocab, self.p.challenge_words, exclude)
-        challenge_id = self.store.open_challenge(user, words, self.clock(), self.p.challenge_seconds,
+        now = self.clock()
+        self._charge(user, now)
+        words = draw_challenge(self.lock.vocabulary, self.p.challenge_words)
+        challenge_id = self.store.open_challenge(user, words, now, self.p.challenge_seconds,
                                                  self.p.max_open_challenges)
         return {"challenge": challenge_id, "words": words, "expires_in_s": self.p.challenge_seconds}
 
     def unlock(self, user: str, name: str, blob: bytes, challenge_id: str | None = None,
                challenge_files: list[tuple[str, bytes]] | None = None) -> dict:
-        """Decide one unlock. Order matters: cheap refusals first, then the attempt is charged
-        atomically, and only then scored — so no number of concurrent requests scores more than
-        `lockout_failures` guesses per lockout window."""
+        """Decide one unlock. Order matters: cheap refusals first (they are no guess), then the attempt
+        is charged atomically — by this request, or with liveness on by the challenge it spends — and
+        only then scored, so no number of concurrent requests scores more than `lockout_failures`
+        guesses per lockout window."""
         user = self.check_user(user)
         now = self.clock()
-        _, locked_until = self.store.lock_state(user)
-        if locked_until > now:
-            raise self._locked(user, locked_until - now)
-        samples, rate = self._decode(name, blob)
-        takes = self._challenge_takes(user, challenge_id, challenge_files or [], now)
+        if self.p.liveness == "challenge":
+            takes = self._challenge_takes(user, challenge_id, challenge_files or [], now)
+            samples, rate = self._decode(name, blob)
+        else:
+            if challenge_id or challenge_files:
+                raise VoicelockError("challenge: liveness challenges are off on this service — send the password "
+                                     "take alone")
+            _, locked_until = self.store.lock_state(user)
+            if locked_until > now:
+                raise self._locked(user, locked_until - now)
+            samples, rate, takes = *self._decode(name, blob), []
+        for n, x, r in [(name, samples, rate)] + [(t.name, t.samples, t.rate) for t in takes]:
+            self.lock.check(x, r, n)
         found = self.store.get(user)
         if found is None and self.p.explain:
             raise NotFound(f"user '{user}' is not enrolled — enroll first")
         if found is not None and found[1] != self.model_tag:
-            raise Conflict(f"user '{user}' was enrolled with model {found[1]}, the service runs {self.model_tag} — "
-                           f"enroll again (with the administrator's X-Admin-Key)")
-        charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,
-                                           self.p.lockout_max_seconds)
-        if not charge.allowed:
-            raise self._locked(user, charge.locked_until - now)
+            raise Conflict(f"user '{user}' was enrolled with another model than the service runs — enroll "
+                           f"again (with the administrator's X-Admin-Key)")
+        if self.p.liveness != "challenge":
+            self._charge(user, now)
         template = found[0] if found else self._decoy
-        recent = self.store.heard_recently(user, self.p.replay_history) if found else []
+        recent = self.store.heard_recently(user, self.p.replay_history)
         decision = self.lock.verify(template, samples, rate, name, recent, takes)
         unlocked = decision.unlocked and found is not None  # the decoy never unlocks
+        if unlocked:
+            raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history)
+            unlocked = not self.lock.is_replay(decision.fingerprints, raced)
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:
             self.store.clear_failures(user)
-            if self.p.replay_history:
-                self.store.remember(user, decision.fingerprint, now, self.p.replay_history)
             answer["token"] = self.store.issue_token(user, now, self.p.proof_token_seconds)
             answer["token_expires_in_s"] = self.p.proof_token_seconds
         else:
             answer["reason"] = NOT_RECOGNISED
-            if charge.locked_until > 0:
-                wait = math.ceil(charge.locked_until - now)
+            _, locked_until = self.store.lock_state(user)
+            if locked_until > now:
+                wait = math.ceil(locked_until - now)
                 answer["locked_for_s"] = wait
                 answer["reason"] += f"; locked for {wait} s after {self.p.lockout_failures} failed attempts"
         if self.p.explain:
@@ -147,25 +168,26 @@ class UnlockService:
 
     # --- helpers ----------------------------------------------------------------------------------
 
+    def _charge(self, user: str, now: float) -> None:
+        charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,
+                                           self.p.lockout_max_seconds)
+        if not charge.allowed:
+            raise self._locked(user, charge.locked_until - now)
+
     def _challenge_takes(self, user: str, challenge_id: str | None, files: list[tuple[str, bytes]],
                          now: float) -> list[ChallengeTake]:
-        """Decode the takes answering a challenge, and spend the challenge (single use)."""
-        if self.p.liveness != "challenge":
-            if challenge_id or files:
-                raise VoicelockError("challenge: liveness challenges are off on this service — send the password "
-                                     "take alone")
-            return []
+        """Spend the challenge (single use), then decode exactly one take per challenge word — nothing
+        is decoded for an unknown challenge or the wrong number of takes."""
         if not challenge_id:
             raise VoicelockError("challenge: this service needs a liveness challenge — POST /challenge first, then "
                                  "send its id as 'challenge' and one take per word as 'challenge_files'")
-        decoded = [(n, *self._decode(n, b)) for n, b in files]
         words = self.store.take_challenge(user, challenge_id, now)
         if words is None:
             raise VoicelockError("challenge: unknown, already used or expired — POST /challenge for a new one")
-        if len(decoded) != len(words):
+        if len(files) != len(words):
             raise VoicelockError(f"challenge_files: the challenge asks for {len(words)} word(s) ({', '.join(words)}), "
-                                 f"got {len(decoded)} take(s) — the challenge is used up, ask for a new one")
-        return [ChallengeTake(w, s, r, n) for w, (n, s, r) in zip(words, decoded)]
+                                 f"got {len(files)} take(s) — the challenge is used up, ask for a new one")
+        return [ChallengeTake(w, *self._decode(n, b), n) for w, (n, b) in zip(words, files)]
 
     def _locked(self, user: str, wait_s: float) -> LockedOut:
         wait = max(1, math.ceil(wait_s))
