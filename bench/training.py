@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="override pretrain.precision")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override pretrain.precision")
     parser.add_argument("--max-triplets", type=int, help="override pretrain.max_triplets")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()

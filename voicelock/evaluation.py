@@ -95,7 +95,8 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     """Every threshold the verifier uses, from the validation speakers only.
 
     word / speaker: the unlock rule at `target_far`. speaker_any_word: the voice of a challenge take
-    (another word than the password) at `target_far` against other speakers saying other words.
+    (another word than the password) at `challenge_speaker_far` against other speakers saying other
+    words.
     challenge_word: a challenge take's word against the other words' templates at
     `challenge_word_far`. replay: above the closest two genuine takes of one word by one voice.
     """
@@ -103,7 +104,8 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     word, speaker = embed_split(model, val)
     trials = split_unlock_trials(word, speaker, val, ep, np.random.default_rng(params.seed), scorer)
     thresholds = calibrate(trials, ep.target_far)
-    thresholds["speaker_any_word"] = threshold_for_far(trials.speaker["other_speaker_other_word"], ep.target_far)
+    thresholds["speaker_any_word"] = threshold_for_far(trials.speaker["other_speaker_other_word"],
+                                                       ep.challenge_speaker_far)
     _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)
     thresholds["challenge_word"] = threshold_for_far(wrong_word, ep.challenge_word_far)
     repeats = genuine_repeat_similarities(word, speaker, val.index["speaker"].to_numpy(), val.index["word"].to_numpy())

@@ -185,7 +185,7 @@ class TrainParams(_Section):
     class_margin: float = Field(ge=0, lt=1)
     class_scale: float = Field(gt=0)
     threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     class_centres: Literal["random", "class_means"] = Field(
         "random", description="start of the margin-softmax centres: random, or each class's mean embedding")
 
@@ -227,6 +227,7 @@ class EvaluateParams(_Section):
     score_norm: Literal["asnorm", "none"]
     cohort_top_k: int = Field(ge=2)
     challenge_word_far: float = Field(gt=0, lt=1)
+    challenge_speaker_far: float = Field(gt=0, lt=1)
     replay_margin: float = Field(ge=0, lt=0.5)
 
 
@@ -241,7 +242,7 @@ class ServiceParams(_Section):
     lockout_failures: int = Field(ge=1)
     lockout_seconds: float = Field(gt=0)
     lockout_max_seconds: float = Field(gt=0)
-    replay_history: int = Field(ge=0, le=10000)
+    replay_history: int = Field(ge=1, le=10000)
     liveness: Literal["off", "challenge"]
     challenge_words: int = Field(ge=1, le=3)
     challenge_seconds: float = Field(gt=0, le=600)

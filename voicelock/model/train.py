@@ -117,13 +117,28 @@ def _decision_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes bfloat16 natively: a GPU, or a CPU with AVX512-BF16 or AMX."""
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def training_forward(model: VoiceLockNet, x: torch.Tensor, frames: torch.Tensor, precision: str) -> Outputs:
     """The network's forward pass in training, in bfloat16 where `precision` asks for it.
 
     bf16 autocast runs the convolutions and projections ~1.4× faster on a CPU with AVX512-BF16 (and on
-    GPUs); the losses, mining and the optimiser's weights stay float32, and so does inference.
+    GPUs), but on a CPU without it bfloat16 is emulated: measured on an AVX512 Xeon without BF16, a
+    pre-training batch took 1254 ms in bf16 against 771 ms in fp32 (bench/training.py). `auto` picks
+    bf16 only where it is native. The losses, mining and the optimiser's weights stay float32, and so
+    does inference.
     """
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(x.device))
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, frames)
     return Outputs(out.word.float(), out.speaker.float(), out.password_logit.float(), out.owner_logit.float())
 
