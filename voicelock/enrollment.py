@@ -55,8 +55,8 @@ class Template:
             raise VoicelockError(f"{path}: not a voicelock template ({e})") from None
 
 
-# Coarse outcomes: what a caller may learn without `service.explain` (no score, no which-check-failed).
-UNLOCKED, NOT_RECOGNISED = "unlocked", "not recognised"
+# The coarse reason a refusal gives without `service.explain` (no score, no which-check-failed).
+NOT_RECOGNISED = "not recognised"
 
 
 @dataclass
@@ -70,10 +70,6 @@ class Decision:
     # none of these recordings can unlock again (voicelock/replay.py).
     fingerprints: list[list[float]] = field(default_factory=list, repr=False)
     details: dict[str, float | str] = field(default_factory=dict)
-
-    @property
-    def outcome(self) -> str:
-        return UNLOCKED if self.unlocked else NOT_RECOGNISED
 
     def explain(self) -> dict:
         """Everything but the fingerprints: for the CLI and a service with `explain: true`."""

@@ -20,7 +20,7 @@ import torch
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, FeatureParams, load_split
-from voicelock.liveness import challenge_word_trials, word_templates
+from voicelock.liveness import challenge_word_trials, template_scores, word_templates
 from voicelock.metrics import cosine_matrix, eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
@@ -114,14 +114,14 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     return thresholds
 
 
-def liveness_metrics(model: VoiceLockNet, test: Split, thresholds: dict, scorer: SpeakerScorer,
+def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thresholds: dict,
                      templates: dict[str, np.ndarray]) -> dict[str, float]:
-    """On the test speakers, at the shipped thresholds: how often a genuine take is wrongly refused by
-    each liveness check, and how close two genuine repeated takes come to the replay threshold."""
-    word, speaker = embed_split(model, test)
+    """On the test speakers (their word and speaker embeddings), at the shipped thresholds: how often a
+    genuine take is wrongly refused by each liveness check, and how close two genuine repeated takes
+    come to the replay threshold."""
+    word, speaker = embedded
     words, speakers = test.index["word"].to_numpy(), test.index["speaker"].to_numpy()
-    vocab = list(templates)
-    scores = word @ np.stack([templates[w] for w in vocab]).T
+    vocab, scores = template_scores(word, templates)
     known = np.isin(words, vocab)
     own = np.asarray([vocab.index(w) for w in words[known]])
     nearest_ok = scores[known].argmax(axis=1) == own
@@ -135,8 +135,10 @@ def liveness_metrics(model: VoiceLockNet, test: Split, thresholds: dict, scorer:
 
 
 def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, float], ep: EvaluateParams,
-                   seed: int, scorer: SpeakerScorer | None = None) -> SplitEvaluation:
-    word, speaker = embed_split(model, split)
+                   seed: int, scorer: SpeakerScorer | None = None,
+                   embedded: tuple[np.ndarray, np.ndarray] | None = None) -> SplitEvaluation:
+    """The test metrics of `split`; `embedded` is its (word, speaker) embeddings when already computed."""
+    word, speaker = embedded if embedded is not None else embed_split(model, split)
     ix = split.index
     speakers, words = ix["speaker"].to_numpy(), ix["word"].to_numpy()
     rng = np.random.default_rng(seed)
@@ -167,7 +169,7 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
 
 
 def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: dict[str, float],
-                  scorer: SpeakerScorer) -> dict:
+                  scorer: SpeakerScorer, test_embedded: tuple[np.ndarray, np.ndarray]) -> dict:
     """The fine-tuned owner: template from fine-tuning takes of the password, probes never trained on."""
     extractor = FeatureExtractor(params.features, params.data.sample_rate)
     owner, tune, held = owner_splits(params, extractor)
@@ -177,7 +179,7 @@ def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: 
     t_word, t_spk = t_word.mean(0, keepdims=True), t_spk.mean(0)
     t_spk = t_spk / (np.linalg.norm(t_spk) + 1e-12)
     h_word, h_spk = embed_split(model, held)
-    x_word, x_spk = embed_split(model, test)
+    x_word, x_spk = test_embedded
     is_pw = held.index["word"].to_numpy() == password
     others_pw = test.index["word"].to_numpy() == password
 
@@ -216,9 +218,10 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     scorer, templates = training_references(model, params)
     thresholds = calibrate_all(model, val, params, scorer, templates)
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
-    result = evaluate_split(model, test, thresholds, ep, params.seed, scorer)
-    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer),
-               **liveness_metrics(model, test, thresholds, scorer, templates), "thresholds": thresholds}
+    embedded = embed_split(model, test)  # once, for every test figure
+    result = evaluate_split(model, test, thresholds, ep, params.seed, scorer, embedded)
+    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer, embedded),
+               **liveness_metrics(embedded, test, thresholds, templates), "thresholds": thresholds}
     return metrics, result, scorer, templates
 
 

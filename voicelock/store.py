@@ -73,7 +73,6 @@ class Charge:
     """The outcome of charging one unlock attempt against a user's lockout budget."""
 
     allowed: bool  # False: the user is locked until `locked_until`, nothing may be scored
-    failures: int  # attempts charged in this window, this one included
     locked_until: float  # > 0: the user is (or, if this attempt fails, stays) locked until then
 
 
@@ -226,11 +225,11 @@ class EnrollmentStore:
                 update(lockouts).where(c.user == user, c.locked_until <= now)
                 .values(failures=failures, locked_until=case((reaches, now + duration), else_=0.0),
                         streak=case((reaches, streak + 1), else_=streak))
-                .returning(c.failures, c.locked_until)).first()
+                .returning(c.locked_until)).first()
             if row is None:
                 until = conn.execute(select(c.locked_until).where(c.user == user)).scalar_one()
-                return Charge(False, max_failures, float(until))
-        return Charge(True, int(row.failures), float(row.locked_until))
+                return Charge(False, float(until))
+        return Charge(True, float(row.locked_until))
 
     def clear_failures(self, user: str) -> None:
         """A successful unlock: the count, the lock and the lockout streak start afresh."""
