@@ -10,10 +10,12 @@ PY=${PYTHON:-python3}
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# --- system packages: espeak-ng speaks the embedded corpus; Debian's chromium runs the page's
-# end-to-end test (tests/test_browser.py; Playwright drives it, never downloading a browser) --------
+# --- system packages: espeak-ng speaks the embedded corpus, flite the unseen voices it is judged on;
+# Debian's chromium runs the page's end-to-end test (tests/test_browser.py; Playwright drives it,
+# never downloading a browser) -------------------------------------------------------------------
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v flite >/dev/null 2>&1 || missing+=(flite)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

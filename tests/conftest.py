@@ -56,6 +56,8 @@ def tiny_params_dict(root: Path, **overrides: dict) -> dict:
     raw["owner"].update(out_dir=str(root / "owner"), takes_password=6, takes_other=2)
     raw["evaluate"].update(out_dir=str(root / "release"), metrics_file=str(root / "metrics.json"),
                            plots_dir=str(root / "plots"), enroll_clips=2, keyword_enroll_clips=2)
+    raw["ood"].update(out_dir=str(root / "ood"), metrics_file=str(root / "ood.json"), plots_dir=str(root / "plots_ood"),
+                      espeak_speakers=4, flite_voices={"slt": 175, "awb": 115}, takes_per_word=4)
     # An untrained tiny network cannot be held to real agreement thresholds.
     raw["enroll"].update(min_word_agreement=-1.0, min_speaker_agreement=-1.0)
     raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",

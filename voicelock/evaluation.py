@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.errors import VoicelockError
@@ -244,17 +245,59 @@ def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Pa
     return metrics
 
 
-def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluateParams, seed: int) -> dict:
-    """Judge an evaluated model on any corpus in Speech Commands layout, at the model's own thresholds."""
-    model, meta = load_checkpoint(model_dir)
-    if "thresholds" not in meta:
-        raise RuntimeError(f"{model_dir}: model has no thresholds — use models/release from the evaluate stage")
+def folder_split(data_dir: str | Path, extractor: FeatureExtractor, desc: str = "features") -> Split:
+    """Features of every clip of a folder in Speech Commands layout, in chunks (bounded memory)."""
     clips: list[Clip] = scan_corpus(data_dir)
-    extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]))
-    parts = [clips_to_split(data_dir, clips[i: i + 256], extractor) for i in range(0, len(clips), 256)]
+    chunks = range(0, len(clips), 256)
+    parts = [clips_to_split(data_dir, clips[i: i + 256], extractor) for i in tqdm(chunks, desc=desc, unit=" chunk")]
     split = parts[0]
     for part in parts[1:]:
         split = split.concat(part)
+    return split
+
+
+def _shipped(model_dir: str | Path, ep: EvaluateParams) -> tuple[VoiceLockNet, dict, SpeakerScorer, dict, FeatureExtractor]:
+    """An evaluated model with what it ships: thresholds, speaker scorer, word templates, feature extractor."""
+    model, meta = load_checkpoint(model_dir)
+    if "thresholds" not in meta:
+        raise VoicelockError(f"{model_dir}: model has no thresholds — use models/release from the evaluate stage")
     scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", ep.cohort_top_k))
+    templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
+    extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]))
+    return model, meta, scorer, templates, extractor
+
+
+def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluateParams, seed: int) -> dict:
+    """Judge an evaluated model on any corpus in Speech Commands layout, at the model's own thresholds."""
+    model, meta, scorer, _, extractor = _shipped(model_dir, ep)
+    split = folder_split(data_dir, extractor)
     result = evaluate_split(model, split, meta["thresholds"], ep, seed, scorer)
     return {**result.metrics, "thresholds": meta["thresholds"]}
+
+
+def evaluate_unseen(params: Params) -> dict:
+    """The released model on the unseen-voices corpus (voicelock/data/unseen.py) at its *shipped*
+    thresholds, cohort and word templates — never re-calibrated on these voices, so the figures are
+    what a new user unlike the training voices meets. Writes `ood.metrics_file` (the keys of the
+    in-domain metrics, plus `by_engine`) and DET / confusion plots under `ood.plots_dir`."""
+    ep = params.evaluate
+    model, meta, scorer, templates, extractor = _shipped(ep.out_dir, ep)
+    thresholds = meta["thresholds"]
+    split = folder_split(params.ood.out_dir, extractor, "unseen voices")
+    embedded = embed_split(model, split)
+    result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, embedded)
+    metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, embedded),
+               **liveness_metrics(embedded, split, thresholds, templates), "thresholds": thresholds}
+    speakers = pd.read_csv(Path(params.ood.out_dir) / "speakers.csv", dtype=str).set_index("id")["engine"]
+    engines = split.index["speaker"].map(speakers).to_numpy()
+    metrics["by_engine"] = {}
+    for engine in sorted(set(engines.tolist())):
+        rows = np.flatnonzero(engines == engine)
+        part = Split(split.features[rows], split.frames[rows], split.index.iloc[rows].reset_index(drop=True))
+        sub = evaluate_split(model, part, thresholds, ep, params.seed, scorer,
+                             (embedded[0][rows], embedded[1][rows]))
+        metrics["by_engine"][engine] = sub.metrics
+    Path(params.ood.metrics_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(params.ood.metrics_file).write_text(json.dumps(metrics, indent=1))
+    _write_plots(result, Path(params.ood.plots_dir))
+    return metrics

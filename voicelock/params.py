@@ -231,6 +231,29 @@ class EvaluateParams(_Section):
     replay_margin: float = Field(ge=0, lt=0.5)
 
 
+class OodParams(_Section):
+    """The unseen-voices evaluation corpus (voicelock/data/unseen.py): evaluation only, never training."""
+
+    out_dir: str
+    metrics_file: str
+    plots_dir: str
+    espeak_voices: list[str] = Field(min_length=1)
+    espeak_variants: list[str] = Field(min_length=2)
+    espeak_speakers: int = Field(ge=2)
+    flite_voices: dict[str, float] = Field(description="flite voice → its natural mean F0 in Hz")
+    takes_per_word: int = Field(ge=2)
+    noise_snr_db_range: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _enough_pairs(self) -> "OodParams":
+        if self.espeak_speakers > len(self.espeak_voices) * len(self.espeak_variants):
+            raise ValueError(f"espeak_speakers: {self.espeak_speakers} need as many voice×variant pairs, "
+                             f"espeak_voices×espeak_variants gives {len(self.espeak_voices) * len(self.espeak_variants)}")
+        if self.noise_snr_db_range[0] > self.noise_snr_db_range[1]:
+            raise ValueError("noise_snr_db_range: low end above high end — swap them")
+        return self
+
+
 class ServiceParams(_Section):
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     model_tag: str
@@ -319,9 +342,22 @@ class Params(BaseModel):
     finetune: FinetuneParams
     enroll: EnrollParams
     evaluate: EvaluateParams
+    ood: OodParams
     service: ServiceParams
     page: PageParams
     promotion: PromotionParams
+
+    @model_validator(mode="after")
+    def _unseen_voices_unseen(self) -> "Params":
+        """The unseen-voices corpus is only worth its name if no training speaker shares its accent or
+        its timbre: refuse any overlap, naming it."""
+        for key, ours, theirs in (("espeak_voices", self.ood.espeak_voices, self.data.synth.voices),
+                                  ("espeak_variants", self.ood.espeak_variants, self.data.synth.variants)):
+            shared = sorted(set(ours) & set(theirs))
+            if shared:
+                raise ValueError(f"ood.{key}: {shared} also in data.synth.{key.removeprefix('espeak_')} — an unseen "
+                                 f"voice must share neither accent nor timbre with training; remove them from one list")
+        return self
 
     @model_validator(mode="after")
     def _page_fits_enrollment(self) -> "Params":

@@ -160,6 +160,14 @@ def render_take(take: Take, params: SynthParams, seed: int, rate: int, clip_samp
     pitch = int(np.clip(sp.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
     speed = int(sp.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter)))
     raw, raw_rate = speak(take.word, sp.voice, sp.variant, pitch, max(speed, 80))
+    return place_in_room(raw, raw_rate, rate, clip_samples, params, rng)
+
+
+def place_in_room(raw: np.ndarray, raw_rate: int, rate: int, clip_samples: int, params: SynthParams,
+                  rng: np.random.Generator) -> np.ndarray:
+    """A synthesizer's dry word → a recorded take: trimmed, placed at random in the clip, through a
+    random room and microphone with self-noise, at a random peak level. Any synthesizer's output
+    goes through here, so two engines differ only in their voices."""
     voice = _trim(_resample(raw, raw_rate, rate))
     # Leave room for the reverb tail inside the clip; a word longer than the clip is cut (as in real data).
     voice = voice[: int(clip_samples * 0.9)]
