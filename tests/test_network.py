@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -193,3 +194,28 @@ def test_speaker_backend_discards_what_varies_within_a_speaker():
     torch.testing.assert_close(again(raw), out)
     backend.reset()
     assert torch.equal(backend(raw), raw)
+
+
+def test_warped_speaker_copies_are_new_speakers_with_formants_moved():
+    """Speaker augmentation: each warp factor adds a copy of every speaker under a new id, and the
+    augmenter moves its spectral peaks by that factor on the features' own mel scale."""
+    import pandas as pd
+
+    from voicelock.model.augment import warp_source_bins, with_warped_speakers
+
+    index = pd.DataFrame({"speaker": ["a", "a", "b"], "word": ["yes", "no", "yes"]})
+    out = with_warped_speakers(index, [0.9, 1.1])
+    assert len(out) == 9 and out["speaker"].nunique() == 6
+    assert out.loc[out["speaker"] == "a~1.1", "source"].tolist() == [0, 1]
+    assert out.groupby("speaker")["speaker_warp"].nunique().eq(1).all()
+    assert sorted(out["speaker_warp"].unique()) == [0.9, 1.0, 1.1]
+    # A peak at bin k of a 64-bin 20–7600 Hz mel scale lands where its frequency × 1.1 lies.
+    band, n = (20.0, 7600.0), 64
+    src = warp_source_bins(n, band, torch.tensor([1.0, 1.1]))
+    assert torch.allclose(src[0], torch.arange(n, dtype=torch.float32), atol=1e-3)  # 1.0 reads itself
+    mel = lambda hz: 2595 * np.log10(1 + hz / 700)  # noqa: E731
+    edges = np.linspace(mel(20.0), mel(7600.0), n + 2)
+    centre_hz = 700 * (10 ** (edges[1:-1] / 2595) - 1)
+    k = 30
+    target = np.argmin(np.abs(centre_hz - centre_hz[k] * 1.1))
+    assert abs(float(src[1, target]) - k) < 1.0  # the warped bin reads the source peak

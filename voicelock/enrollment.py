@@ -24,12 +24,11 @@ import torch
 
 from voicelock.audio import read_wav, resample
 from voicelock.errors import VoicelockError
-from voicelock.features import FeatureExtractor
 from voicelock.liveness import template_scores
-from voicelock.model.checkpoint import load_checkpoint
-from voicelock.params import EnrollParams, FeatureParams
+from voicelock.params import EnrollParams
+from voicelock.release import Release
 from voicelock.replay import fingerprints, max_similarity
-from voicelock.scoring import SpeakerScorer
+from voicelock.verifier import make_template, unit
 
 
 @dataclass
@@ -94,10 +93,6 @@ def _within_full_scale(samples: np.ndarray) -> np.ndarray:
     return samples / np.float32(peak) if peak > 1.0 else samples
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / (np.linalg.norm(v) + 1e-12)
-
-
 Embedder = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -109,23 +104,18 @@ class VoiceLock:
 
     def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, device: str = "cpu",
                  embedder: Embedder | None = None):
-        self.model, meta = load_checkpoint(model_dir, device)
+        release = Release.load(model_dir, device)
+        self.model = release.model
         self.embedder = embedder
         self.device = device
-        self.sample_rate = int(meta["sample_rate"])
-        self.extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), self.sample_rate)
-        self.thresholds: dict[str, float] = meta.get("thresholds") or {}
+        self.sample_rate = release.sample_rate
+        self.extractor = release.extractor()
+        self.thresholds: dict[str, float] = release.thresholds
         # Speaker scores as calibrated: AS-norm against the cohort shipped with the model, or raw cosine.
-        self.scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", 50))
-        needed = ("word", "speaker", "replay", "challenge_word", "speaker_any_word")
-        missing = [k for k in needed if not np.isfinite(float(self.thresholds.get(k, np.nan)))]
-        if missing:
-            raise VoicelockError(f"{model_dir}: model has no calibrated {', '.join(missing)} threshold(s) — use "
-                                 f"the evaluated model (models/release, written by the evaluate stage), or re-run "
-                                 f"`dvc repro evaluate` for a model evaluated by an older voicelock")
+        self.scorer = release.scorer
+        self.verifier = release.verifier
         # Speaker-independent word templates, for liveness challenges.
-        self.word_templates: dict[str, np.ndarray] = {
-            w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
+        self.word_templates: dict[str, np.ndarray] = release.word_templates
         self.p = enroll_params
 
     @property
@@ -139,7 +129,7 @@ class VoiceLock:
         long as a real refusal. Callers must still never unlock on it."""
         noise = np.random.default_rng(0).normal(0, 0.01, self.sample_rate).astype(np.float32)
         word, speaker = self.embed_here([noise])
-        return Template((-_unit(word[0])).tolist(), (-_unit(speaker[0])).tolist(), 0)
+        return Template((-unit(word[0])).tolist(), (-unit(speaker[0])).tolist(), 0)
 
     def check(self, samples: np.ndarray, rate: int, name: str) -> None:
         """Refuse clips that cannot hold a spoken word (non-finite, too short or long, silent).
@@ -203,21 +193,21 @@ class VoiceLock:
         fps = fingerprints(word, speaker)
         for i in range(len(names)):
             for j in range(i):
-                if float(fps[i] @ fps[j]) >= self.thresholds["replay"]:
+                if self.verifier.is_replay(float(fps[i] @ fps[j])):
                     raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
                                          f"anew")
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
                                     ("speaker", speaker, self.p.min_speaker_agreement)):
             total = emb.sum(axis=0)
             for i, name in enumerate(names):
-                others = _unit(total - emb[i])
+                others = unit(total - emb[i])
                 agreement = float(emb[i] @ others)
                 if agreement < minimum:
                     what = "a different word" if space == "word" else "a different voice"
                     raise VoicelockError(f"{name} does not match the others ({what}: {space} agreement "
                                          f"{agreement:.2f} < {minimum}) — record it again")
-        return Template(_unit(word.mean(axis=0)).tolist(), _unit(speaker.mean(axis=0)).tolist(), len(clips),
-                        fps.tolist())
+        t_word, t_speaker = make_template(word, speaker)
+        return Template(t_word.tolist(), t_speaker.tolist(), len(clips), fps.tolist())
 
     def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip",
                recent: list[list[float]] | None = None,
@@ -239,11 +229,9 @@ class VoiceLock:
             raise VoicelockError(f"the template has {len(template.word)}/{len(template.speaker)}-dimensional "
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
                                  f"{speaker.shape[1]}: it was enrolled with another model — enroll again")
-        th = self.thresholds
-        t_word, t_speaker = np.asarray(template.word, dtype=np.float32), np.asarray(template.speaker, dtype=np.float32)
-        word_score = float(word[0] @ t_word)
-        speaker_scores = self.scorer(t_speaker, speaker)
-        speaker_score = float(speaker_scores[0])
+        th, rule = self.thresholds, self.verifier
+        word_scores, speaker_scores = rule.scores(np.asarray(template.word), np.asarray(template.speaker), word, speaker)
+        word_score, speaker_score = float(word_scores[0]), float(speaker_scores[0])
         fps = fingerprints(word, speaker)
         heard = list(template.takes) + list(recent or [])
         replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
@@ -252,11 +240,15 @@ class VoiceLock:
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and not np.isnan(replay)):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
-        if not word_score >= th["word"]:
-            reasons.append(f"wrong password (word score {word_score:.3f} < {th['word']:.3f})")
-        if not speaker_score >= th["speaker"]:
-            reasons.append(f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})")
-        if not replay < th["replay"]:
+        if not rule.accepts(word_scores[:1], speaker_scores[:1])[0]:
+            # The rule refused; say which part (the owner's explanation, never an attacker's).
+            parts = []
+            if not word_score >= th["word"]:
+                parts.append(f"wrong password (word score {word_score:.3f} < {th['word']:.3f})")
+            if not speaker_score >= th["speaker"]:
+                parts.append(f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})")
+            reasons.append("; ".join(parts) or "password and voice not accepted")
+        if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4)}
         if challenge:
@@ -270,10 +262,10 @@ class VoiceLock:
                 w_score = float(word_scores[i, asked]) if asked >= 0 else float("-inf")
                 s_score = float(speaker_scores[i + 1])
                 details[f"challenge_{i + 1}"] = f"asked {take.word}, heard {heard_word}"
-                if not (asked >= 0 and heard_word == take.word and w_score >= th["challenge_word"]):
+                if not rule.challenge_word_ok(w_score, asked >= 0 and heard_word == take.word):
                     reasons.append(f"{take.name}: not the word '{take.word}' (nearest '{heard_word}', "
                                    f"score {w_score:.3f}, need {th['challenge_word']:.3f})")
-                if not s_score >= th["speaker_any_word"]:
+                if not rule.challenge_voice_ok(s_score):
                     reasons.append(f"{take.name}: voice not recognised (speaker score {s_score:.3f} < "
                                    f"{th['speaker_any_word']:.3f})")
         unlocked = not reasons
@@ -286,7 +278,7 @@ class VoiceLock:
         if not others:
             return False
         history = np.asarray(others, dtype=np.float32)
-        return any(not max_similarity(np.asarray(fp, dtype=np.float32), history) < self.thresholds["replay"]
+        return any(self.verifier.is_replay(max_similarity(np.asarray(fp, dtype=np.float32), history))
                    for fp in fingerprints)
 
     def same_voice(self, enrolled: Template, new: Template) -> bool:
@@ -294,7 +286,7 @@ class VoiceLock:
         unlock token must not hand the account to another voice."""
         score = self.scorer(np.asarray(enrolled.speaker, dtype=np.float32),
                             np.asarray(new.speaker, dtype=np.float32)[None, :])
-        return bool(np.all(np.isfinite(score)) and score[0] >= self.thresholds["speaker_any_word"])
+        return bool(np.all(np.isfinite(score)) and self.verifier.challenge_voice_ok(float(score[0])))
 
     def enroll_files(self, paths: list[str | Path]) -> Template:
         return self.enroll([read_wav(p) for p in paths], [str(p) for p in paths])

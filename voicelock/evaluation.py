@@ -9,32 +9,36 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, FeatureParams, load_split
 from voicelock.liveness import challenge_word_trials, template_scores, word_templates
-from voicelock.metrics import cosine_matrix, eer, error_curve, min_dcf, threshold_for_far
+from voicelock.metrics import eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
 from voicelock.model.network import VoiceLockNet
 from voicelock.model.train import Split, embed
 from voicelock.params import EvaluateParams, Params
+from voicelock.release import Release
 from voicelock.replay import calibrate_replay_threshold, genuine_repeat_similarities
 from voicelock.scoring import SpeakerScorer, build_cohort
-from voicelock.trials import UNLOCK_IMPOSTOR_KINDS, UnlockTrials, keyword_predictions, speaker_pair_scores, \
-    unlock_trials
+from voicelock.trials import (
+    UNLOCK_IMPOSTOR_KINDS,
+    UnlockTrials,
+    keyword_predictions,
+    speaker_pair_scores,
+    unlock_trials,
+)
+from voicelock.verifier import Verifier, make_template
 
 log = logging.getLogger(__name__)
-THRESHOLDS_FILE = "thresholds.json"
 
 
 @dataclass
@@ -54,8 +58,11 @@ def calibrate(trials: UnlockTrials, target_far: float) -> dict[str, float]:
 
 
 def unlock_rates(trials: UnlockTrials, thresholds: dict[str, float]) -> dict[str, float]:
+    """FRR and each impostor kind's FAR, decided by the verifier's own rule."""
+    rule = Verifier(SpeakerScorer(), thresholds)  # the trials are scored already: only the rule is used
+
     def accepted(kind: str) -> np.ndarray:
-        return (trials.word[kind] >= thresholds["word"]) & (trials.speaker[kind] >= thresholds["speaker"])
+        return rule.accepts(trials.word[kind], trials.speaker[kind])
 
     rates = {"frr": float(1 - accepted("genuine").mean()) if trials.word["genuine"].size else float("nan")}
     for kind in UNLOCK_IMPOSTOR_KINDS:
@@ -176,16 +183,16 @@ def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: 
     owner, tune, held = owner_splits(params, extractor)
     password = params.owner.password
     enrolled = tune.index.index[tune.index["word"] == password][: params.evaluate.enroll_clips].to_numpy()
-    t_word, t_spk = embed(model, tune.features[enrolled], tune.frames[enrolled], next(model.parameters()).device)
-    t_word, t_spk = t_word.mean(0, keepdims=True), t_spk.mean(0)
-    t_spk = t_spk / (np.linalg.norm(t_spk) + 1e-12)
+    rule = Verifier(scorer, thresholds)
+    t_word, t_spk = make_template(*embed(model, tune.features[enrolled], tune.frames[enrolled],
+                                         next(model.parameters()).device))
     h_word, h_spk = embed_split(model, held)
     x_word, x_spk = test_embedded
     is_pw = held.index["word"].to_numpy() == password
     others_pw = test.index["word"].to_numpy() == password
 
     def accepted(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (cosine_matrix(w, t_word)[:, 0] >= thresholds["word"]) & (scorer(t_spk, s) >= thresholds["speaker"])
+        return rule.accepts(*rule.scores(t_word, t_spk, w, s))
 
     return {
         "owner_frr": float(1 - accepted(h_word[is_pw], h_spk[is_pw]).mean()),
@@ -227,21 +234,15 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
 
 
 def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
-    """Evaluate the fine-tuned model; write the release (model + thresholds), metrics and plots."""
+    """Evaluate the fine-tuned model; write the release (voicelock/release.py), metrics and plots."""
     model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
     metrics, result, scorer, templates = evaluate_model(model, params)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=1))
     _write_plots(result, Path(plots_dir))
-    release = Path(params.evaluate.out_dir)
-    if release.exists():
-        shutil.rmtree(release)
-    release.mkdir(parents=True)
-    thresholds = metrics["thresholds"]
-    cohort = {"cohort": scorer.cohort.astype(np.float16), "cohort_top_k": scorer.top_k} if scorer.normalised else {}
-    torch.save({**meta, "thresholds": thresholds, "metrics": metrics, **cohort,
-                "word_templates": {w: v.astype(np.float16) for w, v in templates.items()}}, release / MODEL_FILE)
-    (release / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=1))
+    rest = {k: v for k, v in meta.items() if k not in ("state_dict", "feature_params", "sample_rate")}
+    Release(model, FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]), metrics["thresholds"], scorer,
+            templates, {**rest, "metrics": metrics}).save(params.evaluate.out_dir)
     return metrics
 
 
@@ -256,23 +257,12 @@ def folder_split(data_dir: str | Path, extractor: FeatureExtractor, desc: str = 
     return split
 
 
-def _shipped(model_dir: str | Path, ep: EvaluateParams) -> tuple[VoiceLockNet, dict, SpeakerScorer, dict, FeatureExtractor]:
-    """An evaluated model with what it ships: thresholds, speaker scorer, word templates, feature extractor."""
-    model, meta = load_checkpoint(model_dir)
-    if "thresholds" not in meta:
-        raise VoicelockError(f"{model_dir}: model has no thresholds — use models/release from the evaluate stage")
-    scorer = SpeakerScorer(meta.get("cohort"), meta.get("cohort_top_k", ep.cohort_top_k))
-    templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
-    extractor = FeatureExtractor(FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]))
-    return model, meta, scorer, templates, extractor
-
-
 def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluateParams, seed: int) -> dict:
     """Judge an evaluated model on any corpus in Speech Commands layout, at the model's own thresholds."""
-    model, meta, scorer, _, extractor = _shipped(model_dir, ep)
-    split = folder_split(data_dir, extractor)
-    result = evaluate_split(model, split, meta["thresholds"], ep, seed, scorer)
-    return {**result.metrics, "thresholds": meta["thresholds"]}
+    release = Release.load(model_dir)
+    split = folder_split(data_dir, release.extractor())
+    result = evaluate_split(release.model, split, release.thresholds, ep, seed, release.scorer)
+    return {**result.metrics, "thresholds": release.thresholds}
 
 
 def evaluate_unseen(params: Params) -> dict:
@@ -281,9 +271,9 @@ def evaluate_unseen(params: Params) -> dict:
     what a new user unlike the training voices meets. Writes `ood.metrics_file` (the keys of the
     in-domain metrics, plus `by_engine`) and DET / confusion plots under `ood.plots_dir`."""
     ep = params.evaluate
-    model, meta, scorer, templates, extractor = _shipped(ep.out_dir, ep)
-    thresholds = meta["thresholds"]
-    split = folder_split(params.ood.out_dir, extractor, "unseen voices")
+    release = Release.load(ep.out_dir)
+    model, thresholds, scorer, templates = release.model, release.thresholds, release.scorer, release.word_templates
+    split = folder_split(params.ood.out_dir, release.extractor(), "unseen voices")
     embedded = embed_split(model, split)
     result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, embedded)
     metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, embedded),

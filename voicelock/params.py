@@ -151,6 +151,7 @@ class AugmentParams(_Section):
     shift_frames: int = Field(ge=0)
     speed_range: tuple[float, float]
     warp_range: tuple[float, float]
+    speaker_warps: list[float] = Field(default_factory=list)
     room_probability: float = Field(ge=0, le=1)
     rt60_range: tuple[float, float]
     reverb_gain_db_range: tuple[float, float]
@@ -162,6 +163,14 @@ class AugmentParams(_Section):
     freq_mask_width: int = Field(ge=1)
     time_masks: int = Field(ge=0)
     time_mask_width: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _warps_make_new_voices(self) -> "AugmentParams":
+        bad = [w for w in self.speaker_warps if not (0.7 <= w <= 1.4) or abs(w - 1) < 0.02]
+        if bad:
+            raise ValueError(f"speaker_warps: {bad} — each factor must lie in 0.7–1.4 and differ from 1 by at "
+                             f"least 0.02, or the copy is no new voice")
+        return self
 
 
 class TrainParams(_Section):

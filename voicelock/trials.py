@@ -12,6 +12,7 @@ import numpy as np
 
 from voicelock.metrics import cosine_matrix
 from voicelock.scoring import SpeakerScorer
+from voicelock.verifier import Verifier, make_template
 
 UNLOCK_IMPOSTOR_KINDS = ("other_speaker_password", "owner_other_word", "other_speaker_other_word")
 
@@ -69,10 +70,10 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
     """Every (speaker, word) with more than `enroll_clips` takes plays an owner with that password.
 
     The first `enroll_clips` takes (by utterance number) form the template; the rest are genuine
-    trials; other clips give the three impostor kinds. Speaker scores come from `scorer` (raw cosine
-    by default), exactly as `verify` computes them.
+    trials; other clips give the three impostor kinds. Templates and scores come from the verifier
+    (voicelock/verifier.py) with `scorer` (raw cosine by default): exactly what `verify` computes.
     """
-    scorer = scorer or SpeakerScorer()
+    rule = Verifier(scorer or SpeakerScorer())
     kinds = ("genuine",) + UNLOCK_IMPOSTOR_KINDS
     word_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     spk_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
@@ -82,9 +83,7 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
             continue
         rows = rows[np.argsort(utterances[rows], kind="stable")]
         enrolled, probes = rows[:enroll_clips], rows[enroll_clips:]
-        w_t = word_emb[enrolled].mean(axis=0, keepdims=True)
-        s_t = speaker_emb[enrolled].mean(axis=0)
-        s_t = s_t / (np.linalg.norm(s_t) + 1e-12)
+        w_t, s_t = make_template(word_emb[enrolled], speaker_emb[enrolled])
         groups = {
             "genuine": probes,
             "other_speaker_password": np.flatnonzero((speakers != speaker) & (words == word)),
@@ -92,8 +91,9 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
             "other_speaker_other_word": np.flatnonzero((speakers != speaker) & (words != word)),
         }
         for kind, idx in groups.items():
-            word_scores[kind].append(cosine_matrix(word_emb[idx], w_t)[:, 0])
-            spk_scores[kind].append(scorer(s_t, speaker_emb[idx]))
+            w, s = rule.scores(w_t, s_t, word_emb[idx], speaker_emb[idx])
+            word_scores[kind].append(w)
+            spk_scores[kind].append(s)
 
     def pack(scores: dict[str, list[np.ndarray]], pick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v)[pick[k]] if v else np.zeros(0) for k, v in scores.items()}

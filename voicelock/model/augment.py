@@ -8,12 +8,19 @@ Each transform is the log-mel image of a waveform effect:
 - background noise from `_background_noise_`, added in the power domain at a random SNR;
 - SpecAugment masks (torchaudio), filled with the clip's mean so they carry no level cue.
 Voices unlike the training voices differ exactly along these axes, which is why they are on by default.
+
+Speaker augmentation (`speaker_warps`): every training speaker also appears as new speakers whose
+log-mels are warped along frequency by a fixed factor — a shorter or longer vocal tract, i.e. another
+person, as speed-perturbed copies are new speakers in Kaldi / WeSpeaker recipes. The speaker head must
+then tell voices apart by formant scale too, and it meets more identities than the corpus holds.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -25,11 +32,47 @@ def _uniform(gen: torch.Generator, n: int, bounds: tuple[float, float]) -> torch
     return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
-class FeatureAugmenter:
-    """(B, F, T) dB features + (B,) frame counts → augmented features and new frame counts."""
+def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)  # torchaudio's default ("htk") mel scale
 
-    def __init__(self, params: AugmentParams, hop_seconds: float, noise: torch.Tensor | None, logmel: bool, seed: int):
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10 ** (mel / 2595.0) - 1.0)
+
+
+def warp_source_bins(n_mels: int, band: tuple[float, float], factors: torch.Tensor) -> torch.Tensor:
+    """(B,) frequency warp factors → (B, n_mels) fractional mel bins each output bin reads from.
+
+    Warping by α moves energy at f to α·f (α > 1: a shorter vocal tract, formants up), so the output
+    bin centred at c reads the source at c / α, located on the same mel scale the features used.
+    """
+    edges = torch.linspace(float(_hz_to_mel(torch.tensor(band[0]))), float(_hz_to_mel(torch.tensor(band[1]))),
+                           n_mels + 2)
+    centres = _mel_to_hz(edges[1:-1])
+    source = _hz_to_mel(centres[None, :] / factors[:, None])
+    return (source - edges[1]) / (edges[1] - edges[0])
+
+
+def with_warped_speakers(index: pd.DataFrame, warps: list[float]) -> pd.DataFrame:
+    """The training index plus one copy per warp factor, each a new speaker (`<id>~<factor>`).
+
+    `source` is the feature row a row reads, `speaker_warp` the factor the augmenter applies (1 for
+    the real speakers)."""
+    base = index.assign(source=np.arange(len(index)), speaker_warp=1.0)
+    copies = [base.assign(speaker=base["speaker"].astype(str) + f"~{w:g}", speaker_warp=float(w)) for w in warps]
+    return pd.concat([base, *copies], ignore_index=True)
+
+
+class FeatureAugmenter:
+    """(B, F, T) dB features + (B,) frame counts → augmented features and new frame counts.
+
+    `mel_band` (f_min, f_max in Hz) places frequency warps on the features' own mel scale; without it
+    a warp stretches the bin axis linearly."""
+
+    def __init__(self, params: AugmentParams, hop_seconds: float, noise: torch.Tensor | None, logmel: bool, seed: int,
+                 mel_band: tuple[float, float] | None = None):
         self.p = params
+        self.mel_band = mel_band
         self.hop = hop_seconds
         self.noise = noise if noise is not None and len(noise) else None
         self.logmel = logmel  # power-domain effects (room, noise) only make sense on log-mel
@@ -37,11 +80,18 @@ class FeatureAugmenter:
         self.freq_mask = torchaudio.transforms.FrequencyMasking(params.freq_mask_width, iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(params.time_mask_width, iid_masks=True)
 
-    def __call__(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def speaker_warps(self) -> list[float]:
+        """The new-speaker warp factors in force (none when augmentation is off)."""
+        return list(self.p.speaker_warps) if self.p.enabled else []
+
+    def __call__(self, feats: torch.Tensor, frames: torch.Tensor,
+                 speaker_warp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`speaker_warp` (B,): each row's new-speaker factor (`with_warped_speakers`), 1 = itself."""
         if not self.p.enabled:
             return feats, frames
         floor = feats.amin(dim=(1, 2), keepdim=True)
-        feats, frames = self._geometry(feats, frames)
+        feats, frames = self._geometry(feats, frames, speaker_warp)
         feats = self._microphone(feats)
         if self.logmel:
             feats = self._room(feats)
@@ -50,15 +100,21 @@ class FeatureAugmenter:
         pad = torch.arange(feats.shape[-1])[None, :] >= frames[:, None]
         return torch.where(pad[:, None, :], floor, feats), frames
 
-    def _geometry(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _geometry(self, feats: torch.Tensor, frames: torch.Tensor,
+                  speaker_warp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         b, f, t = feats.shape
         speed = _uniform(self.gen, b, self.p.speed_range)
         warp = _uniform(self.gen, b, self.p.warp_range)
+        if speaker_warp is not None:
+            warp = warp * speaker_warp.to(torch.float32)
         shift = torch.randint(0, self.p.shift_frames + 1, (b,), generator=self.gen)
         out_t = torch.arange(t, dtype=torch.float32)
         out_f = torch.arange(f, dtype=torch.float32)
         src_t = (out_t[None, :] - shift[:, None]) * speed[:, None]  # (B, T)
-        src_f = out_f[None, :] / warp[:, None]  # (B, F)
+        if self.mel_band is not None:
+            src_f = warp_source_bins(f, self.mel_band, warp)  # (B, F)
+        else:
+            src_f = out_f[None, :] / warp[:, None]
         grid = torch.stack([
             (2 * src_t / (t - 1) - 1)[:, None, :].expand(b, f, t),
             (2 * src_f / (f - 1) - 1)[:, :, None].expand(b, f, t),

@@ -21,7 +21,9 @@ HISTORY_FILE = "history.csv"
 def make_augmenter(params: Params, seed: int) -> FeatureAugmenter:
     cache = params.features.out_dir
     hop_s = params.features.hop_length / params.data.sample_rate
-    return FeatureAugmenter(params.augment, hop_s, load_noise(cache), params.features.kind == "logmel", seed)
+    band = (params.features.f_min, min(params.features.f_max, params.data.sample_rate / 2))
+    return FeatureAugmenter(params.augment, hop_s, load_noise(cache), params.features.kind == "logmel", seed,
+                            band if params.features.kind == "logmel" else None)
 
 
 def pretrain(params: Params) -> Path:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from voicelock.features import FeatureSet
 from voicelock.metrics import eer
-from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.augment import FeatureAugmenter, with_warped_speakers
 from voicelock.model.margin_softmax import IGNORE, MarginSoftmax
 from voicelock.model.network import Outputs, VoiceLockNet
 from voicelock.model.sampling import SpeakerWordBatches
@@ -175,13 +175,15 @@ def centres_from_class_means(classifiers: dict[str, tuple[dict, MarginSoftmax, f
     Why: a network that is already trained (fine-tuning) has its speakers and words where they are;
     random centres would give a loss as if it knew nothing (≈ ln of the class count) and their
     gradients would drag the embeddings towards arbitrary directions in the first epochs.
+    Classes with no clip in `split` (the warped copies of speaker augmentation) keep their random start.
     """
     embeddings = dict(zip(("word", "speaker"), embed(model, split.features, split.frames, device)))
     for head, (classes, classifier, _) in classifiers.items():
         ids = split.index[head].map(classes).to_numpy()
         centres = np.zeros((len(classes), classifier.centres.shape[1]), dtype=np.float32)
         np.add.at(centres, ids, embeddings[head])
-        classifier.centres.copy_(torch.as_tensor(centres, device=device))  # the loss normalises them
+        seen = torch.as_tensor(np.bincount(ids, minlength=len(classes)) > 0, device=device)
+        classifier.centres[seen] = torch.as_tensor(centres, device=device)[seen]  # the loss normalises them
 
 
 def fit_speaker_backend(model: VoiceLockNet, split: Split, val_split: Split, device: torch.device, seed: int,
@@ -212,10 +214,11 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     model.to(device)
     if model.speaker_backend is not None:
         model.speaker_backend.reset()
-    sampler = SpeakerWordBatches(train_split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
-                                 seed)
+    # Speaker augmentation: warped copies of the training speakers join as new identities.
+    train_index = with_warped_speakers(train_split.index, augmenter.speaker_warps)
+    sampler = SpeakerWordBatches(train_index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair, seed)
     steps = tp.max_epochs * tp.batches_per_epoch
-    classifiers = margin_classifiers(model, train_split.index, tp, device)
+    classifiers = margin_classifiers(model, train_index, tp, device)
     if tp.class_centres == "class_means":
         centres_from_class_means(classifiers, model, train_split, device)
     trained = list(model.parameters()) + [p for _, c, _ in classifiers.values() for p in c.parameters()]
@@ -235,14 +238,19 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
         bar = tqdm(range(tp.batches_per_epoch), desc=f"{desc} epoch {epoch}/{tp.max_epochs}", unit=" batch")
         for _ in bar:
             rows = np.sort(sampler.batch())
-            feats, frames, index = train_split.features[rows], train_split.frames[rows], train_split.index.iloc[rows]
+            index = train_index.iloc[rows]
+            source = index["source"].to_numpy()
+            feats, frames, warps = train_split.features[source], train_split.frames[source], index["speaker_warp"]
+            index, warps = index.drop(columns=["source", "speaker_warp"]), warps.to_numpy(dtype=np.float32)
             if owner is not None:
                 pick = owner_rng.choice(len(owner.split.index), size=owner.clips_per_batch,
                                         replace=len(owner.split.index) < owner.clips_per_batch)
                 feats = np.concatenate([feats, owner.split.features[pick]])
                 frames = np.concatenate([frames, owner.split.frames[pick]])
                 index = pd.concat([index, owner.split.index.iloc[pick]], ignore_index=True)
-            x, n = augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames))
+                warps = np.concatenate([warps, np.ones(len(pick), dtype=np.float32)])
+            x, n = augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames),
+                             torch.as_tensor(warps))
             out = training_forward(model, x.to(device), n.to(device), tp.precision)
             lw, tw = triplet_loss(_labels(index["word"], device), out.word, loss_fn, tp.mining, tp.max_triplets, gen)
             ls, ts = triplet_loss(_labels(index["speaker"], device), out.speaker, loss_fn, tp.mining,

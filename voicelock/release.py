@@ -1,0 +1,83 @@
+"""The release: one typed artifact holding everything that decides an unlock, with one save and one load.
+
+Network (with its speaker back-end), feature parameters, the speaker scorer's cohort, the calibrated
+thresholds and the liveness word templates travel together in `models/release/model.pt` (and, from
+there, in the BentoML store). The CLI, the service, the evaluation of any folder and the unseen-voices
+evaluation all open it with `Release.load`, and the evaluate stage writes it with `Release.save` — so
+a model can never be served with thresholds, a cohort or templates other than those it was judged with.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voicelock.errors import VoicelockError
+from voicelock.features import FeatureExtractor
+from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
+from voicelock.model.network import VoiceLockNet
+from voicelock.params import FeatureParams
+from voicelock.scoring import SpeakerScorer
+from voicelock.verifier import REQUIRED_THRESHOLDS, Verifier
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass
+class Release:
+    """An evaluated model and what it ships. `meta` keeps the checkpoint's other records (stage, words,
+    owner, validation figures, metrics) for packaging and provenance."""
+
+    model: VoiceLockNet
+    feature_params: FeatureParams
+    sample_rate: int
+    thresholds: dict[str, Any]
+    scorer: SpeakerScorer
+    word_templates: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self.scorer, self.thresholds)
+
+    def extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(self.feature_params, self.sample_rate)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Release":
+        """Open `models/release` (or its model.pt); refuse a model that was never evaluated."""
+        model, meta = load_checkpoint(path, device)
+        thresholds = dict(meta.get("thresholds") or {})
+        missing = [k for k in REQUIRED_THRESHOLDS if not np.isfinite(float(thresholds.get(k, np.nan)))]
+        if missing:
+            raise VoicelockError(f"{path}: model has no calibrated {', '.join(missing)} threshold(s) — use the "
+                                 f"evaluated model (models/release, written by the evaluate stage), or re-run "
+                                 f"`dvc repro evaluate` for a model evaluated by an older voicelock")
+        scorer = SpeakerScorer(meta.get("cohort"), int(meta.get("cohort_top_k", 50)))
+        templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
+        rest = {k: v for k, v in meta.items() if k not in ("state_dict", "cohort", "cohort_top_k", "word_templates",
+                                                            "thresholds", "feature_params", "sample_rate")}
+        return cls(model, FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]), thresholds, scorer,
+                   templates, rest)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the release folder afresh: model.pt (everything) and thresholds.json (to read)."""
+        out = Path(out_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        cohort = ({"cohort": self.scorer.cohort.astype(np.float16), "cohort_top_k": self.scorer.top_k}
+                  if self.scorer.normalised else {})
+        torch.save({**self.meta, "state_dict": self.model.state_dict(),
+                    "feature_params": self.feature_params.model_dump(), "sample_rate": self.sample_rate,
+                    "thresholds": self.thresholds, **cohort,
+                    "word_templates": {w: v.astype(np.float16) for w, v in self.word_templates.items()}},
+                   out / MODEL_FILE)
+        (out / THRESHOLDS_FILE).write_text(json.dumps(self.thresholds, indent=1))
+        return out

@@ -1,0 +1,74 @@
+"""The one accept rule: how a template is built, how a probe is scored against it, and what unlocks.
+
+Everything that decides or reports an unlock goes through `Verifier`: `VoiceLock.verify` (CLI and
+service), the evaluation's FAR/FRR on validation, test and unseen voices, and the owner's figures. So
+what the metrics report is, by construction, what the service does: there is no second formula to
+drift from the first.
+
+Every rule fails closed: a NaN compares false with everything, so each check is written as
+"accept only if score >= threshold", never "refuse if score < threshold".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from voicelock.errors import VoicelockError
+from voicelock.scoring import SpeakerScorer
+
+# The thresholds a release must carry before anything may be decided with it.
+REQUIRED_THRESHOLDS = ("word", "speaker", "replay", "challenge_word", "speaker_any_word")
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """Unit length along the last axis (a zero vector stays zero)."""
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+
+
+def make_template(word: np.ndarray, speaker: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Enrollment takes' (N, Dw) word and (N, Ds) speaker embeddings → the unit-length centroid in each
+    space: what an enrolled password is, for the service and the evaluation alike."""
+    return unit(np.asarray(word, dtype=np.float32).mean(axis=0)), unit(np.asarray(speaker, dtype=np.float32).mean(axis=0))
+
+
+class Verifier:
+    """Scores probes against a template and applies the calibrated thresholds.
+
+    `thresholds` may be None while they are being calibrated (scores only); `accepts` then refuses to
+    decide."""
+
+    def __init__(self, scorer: SpeakerScorer, thresholds: Mapping[str, float] | None = None):
+        self.scorer = scorer
+        self.thresholds = dict(thresholds) if thresholds is not None else None
+
+    def threshold(self, name: str) -> float:
+        if self.thresholds is None or name not in self.thresholds:
+            raise VoicelockError(f"no calibrated '{name}' threshold — use the evaluated model (models/release)")
+        return float(self.thresholds[name])
+
+    def scores(self, t_word: np.ndarray, t_speaker: np.ndarray, word: np.ndarray,
+               speaker: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) word scores (cosine to the word centroid) and (N,) speaker scores (the scorer's:
+        AS-norm or cosine) of N probes' embeddings against one template."""
+        word = unit(np.asarray(word, dtype=np.float32).reshape(-1, np.size(t_word)))
+        word_scores = word @ unit(np.asarray(t_word, dtype=np.float32).reshape(-1))
+        return word_scores, self.scorer(unit(np.asarray(t_speaker, dtype=np.float32)), unit(np.asarray(speaker)))
+
+    def accepts(self, word_scores: np.ndarray, speaker_scores: np.ndarray) -> np.ndarray:
+        """The password rule: the right word *and* the right voice, each at its threshold."""
+        return ((np.asarray(word_scores) >= self.threshold("word"))
+                & (np.asarray(speaker_scores) >= self.threshold("speaker")))
+
+    def is_replay(self, similarity: float) -> bool:
+        """A take as close as the replay threshold to one already heard (NaN counts as a replay)."""
+        return not similarity < self.threshold("replay")
+
+    def challenge_word_ok(self, asked_score: float, asked_is_nearest: bool) -> bool:
+        """A challenge take holds the asked word: nearest word template, and above its threshold."""
+        return bool(asked_is_nearest and asked_score >= self.threshold("challenge_word"))
+
+    def challenge_voice_ok(self, speaker_score: float) -> bool:
+        """A challenge take (another word than the password) is in the enrolled voice."""
+        return bool(speaker_score >= self.threshold("speaker_any_word"))
