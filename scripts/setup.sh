@@ -10,12 +10,17 @@ PY=${PYTHON:-python3}
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# --- system packages: espeak-ng speaks the embedded corpus, flite the unseen voices it is judged on;
+# --- system packages: espeak-ng and festival speak the embedded corpus, flite the unseen voices it is judged on;
 # Debian's chromium runs the page's end-to-end test (tests/test_browser.py; Playwright drives it,
 # never downloading a browser) -------------------------------------------------------------------
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v flite >/dev/null 2>&1 || missing+=(flite)
+# festival and the voices of data.synth.festival_voices (voicelock/data/festival.py)
+for pkg in festival festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-ph \
+           festvox-czech-krb festvox-czech-machac festvox-suopuhe-lj festvox-suopuhe-mv festvox-hi-nsk festvox-ru; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

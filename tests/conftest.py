@@ -32,6 +32,7 @@ TINY_SYNTH = {
     "background_files": 4,
     "background_seconds": 3,
     "workers": 2,
+    "festival_voices": {"ked_diphone": 105, "czech_dita": 200},
 }
 
 

@@ -19,8 +19,11 @@ from voicelock.params import Params
 def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):
     synth = tiny_params.data.synth
     clips = scan_corpus(tiny_corpus)
-    assert len(clips) == synth.n_speakers * len(synth.words) * synth.takes_per_word
+    speakers = synth.n_speakers + len(synth.festival_voices)  # espeak-ng and festival speakers
+    assert len(clips) == speakers * len(synth.words) * synth.takes_per_word
     assert {c.word for c in clips} == set(synth.words)
+    engines = pd.read_csv(tiny_corpus / "speakers.csv")["engine"].value_counts().to_dict()
+    assert engines == {"espeak-ng": synth.n_speakers, "festival": len(synth.festival_voices)}
     for clip in clips[:: max(len(clips) // 20, 1)]:
         info = sf.info(tiny_corpus / clip.path)
         assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000)
@@ -108,3 +111,38 @@ def test_the_default_voices_and_variants_are_all_distinct():
     from voicelock.params import load_params
 
     check_timbres(load_params(REPO / "params.yaml").data.synth)
+
+
+def test_festival_speakers_are_real_voices_placed_like_the_corpus(tiny_params: Params):
+    """Each festival speaker is its own voice: two voices' takes of one word differ, and a take's F0
+    follows the speaker's (diphone voices take their intonation targets)."""
+    from voicelock.data.festival import festival_render, plan_festival_speakers
+
+    speakers = plan_festival_speakers(dict(tiny_params.data.synth.festival_voices), seed=3)
+    assert len({s.id for s in speakers}) == len(speakers) == 2
+    ked = speakers[0]
+    (low, rate), (high, _) = festival_render(ked, [("seven", 0.8, 1.0), ("seven", 1.25, 1.0)])
+
+    def f0(x: np.ndarray) -> float:
+        i = int(np.argmax(np.convolve(x**2, np.ones(640), "same")))
+        seg = x[i - 320: i + 320]
+        ac = np.correlate(seg, seg, "full")[seg.size - 1:]
+        lo, hi = rate // 400, rate // 60
+        return rate / (lo + int(np.argmax(ac[lo:hi])))
+
+    assert f0(high) > 1.25 * f0(low)
+    other, _ = festival_render(speakers[1], [("seven", 1.0, 1.0)])[0]
+    assert low.size > rate // 4 and other.size > rate // 4 and not np.array_equal(low[:1000], other[:1000])
+
+
+def test_params_refuse_festival_voices_of_flite_people(tiny_params_path: Path, tmp_path: Path):
+    import yaml
+
+    from tests.conftest import write_params
+    from voicelock.errors import VoicelockError
+    from voicelock.params import load_params
+
+    raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["data"]["synth"]["festival_voices"]["cmu_us_slt_arctic_hts"] = 175
+    with pytest.raises(VoicelockError, match=r"festival_voices: \['cmu_us_slt_arctic_hts'\] record the same people"):
+        load_params(write_params(tmp_path, raw))

@@ -228,24 +228,38 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
                       validation_percentage: float, testing_percentage: float,
                       clip_seconds: float = 1.0) -> Path:
     """Generate the whole corpus into `out_dir` (atomically), in parallel, with a progress bar."""
+    from voicelock.data.festival import plan_festival_speakers, render_festival_speaker, require_festival
+
     require_espeak()
     check_timbres(params)
+    require_festival(list(params.festival_voices))
     speakers = plan_speakers(params, seed)
+    festival = plan_festival_speakers(dict(params.festival_voices), seed)
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize clips")
+        relatives = [f"{t.word}/{t.speaker.id}_nohash_{t.take}.wav" for t in takes]
+        jobs = [(sp, i, list(params.words), params, seed, rate, int(clip_seconds * rate), staging)
+                for i, sp in enumerate(festival)]
+        with ProcessPoolExecutor(params.workers or os.cpu_count() or 1) as pool:
+            for done in tqdm(pool.map(render_festival_speaker, jobs), total=len(jobs), desc="festival speakers",
+                             unit=" speakers"):
+                relatives += done
         (staging / BACKGROUND_DIR).mkdir()
         kinds = ["white", "pink", "brown", "babble"]
         for i in tqdm(range(params.background_files), desc="background noise", unit=" files"):
             kind = kinds[i % len(kinds)]
             rng = np.random.default_rng([seed, 3, i])
             write_wav(staging / BACKGROUND_DIR / f"{kind}_{i}.wav", background_noise(kind, rng, params, rate), rate)
-        splits = {f"{t.word}/{t.speaker.id}_nohash_{t.take}.wav":
-                  split_for_speaker(t.speaker.id, validation_percentage, testing_percentage) for t in takes}
+        splits = {r: split_for_speaker(r.split("/")[1].split("_nohash_")[0], validation_percentage,
+                                       testing_percentage) for r in relatives}
         write_split_lists(staging, splits)
-        pd.DataFrame([sp.__dict__ for sp in speakers]).assign(
+        rows = [{**sp.__dict__, "engine": "espeak-ng"} for sp in speakers]
+        rows += [{"id": sp.id, "voice": sp.voice, "variant": "", "pitch": round(sp.f0, 1), "speed": round(sp.stretch, 3),
+                  "engine": "festival"} for sp in festival]
+        pd.DataFrame(rows).assign(
             split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
         ).to_csv(staging / "speakers.csv", index=False)
     return out_dir

@@ -1,0 +1,118 @@
+"""Festival speakers in the training corpus: voices built from real people's recordings.
+
+espeak-ng is formant synthesis: every one of its voices shares one acoustic model, and a network trained
+on it alone learns espeak-ng's sound as much as people's voices (measured on flite's CMU voices, the
+unseen-voices corpus: keyword accuracy 0.75, FAR 0.13 at the shipped thresholds). Festival's diphone and
+unit-selection voices are recordings of real speakers — American English, Italian, Czech, Finnish,
+Hindi and Russian — reading the English words with their own language's rules. None of them is a voice
+of the unseen-voices corpus (flite's kal, awb, rms and slt; `params` refuses festival's kal and slt).
+
+A festival speaker is one voice at its own mean F0 and tempo; takes jitter both and then go through the
+corpus's random rooms and microphones (`synth.place_in_room`). One festival process renders all of a
+speaker's takes (a Scheme script), so start-up is paid once per speaker, not per take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from voicelock.errors import VoicelockError
+from voicelock.params import SynthParams
+
+FESTIVAL = "festival"
+
+
+@dataclass(frozen=True)
+class FestivalSpeaker:
+    """One festival voice at its own mean F0 (Hz) and duration stretch; `id` is 8 hex digits."""
+
+    id: str
+    voice: str
+    f0: float
+    stretch: float
+
+
+def require_festival(voices: list[str]) -> None:
+    """Festival and every voice asked for must be installed (scripts/setup.sh installs them)."""
+    if not voices:
+        return
+    if shutil.which(FESTIVAL) is None:
+        raise VoicelockError(f"{FESTIVAL}: not installed — run scripts/setup.sh (or apt-get install festival and "
+                             f"the festvox-* voices of data.synth.festival_voices)")
+    result = subprocess.run([FESTIVAL, "--pipe"], input="(print (voice.list))\n", capture_output=True, text=True,
+                            check=False, timeout=60)
+    installed = set(result.stdout.replace("(", " ").replace(")", " ").split())
+    missing = [v for v in voices if v not in installed]
+    if missing:
+        raise VoicelockError(f"params.yaml: data.synth.festival_voices: {missing} not installed (festival has "
+                             f"{sorted(installed)}) — run scripts/setup.sh or remove them")
+
+
+def plan_festival_speakers(voices: dict[str, float], seed: int) -> list[FestivalSpeaker]:
+    """One speaker per voice: two F0s of one recording would be pitch-only twins, not two people."""
+    rng = np.random.default_rng([seed, 11])
+    speakers = []
+    for voice, f0 in voices.items():
+        sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
+        sid = hashlib.sha1(f"festival:{voice}/{sp_f0:.1f}/{stretch:.3f}".encode()).hexdigest()[:8]
+        speakers.append(FestivalSpeaker(sid, voice, float(sp_f0), float(stretch)))
+    return speakers
+
+
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def festival_render(speaker: FestivalSpeaker, takes: list[tuple[str, float, float]]) -> list[tuple[np.ndarray, int]]:
+    """(word, F0 factor, stretch factor) per take → dry samples and rate, all in one festival process.
+
+    F0 is set through the voice's linear-regression intonation targets, which diphone voices follow;
+    unit-selection voices keep their own melody and vary by tempo only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = [f"(voice_{speaker.voice})"]
+        outs = []
+        for i, (word, f0, stretch) in enumerate(takes):
+            out = Path(tmp) / f"{i}.wav"
+            outs.append(out)
+            lines += [f"(Parameter.set 'Duration_Stretch {speaker.stretch * stretch:.3f})",
+                      f"(set! int_lr_params (list (list 'target_f0_mean {speaker.f0 * f0:.1f}) "
+                      f"(list 'target_f0_std {0.12 * speaker.f0 * f0:.1f}) (list 'model_f0_mean 170) "
+                      f"(list 'model_f0_std 34)))",
+                      f"(set! utt (Utterance Text {_scheme_string(word)}))", "(utt.synth utt)",
+                      f"(utt.save.wave utt {_scheme_string(str(out))} 'riff)"]
+        script = Path(tmp) / "render.scm"
+        script.write_text("\n".join(lines) + "\n")
+        result = subprocess.run([FESTIVAL, "-b", str(script)], capture_output=True, text=True, check=False,
+                                timeout=600)
+        if result.returncode != 0 or not all(o.exists() for o in outs):
+            raise VoicelockError(f"festival failed for voice {speaker.voice}: {result.stderr.strip()[-300:]} — "
+                                 f"check data.synth.festival_voices against festival's (voice.list)")
+        return [sf.read(o, dtype="float32") for o in outs]
+
+
+def render_festival_speaker(args: tuple[FestivalSpeaker, int, list[str], SynthParams, int, int, int, Path]) -> list[str]:
+    """Every take of one festival speaker into `root/<word>/<id>_nohash_<n>.wav`; returns the paths."""
+    from voicelock.audio import write_wav
+    from voicelock.data.synth import place_in_room
+
+    speaker, index, words, params, seed, rate, clip_samples, root = args
+    plan = [(w, wi, t) for wi, w in enumerate(words) for t in range(params.takes_per_word)]
+    rngs = [np.random.default_rng([seed, 12, index, wi, t]) for _, wi, t in plan]
+    jitter = [(1 + rng.uniform(-0.06, 0.06), 1 + rng.uniform(-params.speed_jitter, params.speed_jitter)) for rng in rngs]
+    raws = festival_render(speaker, [(w, f0, st) for (w, _, _), (f0, st) in zip(plan, jitter)])
+    relatives = []
+    for (word, _, take), (raw, raw_rate), rng in zip(plan, raws, rngs):
+        if raw.ndim > 1:
+            raw = raw.mean(axis=1)
+        relative = f"{word}/{speaker.id}_nohash_{take}.wav"
+        write_wav(root / relative, place_in_room(raw, raw_rate, rate, clip_samples, params, rng), rate)
+        relatives.append(relative)
+    return relatives
