@@ -15,18 +15,20 @@ from voicelock.params import Params, load_params
 from voicelock.scoring import SpeakerScorer
 from voicelock.verifier import Verifier, make_template
 
-THRESHOLDS = {"word": 0.8, "speaker": 0.5, "replay": 0.99, "challenge_word": 0.7, "speaker_any_word": 0.3}
+THRESHOLDS = {"word": 0.8, "speaker": 0.5, "speaker_raw": 0.2, "replay": 0.99, "challenge_word": 0.7,
+              "speaker_any_word": 0.3}
 
 
 def test_rule_needs_both_scores_and_fails_closed():
     rule = Verifier(SpeakerScorer(), THRESHOLDS)
-    word = np.array([0.9, 0.9, 0.7, np.nan, 0.9, np.inf])
-    speaker = np.array([0.6, 0.4, 0.6, 0.9, np.nan, np.nan])
-    assert rule.accepts(word, speaker).tolist() == [True, False, False, False, False, False]
+    word = np.array([0.9, 0.9, 0.7, np.nan, 0.9, np.inf, 0.9, 0.9])
+    speaker = np.array([0.6, 0.4, 0.6, 0.9, np.nan, np.nan, 0.6, 0.6])
+    raw = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.1, np.nan])  # the raw floor binds on its own
+    assert rule.accepts(word, speaker, raw).tolist() == [True, False, False, False, False, False, False, False]
     assert rule.is_replay(0.995) and rule.is_replay(float("nan")) and not rule.is_replay(0.5)
     assert not rule.challenge_voice_ok(float("nan")) and not rule.challenge_word_ok(0.9, asked_is_nearest=False)
     with pytest.raises(VoicelockError, match="no calibrated 'word' threshold"):
-        Verifier(SpeakerScorer()).accepts(word, speaker)
+        Verifier(SpeakerScorer()).accepts(word, speaker, raw)
 
 
 def test_template_is_the_unit_centroid_and_scores_are_cosines():
@@ -34,9 +36,10 @@ def test_template_is_the_unit_centroid_and_scores_are_cosines():
     word, speaker = rng.normal(size=(3, 8)), rng.normal(size=(3, 6))
     t_word, t_speaker = make_template(word, speaker)
     assert np.isclose(np.linalg.norm(t_word), 1) and np.isclose(np.linalg.norm(t_speaker), 1)
-    w, s = Verifier(SpeakerScorer()).scores(t_word, t_speaker, 5 * word, speaker)  # scale-free
+    w, s, r = Verifier(SpeakerScorer()).scores(t_word, t_speaker, 5 * word, speaker)  # scale-free
     expected = (word / np.linalg.norm(word, axis=1, keepdims=True)) @ t_word
     assert np.allclose(w, expected, atol=1e-5) and s.shape == (3,)
+    assert np.allclose(r, (speaker / np.linalg.norm(speaker, axis=1, keepdims=True)) @ t_speaker, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +82,29 @@ def test_every_path_decides_through_the_one_rule(lenient_params_path: Path, case
     lock = VoiceLock(params.evaluate.out_dir, params.enroll)
     template = lock.enroll_files(case.enroll)
     assert lock.verify_file(template, case.genuine[0]).unlocked
-    trials = UnlockTrials({k: np.ones(4) for k in ("genuine", "other_speaker_password", "owner_other_word",
-                                                    "other_speaker_other_word")},
-                          {k: np.ones(4) for k in ("genuine", "other_speaker_password", "owner_other_word",
-                                                   "other_speaker_other_word")})
+    kinds = ("genuine", "other_speaker_password", "owner_other_word", "other_speaker_other_word")
+    trials = UnlockTrials(*({k: np.full(4, 1e3) for k in kinds} for _ in range(3)))
     assert unlock_rates(trials, lock.thresholds)["frr"] == 0.0
-    monkeypatch.setattr(Verifier, "accepts", lambda self, w, s: np.zeros(np.shape(w), dtype=bool))
+    monkeypatch.setattr(Verifier, "accepts", lambda self, w, s, r: np.zeros(np.shape(w), dtype=bool))
     assert not lock.verify_file(template, case.genuine[0]).unlocked
     assert unlock_rates(trials, lock.thresholds)["frr"] == 1.0
+
+
+def test_calibration_sets_the_raw_floor_then_holds_the_target_jointly():
+    """The floor lets `raw_floor_far` of impostors past it; the normalised threshold then keeps the
+    two checks together at the target FAR, on the same impostors."""
+    from voicelock.evaluation import calibrate
+    from voicelock.trials import UnlockTrials
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    kinds = ("genuine", "other_speaker_password", "owner_other_word", "other_speaker_other_word")
+    raw = {k: rng.normal(0.2, 0.15, n) for k in kinds}
+    norm = {k: 3 * raw[k] + rng.normal(0, 0.5, n) for k in kinds}  # correlated, as AS-norm and cosine are
+    word = {k: rng.normal(0.3, 0.1, n) for k in kinds}
+    trials = UnlockTrials(word, norm, raw)
+    th = calibrate(trials, target_far=0.001, raw_floor_far=0.01)
+    imp = "other_speaker_password"
+    assert np.mean(raw[imp] >= th["speaker_raw"]) <= 0.01
+    joint = Verifier(SpeakerScorer(), {**THRESHOLDS, **th, "word": -1.0}).accepts(word[imp], norm[imp], raw[imp])
+    assert 0.0005 <= joint.mean() <= 0.001  # the target, not far below it

@@ -28,7 +28,7 @@ from voicelock.liveness import template_scores
 from voicelock.params import EnrollParams
 from voicelock.release import Release
 from voicelock.replay import fingerprints, max_similarity
-from voicelock.verifier import make_template, unit
+from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
 
 @dataclass
@@ -230,27 +230,31 @@ class VoiceLock:
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
                                  f"{speaker.shape[1]}: it was enrolled with another model — enroll again")
         th, rule = self.thresholds, self.verifier
-        word_scores, speaker_scores = rule.scores(np.asarray(template.word), np.asarray(template.speaker), word, speaker)
-        word_score, speaker_score = float(word_scores[0]), float(speaker_scores[0])
+        word_scores, speaker_scores, raw_scores = rule.scores(np.asarray(template.word), np.asarray(template.speaker),
+                                                              word, speaker)
+        word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
         heard = list(template.takes) + list(recent or [])
         replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
                      for i in range(len(fps)))
         # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
-        if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and not np.isnan(replay)):
+        if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
+                and not np.isnan(replay)):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
-        if not rule.accepts(word_scores[:1], speaker_scores[:1])[0]:
+        if not rule.accepts(word_scores[:1], speaker_scores[:1], raw_scores[:1])[0]:
             # The rule refused; say which part (the owner's explanation, never an attacker's).
             parts = []
             if not word_score >= th["word"]:
                 parts.append(f"wrong password (word score {word_score:.3f} < {th['word']:.3f})")
             if not speaker_score >= th["speaker"]:
                 parts.append(f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})")
+            if not raw_score >= th["speaker_raw"]:
+                parts.append(f"voice not recognised (raw similarity {raw_score:.3f} < {th['speaker_raw']:.3f})")
             reasons.append("; ".join(parts) or "password and voice not accepted")
         if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
-        details: dict[str, float | str] = {"replay_similarity": round(replay, 4)}
+        details: dict[str, float | str] = {"replay_similarity": round(replay, 4), "speaker_raw": round(raw_score, 4)}
         if challenge:
             if not self.word_templates:
                 raise VoicelockError("this model ships no word templates for liveness challenges — re-run "
@@ -269,7 +273,7 @@ class VoiceLock:
                     reasons.append(f"{take.name}: voice not recognised (speaker score {s_score:.3f} < "
                                    f"{th['speaker_any_word']:.3f})")
         unlocked = not reasons
-        thresholds = {k: float(th[k]) for k in ("word", "speaker", "replay", "challenge_word", "speaker_any_word")}
+        thresholds = {k: float(th[k]) for k in REQUIRED_THRESHOLDS}
         return Decision(unlocked, word_score, speaker_score, thresholds,
                         "; ".join(reasons) or "password and voice match", fps.tolist(), details)
 

@@ -49,10 +49,14 @@ class SplitEvaluation:
     scores: dict[str, np.ndarray]  # for histograms
 
 
-def calibrate(trials: UnlockTrials, target_far: float) -> dict[str, float]:
-    """Speaker threshold from other speakers saying the password, word threshold from the owner saying
-    other words: each alone lets at most `target_far` of its impostors through."""
-    return {"speaker": threshold_for_far(trials.speaker["other_speaker_password"], target_far),
+def calibrate(trials: UnlockTrials, target_far: float, raw_floor_far: float) -> dict[str, float]:
+    """Word threshold from the owner saying other words; voice thresholds from other speakers saying the
+    password: first the raw-cosine floor at `raw_floor_far`, then the normalised threshold so that the
+    two together let at most `target_far` through (voicelock/verifier.py says why both)."""
+    impostor_raw = trials.raw["other_speaker_password"]
+    floor = threshold_for_far(impostor_raw, raw_floor_far)
+    past_floor = np.where(impostor_raw >= floor, trials.speaker["other_speaker_password"], -np.inf)
+    return {"speaker": threshold_for_far(past_floor, target_far), "speaker_raw": floor,
             "word": threshold_for_far(trials.word["owner_other_word"], target_far),
             "target_far": target_far}
 
@@ -62,7 +66,7 @@ def unlock_rates(trials: UnlockTrials, thresholds: dict[str, float]) -> dict[str
     rule = Verifier(SpeakerScorer(), thresholds)  # the trials are scored already: only the rule is used
 
     def accepted(kind: str) -> np.ndarray:
-        return rule.accepts(trials.word[kind], trials.speaker[kind])
+        return rule.accepts(trials.word[kind], trials.speaker[kind], trials.raw[kind])
 
     rates = {"frr": float(1 - accepted("genuine").mean()) if trials.word["genuine"].size else float("nan")}
     for kind in UNLOCK_IMPOSTOR_KINDS:
@@ -111,7 +115,7 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     ep = params.evaluate
     word, speaker = embed_split(model, val)
     trials = split_unlock_trials(word, speaker, val, ep, np.random.default_rng(params.seed), scorer)
-    thresholds = calibrate(trials, ep.target_far)
+    thresholds = calibrate(trials, ep.target_far, ep.raw_floor_far)
     thresholds["speaker_any_word"] = threshold_for_far(trials.speaker["other_speaker_other_word"],
                                                        ep.challenge_speaker_far)
     _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)

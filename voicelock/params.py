@@ -40,6 +40,7 @@ class SynthParams(_Section):
     takes_per_word: int = Field(ge=1)
     voices: list[str] = Field(min_length=1)
     variants: list[str] = Field(min_length=1)
+    festival_voices: dict[str, float] = Field(default_factory=dict, description="festival voice → mean F0 (Hz)")
     pitch_range: tuple[int, int]
     pitch_jitter: int = Field(ge=0, le=30)
     speed_range: tuple[int, int]
@@ -231,6 +232,7 @@ class EvaluateParams(_Section):
     enroll_clips: int = Field(ge=1)
     keyword_enroll_clips: int = Field(ge=1)
     target_far: float = Field(gt=0, lt=1)
+    raw_floor_far: float = Field(gt=0, lt=1)
     p_target: float = Field(gt=0, lt=1)
     max_trials: int = Field(ge=100)
     score_norm: Literal["asnorm", "none"]
@@ -366,6 +368,11 @@ class Params(BaseModel):
             if shared:
                 raise ValueError(f"ood.{key}: {shared} also in data.synth.{key.removeprefix('espeak_')} — an unseen "
                                  f"voice must share neither accent nor timbre with training; remove them from one list")
+        # Festival ships some of flite's people (kal_diphone, cmu_us_slt_*): they must not train.
+        same = [v for v in self.data.synth.festival_voices if set(v.lower().split("_")) & set(self.ood.flite_voices)]
+        if same:
+            raise ValueError(f"data.synth.festival_voices: {same} record the same people as ood.flite_voices — an "
+                             f"unseen voice must not train; remove them")
         return self
 
     @model_validator(mode="after")

@@ -33,14 +33,22 @@ class SpeakerScorer:
     def normalised(self) -> bool:
         return self.cohort is not None
 
-    def __call__(self, template: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    def probe_stats(self, probes: np.ndarray) -> np.ndarray:
+        """(N, 2) mean and std of each probe's top-k cohort scores. They do not depend on the template,
+        so trials that score many templates against the same probes compute them once."""
+        probes = np.asarray(probes, dtype=np.float32).reshape(len(probes), -1)
+        if self.cohort is None:
+            return np.zeros((len(probes), 2), dtype=np.float32)
+        p_top = np.partition(probes @ self.cohort.T, -self.top_k, axis=1)[:, -self.top_k:]
+        return np.stack([p_top.mean(axis=1), p_top.std(axis=1)], axis=1)
+
+    def __call__(self, template: np.ndarray, probes: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """`stats`: the probes' `probe_stats`, when already computed."""
         template = np.asarray(template, dtype=np.float32).reshape(-1)
         probes = np.asarray(probes, dtype=np.float32).reshape(-1, template.size)
         raw = probes @ template
         if self.cohort is None:
             return raw
-        k = self.top_k
-        t_top = np.partition(self.cohort @ template, -k)[-k:]
-        p_top = np.partition(probes @ self.cohort.T, -k, axis=1)[:, -k:]
-        return 0.5 * ((raw - t_top.mean()) / (t_top.std() + 1e-6)
-                      + (raw - p_top.mean(axis=1)) / (p_top.std(axis=1) + 1e-6))
+        t_top = np.partition(self.cohort @ template, -self.top_k)[-self.top_k:]
+        stats = self.probe_stats(probes) if stats is None else stats
+        return 0.5 * ((raw - t_top.mean()) / (t_top.std() + 1e-6) + (raw - stats[:, 0]) / (stats[:, 1] + 1e-6))

@@ -12,7 +12,7 @@ import numpy as np
 
 from voicelock.metrics import cosine_matrix
 from voicelock.scoring import SpeakerScorer
-from voicelock.verifier import Verifier, make_template
+from voicelock.verifier import Verifier, make_template, unit
 
 UNLOCK_IMPOSTOR_KINDS = ("other_speaker_password", "owner_other_word", "other_speaker_other_word")
 
@@ -62,6 +62,7 @@ class UnlockTrials:
 
     word: dict[str, np.ndarray]
     speaker: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]  # the raw speaker cosines of the same trials (the verifier's floor)
 
 
 def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.ndarray, words: np.ndarray,
@@ -74,9 +75,12 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
     (voicelock/verifier.py) with `scorer` (raw cosine by default): exactly what `verify` computes.
     """
     rule = Verifier(scorer or SpeakerScorer())
+    speaker_emb = unit(np.asarray(speaker_emb, dtype=np.float32))
+    stats = rule.scorer.probe_stats(speaker_emb)  # once: they do not depend on the template
     kinds = ("genuine",) + UNLOCK_IMPOSTOR_KINDS
     word_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     spk_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    raw_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     for (speaker, word) in sorted(set(zip(speakers.tolist(), words.tolist()))):
         rows = np.flatnonzero((speakers == speaker) & (words == word))
         if rows.size <= enroll_clips:
@@ -91,13 +95,14 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
             "other_speaker_other_word": np.flatnonzero((speakers != speaker) & (words != word)),
         }
         for kind, idx in groups.items():
-            w, s = rule.scores(w_t, s_t, word_emb[idx], speaker_emb[idx])
+            w, s, r = rule.scores(w_t, s_t, word_emb[idx], speaker_emb[idx], stats[idx])
             word_scores[kind].append(w)
             spk_scores[kind].append(s)
+            raw_scores[kind].append(r)
 
     def pack(scores: dict[str, list[np.ndarray]], pick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v)[pick[k]] if v else np.zeros(0) for k, v in scores.items()}
 
     sizes = {k: sum(a.size for a in v) for k, v in word_scores.items()}
     pick = {k: np.sort(_cap(np.arange(n), max_trials, rng)) for k, n in sizes.items()}
-    return UnlockTrials(pack(word_scores, pick), pack(spk_scores, pick))
+    return UnlockTrials(pack(word_scores, pick), pack(spk_scores, pick), pack(raw_scores, pick))
