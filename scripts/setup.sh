@@ -18,7 +18,7 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v flite >/dev/null 2>&1 || missing+=(flite)
 # festival and the voices of data.synth.festival_voices (voicelock/data/festival.py)
 for pkg in festival festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-ph \
-           festvox-czech-krb festvox-czech-machac festvox-suopuhe-lj festvox-suopuhe-mv festvox-hi-nsk festvox-ru; do
+           festvox-czech-krb festvox-czech-machac festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

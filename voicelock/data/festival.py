@@ -3,8 +3,8 @@
 espeak-ng is formant synthesis: every one of its voices shares one acoustic model, and a network trained
 on it alone learns espeak-ng's sound as much as people's voices (measured on flite's CMU voices, the
 unseen-voices corpus: keyword accuracy 0.75, FAR 0.13 at the shipped thresholds). Festival's diphone and
-unit-selection voices are recordings of real speakers — American English, Italian, Czech, Finnish,
-Hindi and Russian — reading the English words with their own language's rules. None of them is a voice
+unit-selection voices are recordings of real speakers — American English, Italian, Czech, Finnish
+and Russian — reading the English words with their own language's rules. None of them is a voice
 of the unseen-voices corpus (flite's kal, awb, rms and slt; `params` refuses festival's kal and slt).
 
 A festival speaker is one voice at its own mean F0 and tempo; takes jitter both and then go through the
@@ -93,8 +93,9 @@ def festival_render(speaker: FestivalSpeaker, takes: list[tuple[str, float, floa
         result = subprocess.run([FESTIVAL, "-b", str(script)], capture_output=True, text=True, check=False,
                                 timeout=600)
         if result.returncode != 0 or not all(o.exists() for o in outs):
-            raise VoicelockError(f"festival failed for voice {speaker.voice}: {result.stderr.strip()[-300:]} — "
-                                 f"check data.synth.festival_voices against festival's (voice.list)")
+            why = result.stderr.strip()[-300:] or f"exit code {result.returncode}"
+            raise VoicelockError(f"festival failed for voice {speaker.voice} ({why}) — remove it from "
+                                 f"data.synth.festival_voices or check it against festival's (voice.list)")
         return [sf.read(o, dtype="float32") for o in outs]
 
 
