@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
 from pipelines.retrain import gate_and_report
-from pipelines.tasks import dvc_stage
+from pipelines.tasks import dvc_stage, dvc_stages
 from voicelock.params import load_params
 
 FINGERPRINT = "owner_fingerprint.json"
@@ -43,7 +43,7 @@ def enroll_data(repo: str = ".") -> State:
             return Completed(name="No new recordings", message=f"{source} unchanged")
     # The owner stage reads a folder DVC does not track: force it; the rest re-run only if it changed.
     dvc_stage.with_options(name="owner")("owner", str(repo_path), force=True)
-    for stage in ("finetune", "evaluate", "package"):
+    for stage in dvc_stages(repo_path, start="finetune"):  # what the owner's recordings feed
         dvc_stage.with_options(name=stage)(stage, str(repo_path))
     if source is not None:
         record.write_text(json.dumps({"fingerprint": current}))

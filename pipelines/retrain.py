@@ -11,10 +11,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
 
-from pipelines.tasks import dvc_stage, gate, promote_task
+from pipelines.tasks import dvc_stage, dvc_stages, gate, promote_task
 from voicelock.params import load_params
-
-STAGES = ["download", "prepare", "features", "owner", "pretrain", "finetune", "evaluate", "package"]
 
 
 def gate_and_report(repo: str, production_name: str) -> State:
@@ -42,7 +40,7 @@ def retrain(repo: str = ".") -> State:
     params = load_params(Path(repo) / "params.yaml")
     download = dvc_stage.with_options(name="download", retries=params.promotion.download_retries,
                                       retry_delay_seconds=params.promotion.retry_delay_s)
-    for stage in STAGES:
+    for stage in dvc_stages(repo):
         (download if stage == "download" else dvc_stage.with_options(name=stage))(stage, repo)
     return gate_and_report(repo, params.service.model_name)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 
 from voicelock.params import load_params
@@ -24,17 +26,33 @@ def _env() -> dict:
             "GX_ANALYTICS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true"}
 
 
+def dvc_stages(repo: str | Path, start: str | None = None) -> list[str]:
+    """The pipeline's stages in `dvc.yaml` order, from `start` on: the flows never type the order again,
+    so a stage added to dvc.yaml runs in them too."""
+    stages = list(yaml.safe_load((Path(repo) / "dvc.yaml").read_text())["stages"])
+    if start is not None and start not in stages:
+        raise ValueError(f"dvc.yaml: no stage '{start}' (stages: {', '.join(stages)})")
+    return stages[stages.index(start):] if start else stages
+
+
+def log_lines(stream: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines of a subprocess's output, a progress bar's redraws (joined by \r) collapsed into its
+    last state. Read as bytes: a text-mode pipe would already have split every redraw into a line."""
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\r\n").split("\r")[-1].rstrip()
+        if line:
+            yield line
+
+
 @task(name="dvc-stage", task_run_name="dvc repro {stage}")
 def dvc_stage(stage: str, repo: str, force: bool = False) -> None:
     """Run one DVC stage (skipped by DVC when nothing it depends on changed); fail with its output."""
     logger = get_run_logger()
     cmd = [str(BIN / "dvc"), "repro", "--single-item", stage] + (["--force"] if force else [])
-    proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: list[str] = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line and "\r" not in line:  # progress bars redraw with \\r; log whole lines only
-            logger.info(line)
+    for line in log_lines(proc.stdout):
+        logger.info(line)
         tail = (tail + [line])[-20:]
     if proc.wait() != 0:
         raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(tail))

@@ -105,3 +105,26 @@ def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tm
     finally:
         servers.stop(served)
         servers.stop(server)
+
+
+def test_progress_bar_redraws_become_one_line_each():
+    """tqdm redraws with \\r: each bar must reach the Prefect log once, in its final state, not once per
+    redraw (a text-mode pipe split them into separate lines)."""
+    from pipelines.tasks import log_lines
+
+    out = [b"Running stage 'features':\n",
+           b"train:   0%|  | 0/3\rtrain:  33%|# | 1/3\rtrain: 100%|##| 3/3\n", b"\n", b"done\r\n"]
+    assert list(log_lines(out)) == ["Running stage 'features':", "train: 100%|##| 3/3", "done"]
+
+
+def test_flows_run_the_stages_dvc_yaml_lists():
+    import yaml
+
+    from pipelines.tasks import dvc_stages
+    from tests.conftest import REPO
+
+    listed = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    assert dvc_stages(REPO) == listed and "evaluate_unseen" in listed
+    assert dvc_stages(REPO, start="finetune") == listed[listed.index("finetune"):]
+    with pytest.raises(ValueError, match="no stage 'nope'"):
+        dvc_stages(REPO, start="nope")
