@@ -68,9 +68,9 @@ def test_enroll_and_verify(trained: Params):
     decision = lock.verify_file(template, clips[4])
     assert isinstance(decision.unlocked, bool)
     assert -1 <= decision.word_score <= 1 and np.isfinite(decision.speaker_score)  # speaker: an AS-norm score
-    assert decision.unlocked == (decision.word_score >= decision.thresholds["word"]
-                                 and decision.speaker_score >= decision.thresholds["speaker"])
-    assert decision.reason
+    # Whether it unlocks is settled in tests/test_verifier.py on takes chosen for it; here the answer
+    # must explain itself either way.
+    assert (decision.reason == "password and voice match") == decision.unlocked
     # A template enrolled with another model (here: one without the speaker back-end) is refused, not misread.
     import dataclasses
 

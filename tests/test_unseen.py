@@ -22,6 +22,10 @@ def test_params_refuse_an_unseen_voice_that_training_has(tiny_params_path: Path,
     with pytest.raises(VoicelockError, match=r"ood\.espeak_variants: \['m1'\] also in data\.synth\.variants"):
         load_params(write_params(tmp_path, raw))
     raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["ood"]["espeak_speakers"] = len(raw["ood"]["espeak_variants"]) + 1  # two would share a variant: twins
+    with pytest.raises(VoicelockError, match=r"ood: .*espeak_speakers: \d+ is more than the \d+ espeak_variants .* would be twins"):
+        load_params(write_params(tmp_path, raw))
+    raw = yaml.safe_load(tiny_params_path.read_text())
     raw["ood"]["espeak_voices"] = ["en-us"]
     with pytest.raises(VoicelockError, match=r"ood\.espeak_voices: \['en-us'\] also in data\.synth\.voices"):
         load_params(write_params(tmp_path, raw))

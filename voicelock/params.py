@@ -257,9 +257,10 @@ class OodParams(_Section):
 
     @model_validator(mode="after")
     def _enough_pairs(self) -> "OodParams":
-        if self.espeak_speakers > len(self.espeak_voices) * len(self.espeak_variants):
-            raise ValueError(f"espeak_speakers: {self.espeak_speakers} need as many voice×variant pairs, "
-                             f"espeak_voices×espeak_variants gives {len(self.espeak_voices) * len(self.espeak_variants)}")
+        if self.espeak_speakers > len(self.espeak_variants):
+            raise ValueError(f"espeak_speakers: {self.espeak_speakers} is more than the {len(self.espeak_variants)} "
+                             f"espeak_variants — two unseen speakers sharing a variant would be twins (one vocal "
+                             f"tract, two accents), not two people; add variants or lower espeak_speakers")
         if self.noise_snr_db_range[0] > self.noise_snr_db_range[1]:
             raise ValueError("noise_snr_db_range: low end above high end — swap them")
         return self

@@ -5,7 +5,8 @@ training. A person enrolling with their own voice is not such a speaker, so the 
 is judged here on voices the model never met, at the *shipped* thresholds (never re-calibrated):
 
 - espeak-ng speakers whose accent (a language's voice reading the English words) **and** timbre
-  (variant) are both absent from `data.synth` — `params` refuses any overlap;
+  (variant) are both absent from `data.synth` — `params` refuses any overlap — one per variant, since
+  two speakers sharing a variant are one vocal tract with two accents (twins, not two people);
 - speakers of another synthesizer, flite (CMU voices built from recordings of real people), which
   shares nothing with espeak-ng's formant synthesis.
 
