@@ -14,30 +14,20 @@ speaker's takes (a Scheme script), so start-up is paid once per speaker, not per
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from voicelock.audio import write_wav
+from voicelock.data.synth import RecordedSpeaker, place_in_room, plan_recorded_speakers
 from voicelock.errors import VoicelockError
 from voicelock.params import SynthParams
 
 FESTIVAL = "festival"
-
-
-@dataclass(frozen=True)
-class FestivalSpeaker:
-    """One festival voice at its own mean F0 (Hz) and duration stretch; `id` is 8 hex digits."""
-
-    id: str
-    voice: str
-    f0: float
-    stretch: float
 
 
 def require_festival(voices: list[str]) -> None:
@@ -56,22 +46,15 @@ def require_festival(voices: list[str]) -> None:
                              f"{sorted(installed)}) — run scripts/setup.sh or remove them")
 
 
-def plan_festival_speakers(voices: dict[str, float], seed: int) -> list[FestivalSpeaker]:
-    """One speaker per voice: two F0s of one recording would be pitch-only twins, not two people."""
-    rng = np.random.default_rng([seed, 11])
-    speakers = []
-    for voice, f0 in voices.items():
-        sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
-        sid = hashlib.sha1(f"festival:{voice}/{sp_f0:.1f}/{stretch:.3f}".encode()).hexdigest()[:8]
-        speakers.append(FestivalSpeaker(sid, voice, float(sp_f0), float(stretch)))
-    return speakers
+def plan_festival_speakers(voices: dict[str, float], seed: int) -> list[RecordedSpeaker]:
+    return plan_recorded_speakers("festival", voices, seed, stream=11)
 
 
 def _scheme_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def festival_render(speaker: FestivalSpeaker, takes: list[tuple[str, float, float]]) -> list[tuple[np.ndarray, int]]:
+def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float]]) -> list[tuple[np.ndarray, int]]:
     """(word, F0 factor, stretch factor) per take → dry samples and rate, all in one festival process.
 
     F0 is set through the voice's linear-regression intonation targets, which diphone voices follow;
@@ -99,11 +82,8 @@ def festival_render(speaker: FestivalSpeaker, takes: list[tuple[str, float, floa
         return [sf.read(o, dtype="float32") for o in outs]
 
 
-def render_festival_speaker(args: tuple[FestivalSpeaker, int, list[str], SynthParams, int, int, int, Path]) -> list[str]:
+def render_festival_speaker(args: tuple[RecordedSpeaker, int, list[str], SynthParams, int, int, int, Path]) -> list[str]:
     """Every take of one festival speaker into `root/<word>/<id>_nohash_<n>.wav`; returns the paths."""
-    from voicelock.audio import write_wav
-    from voicelock.data.synth import place_in_room
-
     speaker, index, words, params, seed, rate, clip_samples, root = args
     plan = [(w, wi, t) for wi, w in enumerate(words) for t in range(params.takes_per_word)]
     rngs = [np.random.default_rng([seed, 12, index, wi, t]) for _, wi, t in plan]

@@ -53,6 +53,29 @@ class Speaker:
 
 
 @dataclass(frozen=True)
+class RecordedSpeaker:
+    """One voice of a synthesizer built from a real person's recordings (festival, flite), at its own
+    mean F0 (Hz) and duration stretch."""
+
+    id: str
+    voice: str
+    f0: float
+    stretch: float
+
+
+def plan_recorded_speakers(engine: str, voices: dict[str, float], seed: int, stream: int) -> list[RecordedSpeaker]:
+    """One speaker per voice (voice → its natural mean F0): two F0s of one recording would be
+    pitch-only twins, not two people. Ids are 8 hex digits; `stream` keeps each engine's draws apart."""
+    rng = np.random.default_rng([seed, stream])
+    speakers = []
+    for voice, f0 in voices.items():
+        sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
+        sid = hashlib.sha1(f"{engine}:{voice}/{sp_f0:.1f}/{stretch:.3f}".encode()).hexdigest()[:8]
+        speakers.append(RecordedSpeaker(sid, voice, float(sp_f0), float(stretch)))
+    return speakers
+
+
+@dataclass(frozen=True)
 class Take:
     speaker: Speaker
     speaker_index: int

@@ -17,13 +17,11 @@ Speech Commands ones, so `voicelock evaluate --data data/ood` judges it like any
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,22 +32,21 @@ from tqdm import tqdm
 from voicelock import effects
 from voicelock.audio import write_wav
 from voicelock.data.layout import write_split_lists
-from voicelock.data.synth import Take, check_timbres, place_in_room, plan_speakers, render_take, require_espeak
+from voicelock.data.synth import (
+    RecordedSpeaker,
+    Take,
+    check_timbres,
+    place_in_room,
+    plan_recorded_speakers,
+    plan_speakers,
+    render_take,
+    require_espeak,
+)
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import OodParams, SynthParams
 
 FLITE = "flite"
-
-
-@dataclass(frozen=True)
-class FliteSpeaker:
-    """One flite voice at its own mean F0 (Hz) and duration stretch."""
-
-    id: str
-    voice: str
-    f0: float
-    stretch: float
 
 
 def require_flite() -> None:
@@ -71,15 +68,8 @@ def flite_speak(text: str, voice: str, f0: float, stretch: float) -> tuple[np.nd
     return data, rate
 
 
-def plan_flite_speakers(voices: dict[str, float], seed: int) -> list[FliteSpeaker]:
-    """One speaker per flite voice (two F0s of one voice would be pitch-only twins, not two people)."""
-    rng = np.random.default_rng([seed, 7])
-    speakers = []
-    for voice, f0 in voices.items():
-        sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
-        sid = hashlib.sha1(f"flite:{voice}/{sp_f0:.1f}/{stretch:.3f}".encode()).hexdigest()[:8]
-        speakers.append(FliteSpeaker(sid, voice, float(sp_f0), float(stretch)))
-    return speakers
+def plan_flite_speakers(voices: dict[str, float], seed: int) -> list[RecordedSpeaker]:
+    return plan_recorded_speakers("flite", voices, seed, stream=7)
 
 
 def _noisy(clip: np.ndarray, rng: np.random.Generator, snr_range: tuple[float, float]) -> np.ndarray:
@@ -99,7 +89,7 @@ def _render_espeak(args: tuple[Take, SynthParams, OodParams, int, int, int, Path
     return relative
 
 
-def _render_flite(args: tuple[FliteSpeaker, int, str, int, int, SynthParams, OodParams, int, int, int, Path]) -> str:
+def _render_flite(args: tuple[RecordedSpeaker, int, str, int, int, SynthParams, OodParams, int, int, int, Path]) -> str:
     sp, si, word, wi, take, synth, ood, seed, rate, clip_samples, root = args
     rng = np.random.default_rng([seed, 9, si, wi, take])
     f0 = sp.f0 * (1 + rng.uniform(-0.06, 0.06))
