@@ -157,7 +157,8 @@ def lenient_params_path(trained: Params, tiny_params_path: Path, tmp_path_factor
 
     root = tmp_path_factory.mktemp("lenient")
     raw = yaml.safe_load(tiny_params_path.read_text())
-    raw["evaluate"].update(target_far=0.3, out_dir=str(root / "release"), metrics_file=str(root / "metrics.json"),
+    raw["evaluate"].update(target_far=0.3, raw_floor_far=0.6, out_dir=str(root / "release"),
+                           metrics_file=str(root / "metrics.json"),
                            plots_dir=str(root / "plots"))
     raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",
                           package_record=str(root / "package.json"))

@@ -59,3 +59,12 @@ def test_too_many_speakers_for_the_voice_pairs(tmp_path: Path):
     raw["data"]["synth"]["variants"] = ["m1", "m2"]
     with pytest.raises(VoicelockError, match="voice×variant"):
         load_params(write_params(tmp_path, raw))
+
+
+def test_raw_floor_must_be_looser_than_the_target(tmp_path: Path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["evaluate"]["raw_floor_far"] = raw["evaluate"]["target_far"] / 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(VoicelockError, match=r"evaluate: .*raw_floor_far: .* is below target_far"):
+        load_params(path)

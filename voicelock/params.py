@@ -241,6 +241,13 @@ class EvaluateParams(_Section):
     challenge_speaker_far: float = Field(gt=0, lt=1)
     replay_margin: float = Field(ge=0, lt=0.5)
 
+    @model_validator(mode="after")
+    def _floor_looser_than_target(self) -> "EvaluateParams":
+        if self.raw_floor_far < self.target_far:
+            raise ValueError(f"raw_floor_far: {self.raw_floor_far} is below target_far {self.target_far} — the "
+                             f"raw-cosine floor alone would then decide; set it at or above target_far")
+        return self
+
 
 class OodParams(_Section):
     """The unseen-voices evaluation corpus (voicelock/data/unseen.py): evaluation only, never training."""
