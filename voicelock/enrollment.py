@@ -244,14 +244,13 @@ class VoiceLock:
         reasons = []
         if not rule.accepts(word_scores[:1], speaker_scores[:1], raw_scores[:1])[0]:
             # The rule refused; say which part (the owner's explanation, never an attacker's).
-            parts = []
-            if not word_score >= th["word"]:
-                parts.append(f"wrong password (word score {word_score:.3f} < {th['word']:.3f})")
-            if not speaker_score >= th["speaker"]:
-                parts.append(f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})")
-            if not raw_score >= th["speaker_raw"]:
-                parts.append(f"voice not recognised (raw similarity {raw_score:.3f} < {th['speaker_raw']:.3f})")
-            reasons.append("; ".join(parts) or "password and voice not accepted")
+            passed = rule.password_checks(word_scores[:1], speaker_scores[:1], raw_scores[:1])
+            failed = {"word": f"wrong password (word score {word_score:.3f} < {th['word']:.3f})",
+                      "speaker": f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})",
+                      "speaker_raw": f"voice not recognised (raw similarity {raw_score:.3f} < "
+                                     f"{th['speaker_raw']:.3f})"}
+            reasons.append("; ".join(why for check, why in failed.items() if not passed[check][0])
+                           or "password and voice not accepted")
         if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4), "speaker_raw": round(raw_score, 4)}

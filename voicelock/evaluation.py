@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.errors import VoicelockError
-from voicelock.features import FeatureExtractor, FeatureParams, load_split
+from voicelock.features import FeatureExtractor, load_split
 from voicelock.liveness import challenge_word_trials, template_scores, word_templates
 from voicelock.metrics import eer, error_curve, min_dcf, threshold_for_far
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
@@ -244,9 +244,8 @@ def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Pa
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=1))
     _write_plots(result, Path(plots_dir))
-    rest = {k: v for k, v in meta.items() if k not in ("state_dict", "feature_params", "sample_rate")}
-    Release(model, FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]), metrics["thresholds"], scorer,
-            templates, {**rest, "metrics": metrics}).save(params.evaluate.out_dir)
+    Release.from_checkpoint(model, meta, metrics["thresholds"], scorer, templates,
+                            metrics=metrics).save(params.evaluate.out_dir)
     return metrics
 
 

@@ -27,6 +27,8 @@ from voicelock.scoring import SpeakerScorer
 from voicelock.verifier import REQUIRED_THRESHOLDS, Verifier
 
 THRESHOLDS_FILE = "thresholds.json"
+# Checkpoint keys that `Release` holds as fields; every other key is a record kept in `meta`.
+_FIELDS = ("state_dict", "feature_params", "sample_rate", "thresholds", "cohort", "cohort_top_k", "word_templates")
 
 
 @dataclass
@@ -50,6 +52,15 @@ class Release:
         return FeatureExtractor(self.feature_params, self.sample_rate)
 
     @classmethod
+    def from_checkpoint(cls, model: VoiceLockNet, meta: dict[str, Any], thresholds: dict[str, Any],
+                        scorer: SpeakerScorer, word_templates: dict[str, np.ndarray], **records: Any) -> "Release":
+        """A release of a loaded checkpoint (`load_checkpoint`) with what evaluation gives it; `records`
+        (e.g. metrics) join the checkpoint's own."""
+        rest = {k: v for k, v in meta.items() if k not in _FIELDS}
+        return cls(model, FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]), thresholds, scorer,
+                   word_templates, {**rest, **records})
+
+    @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Release":
         """Open `models/release` (or its model.pt); refuse a model that was never evaluated."""
         model, meta = load_checkpoint(path, device)
@@ -61,10 +72,7 @@ class Release:
                                  f"`dvc repro evaluate` for a model evaluated by an older voicelock")
         scorer = SpeakerScorer(meta.get("cohort"), int(meta.get("cohort_top_k", 50)))
         templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
-        rest = {k: v for k, v in meta.items() if k not in ("state_dict", "cohort", "cohort_top_k", "word_templates",
-                                                            "thresholds", "feature_params", "sample_rate")}
-        return cls(model, FeatureParams(**meta["feature_params"]), int(meta["sample_rate"]), thresholds, scorer,
-                   templates, rest)
+        return cls.from_checkpoint(model, meta, thresholds, scorer, templates)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the release folder afresh: model.pt (everything) and thresholds.json (to read)."""

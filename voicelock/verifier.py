@@ -67,9 +67,16 @@ class Verifier:
         scores against its nearest cohort voices, and a voice unlike every training voice has no near
         cohort — its impostors' normalised scores inflate (measured on unseen voices: FAR 0.0071 with
         AS-norm alone, 0.0035 with the floor, while in-domain FRR fell 0.139 → 0.089)."""
-        return ((np.asarray(word_scores) >= self.threshold("word"))
-                & (np.asarray(speaker_scores) >= self.threshold("speaker"))
-                & (np.asarray(raw_scores) >= self.threshold("speaker_raw")))
+        passed = self.password_checks(word_scores, speaker_scores, raw_scores)
+        return passed["word"] & passed["speaker"] & passed["speaker_raw"]
+
+    def password_checks(self, word_scores: np.ndarray, speaker_scores: np.ndarray,
+                        raw_scores: np.ndarray) -> dict[str, np.ndarray]:
+        """Each part of the password rule on its own, keyed by its threshold's name: `accepts` needs
+        all of them, and `VoiceLock.verify` names the ones that failed."""
+        return {"word": np.asarray(word_scores) >= self.threshold("word"),
+                "speaker": np.asarray(speaker_scores) >= self.threshold("speaker"),
+                "speaker_raw": np.asarray(raw_scores) >= self.threshold("speaker_raw")}
 
     def is_replay(self, similarity: float) -> bool:
         """A take as close as the replay threshold to one already heard (NaN counts as a replay)."""
