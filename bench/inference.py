@@ -1,6 +1,6 @@
 """Unlock latency on CPU: one clip, one thread, from samples in memory to the decision.
 
-Prints p50/p99 of `VoiceLock.verify` for a 1 s clip (feature extraction + both embeddings + scoring)
+Prints p50/p99 of `Unlocker.verify` for a 1 s clip (feature extraction + both embeddings + scoring)
 and batch throughput of features + embeddings. Target: p50 <= 5 ms.
 
 Uses the evaluated model at evaluate.out_dir (run `dvc repro` first), or an untrained network of the
@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voicelock.enrollment import Template, VoiceLock
+from voicelock.enrollment import Template, Unlocker
 from voicelock.model.checkpoint import save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.params import load_params
-from voicelock.verifier import REQUIRED_THRESHOLDS, make_template
 from voicelock.runtime import limit_threads
+from voicelock.verifier import REQUIRED_THRESHOLDS, make_template
 
 
 def _model_dir(params, tmp: Path) -> Path:
@@ -45,7 +45,7 @@ def main() -> None:
     params = load_params()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        lock = VoiceLock(_model_dir(params, Path(tmp)), params.enroll)
+        lock = Unlocker(_model_dir(params, Path(tmp)), params.enroll)
         rate = lock.sample_rate
         clips = [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(16)]
         # A template straight from the embeddings: noise clips are no enrollment the checks would take

@@ -5,7 +5,7 @@ words, drawn at random from the owner's takes — none of them ever heard by the
 memory cannot help). Per attempt the service draws a random challenge of `--words` words; the
 attacker plays a held password take and, for each challenge word, a held recording of that word if
 they have one, else their best guess (a held recording of another word). The genuine owner answers
-with fresh takes. Every decision is `VoiceLock.verify`, the service's own verifier, with the released
+with fresh takes. Every decision is `Unlocker.verify`, the service's own verifier, with the released
 model's thresholds; embeddings are computed once per recording and reused (same numbers, less time).
 
     python bench/replay_attack.py [--params params.yaml] [--attempts 2000] [--words 1 2 3]
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from voicelock.audio import read_wav
-from voicelock.enrollment import ChallengeTake, VoiceLock
+from voicelock.enrollment import ChallengeTake, Unlocker
 from voicelock.errors import VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import load_params
 
 
-def cached(lock: VoiceLock):
+def cached(lock: Unlocker):
     """An embedder that computes each distinct clip once (keyed by its samples)."""
     memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+        lock = Unlocker(params.evaluate.out_dir, params.enroll)
     except VoicelockError as e:
         sys.exit(f"error: {e}")
     lock.embedder = cached(lock)

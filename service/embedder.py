@@ -1,6 +1,6 @@
 """The embedding step as its own BentoML service, with adaptive batching (params: service.batching).
 
-With batching on, `VoiceLock` keeps HTTP, decoding, checks and scoring, and sends each request's
+With batching on, `Unlocker` keeps HTTP, decoding, checks and scoring, and sends each request's
 prepared clips here; BentoML's dispatcher groups the clips of concurrent requests into one batch of
 at most `max_batch_size`, waiting at most `max_latency_ms`, so features and network run once per
 batch instead of once per request. Whether that pays is measured by bench/service.py (README).
@@ -13,7 +13,7 @@ import os
 import bentoml
 import numpy as np
 
-from voicelock.enrollment import VoiceLock as VoiceModel
+from voicelock.enrollment import Unlocker as VoiceModel
 from voicelock.params import load_params
 from voicelock.runtime import limit_threads
 

@@ -1,6 +1,6 @@
 """The voice-unlock API as a BentoML service: `bentoml serve service.service:VoiceLock`.
 
-Thin by design: each endpoint hands the request to `voicelock.unlock_service.UnlockService` and turns
+Thin by design: each endpoint hands the request to `voicelock.api.UnlockApi` and turns
 its VoicelockError into a JSON answer with the error's 4xx/503 status. The work (decoding, network,
 database) runs off the event loop through `BoundedCompute`, so /healthz answers while requests are
 scored. Unexpected errors are logged and answered with a generic 500 by BentoML, never with a stack
@@ -24,13 +24,14 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from service.compute import BoundedCompute
 from service.middleware import RequestGuard
-from service.page import MOUNT as PAGE_MOUNT, build_page_app
-from voicelock.enrollment import VoiceLock as VoiceModel
+from service.page import MOUNT as PAGE_MOUNT
+from service.page import build_page_app
+from voicelock.api import UnlockApi
+from voicelock.enrollment import Unlocker
 from voicelock.errors import Busy, LockedOut, VoicelockError
 from voicelock.params import load_params
 from voicelock.runtime import limit_threads
 from voicelock.store import EnrollmentStore
-from voicelock.unlock_service import UnlockService
 
 PARAMS = load_params(os.environ.get("VOICELOCK_PARAMS", "params.yaml"))
 MODEL_TAG = os.environ.get("VOICELOCK_MODEL_TAG", PARAMS.service.model_tag)
@@ -80,11 +81,11 @@ class VoiceLock:
     def __init__(self) -> None:
         limit_threads(PARAMS.service.torch_threads)
         stored = self.model
-        lock = VoiceModel(stored.path, PARAMS.enroll,
+        lock = Unlocker(stored.path, PARAMS.enroll,
                           embedder=self._embed_batched if PARAMS.service.batching else None)
         self.word_dim = lock.model.password_out.in_features
         store = EnrollmentStore(os.environ.get("VOICELOCK_DATABASE_URL", PARAMS.service.database_url))
-        self.core = UnlockService(lock, store, PARAMS, str(stored.tag),
+        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag),
                                   admin_key=os.environ.get(PARAMS.service.admin_key_env))
         p = PARAMS.service
         self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)

@@ -185,10 +185,10 @@ class UnlockCase:
 def find_unlock_case(params: Params, n_enroll: int = 3, min_genuine: int = 2) -> UnlockCase:
     """The voice (owner or test speaker) whose held-out password takes unlock most often, with the
     other voices' takes (password and other words) that its template rejects."""
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
     from voicelock.features import load_split
 
-    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
     takes: dict[str, list[Path]] = {"owner": sorted((Path(params.owner.out_dir) / params.owner.password).glob("*.wav"))}
     index = load_split(params.features.out_dir, "testing").index
     others: list[Path] = [Path(params.data.raw_dir) / p for p in index["path"]]

@@ -32,7 +32,7 @@ import yaml
 
 from tests import servers
 from tests.conftest import REPO, run_model_stages, tiny_params_dict, write_params
-from voicelock.enrollment import VoiceLock
+from voicelock.enrollment import Unlocker
 from voicelock.features import load_split
 from voicelock.params import Params, load_params
 
@@ -230,7 +230,7 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
     The speaker is whichever of the owner and the test speakers the small model unlocks with the
     widest margin (the recorded take differs a little from its source, so a take that only just
     unlocks may not once recorded); the impostor is the first other test speaker it rejects."""
-    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
     word, n_enroll = params.owner.password, params.page.enroll_takes
     takes = {"owner": sorted((Path(params.owner.out_dir) / word).glob("*.wav"))}
     index = load_split(params.features.out_dir, "testing").index

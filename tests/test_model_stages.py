@@ -60,9 +60,9 @@ def _owner_clips(params: Params, word: str) -> list[Path]:
 
 
 def test_enroll_and_verify(trained: Params):
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
 
-    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
     clips = _owner_clips(trained, trained.owner.password)
     template = lock.enroll_files(clips[:3])
     decision = lock.verify_file(template, clips[4])
@@ -82,10 +82,10 @@ def test_enroll_and_verify(trained: Params):
 
 
 def test_enrollment_refuses_bad_input(trained: Params, tmp_path: Path):
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
 
     clips = _owner_clips(trained, trained.owner.password)
-    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
     with pytest.raises(VoicelockError, match="enrollment needs 3–10 clips, got 2"):
         lock.enroll_files(clips[:2])
     silent = tmp_path / "silent.wav"
@@ -97,16 +97,16 @@ def test_enrollment_refuses_bad_input(trained: Params, tmp_path: Path):
     with pytest.raises(VoicelockError, match="short.wav: too short"):
         lock.enroll_files([*clips[:2], short])
     # Agreement thresholds are real: with a strict one, a different word is named as the odd clip.
-    strict = VoiceLock(trained.evaluate.out_dir, trained.enroll.model_copy(update={"min_word_agreement": 0.999}))
+    strict = Unlocker(trained.evaluate.out_dir, trained.enroll.model_copy(update={"min_word_agreement": 0.999}))
     other_word = _owner_clips(trained, "yes")[0]
     with pytest.raises(VoicelockError, match="does not match the others"):
         strict.enroll_files([*clips[:2], other_word])
 
 
 def test_resampled_stereo_upload_is_accepted(trained: Params, tmp_path: Path):
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
 
-    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
     x, _ = sf.read(_owner_clips(trained, trained.owner.password)[0], dtype="float32")
     import torch
     import torchaudio

@@ -12,7 +12,7 @@ import pytest
 from tests import servers
 from tests.conftest import UnlockCase, find_unlock_case
 from tests.servers import Server
-from tests.test_unlock_service import wav_bytes
+from tests.test_api import wav_bytes
 from voicelock.params import Params, load_params
 
 API_KEY = "test-key-123"
@@ -141,7 +141,7 @@ def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_p
     import yaml
 
     from voicelock.audio import decode_bytes
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
 
     root = tmp_path_factory.mktemp("batching")
     raw = yaml.safe_load(tiny_params_path.read_text())
@@ -154,7 +154,7 @@ def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_p
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     pw, other = clips(trained, trained.owner.password), clips(trained, "yes")
     probes = [pw[3], pw[4], other[0], other[1]]
-    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
     template = lock.enroll([decode_bytes(b, "enroll") for b in pw[:3]])
     want = [lock.verify(template, *decode_bytes(p, "probe")) for p in probes]
 

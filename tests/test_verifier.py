@@ -74,12 +74,12 @@ def test_cli_unlocks_the_owner_and_refuses_another_voice_saying_the_password(len
 
 def test_every_path_decides_through_the_one_rule(lenient_params_path: Path, case, monkeypatch):
     """Break the rule and every path follows it: if a second formula decided anywhere, it would not."""
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
     from voicelock.evaluation import unlock_rates
     from voicelock.trials import UnlockTrials
 
     params: Params = load_params(lenient_params_path)
-    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
     template = lock.enroll_files(case.enroll)
     assert lock.verify_file(template, case.genuine[0]).unlocked
     kinds = ("genuine", "other_speaker_password", "owner_other_word", "other_speaker_other_word")

@@ -17,17 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import find_unlock_case
-from voicelock.enrollment import Decision, Template, VoiceLock
+from voicelock.enrollment import Decision, Template, Unlocker
 from voicelock.errors import VoicelockError
 from voicelock.params import load_params
 
 
 @pytest.fixture(scope="module")
-def setup(lenient_params_path: Path) -> tuple[VoiceLock, Template, list[np.ndarray]]:
+def setup(lenient_params_path: Path) -> tuple[Unlocker, Template, list[np.ndarray]]:
     """The tiny model at FAR 0.3, a template, and clips it refuses when scaled to full scale: tones,
     noise and other voices."""
     params = load_params(lenient_params_path)
-    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
     case = find_unlock_case(params)
     template = lock.enroll_files(case.enroll)
     t = np.arange(16000) / 16000

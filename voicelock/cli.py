@@ -42,10 +42,10 @@ def _check_data(args: argparse.Namespace) -> None:
 
 
 def _enroll(args: argparse.Namespace) -> None:
-    from voicelock.enrollment import VoiceLock
+    from voicelock.enrollment import Unlocker
 
     params = load_params(args.params)
-    lock = VoiceLock(args.model or params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(args.model or params.evaluate.out_dir, params.enroll)
     template = lock.enroll_files(args.clips)
     template.save(args.template)
     print(f"enrolled {template.clips} clips into {args.template}")
@@ -54,10 +54,10 @@ def _enroll(args: argparse.Namespace) -> None:
 def _unlock(args: argparse.Namespace) -> None:
     import json
 
-    from voicelock.enrollment import Template, VoiceLock
+    from voicelock.enrollment import Template, Unlocker
 
     params = load_params(args.params)
-    lock = VoiceLock(args.model or params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(args.model or params.evaluate.out_dir, params.enroll)
     decision = lock.verify_file(Template.load(args.template), args.clip)
     print(json.dumps(decision.explain(), indent=1))
     if not decision.unlocked:

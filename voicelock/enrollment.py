@@ -96,7 +96,7 @@ def _within_full_scale(samples: np.ndarray) -> np.ndarray:
 Embedder = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
-class VoiceLock:
+class Unlocker:
     """A trained model ready to enroll and verify raw clips (any sample rate, mono).
 
     `embedder` replaces the in-process embedding (features + network), e.g. with a call to a

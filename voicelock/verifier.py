@@ -1,6 +1,6 @@
 """The one accept rule: how a template is built, how a probe is scored against it, and what unlocks.
 
-Everything that decides or reports an unlock goes through `Verifier`: `VoiceLock.verify` (CLI and
+Everything that decides or reports an unlock goes through `Verifier`: `Unlocker.verify` (CLI and
 service), the evaluation's FAR/FRR on validation, test and unseen voices, and the owner's figures. So
 what the metrics report is, by construction, what the service does: there is no second formula to
 drift from the first.
@@ -73,7 +73,7 @@ class Verifier:
     def password_checks(self, word_scores: np.ndarray, speaker_scores: np.ndarray,
                         raw_scores: np.ndarray) -> dict[str, np.ndarray]:
         """Each part of the password rule on its own, keyed by its threshold's name: `accepts` needs
-        all of them, and `VoiceLock.verify` names the ones that failed."""
+        all of them, and `Unlocker.verify` names the ones that failed."""
         return {"word": np.asarray(word_scores) >= self.threshold("word"),
                 "speaker": np.asarray(speaker_scores) >= self.threshold("speaker"),
                 "speaker_raw": np.asarray(raw_scores) >= self.threshold("speaker_raw")}

@@ -11,12 +11,11 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import UnlockCase, find_unlock_case
-from voicelock.enrollment import VoiceLock
+from voicelock.api import UnlockApi
+from voicelock.enrollment import Unlocker
 from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.params import Params, load_params
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
-from voicelock.unlock_service import UnlockService
-
 
 ADMIN = "admin-secret-for-tests"
 
@@ -36,10 +35,10 @@ def wav_bytes(samples: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype:
 
 
 @pytest.fixture
-def service(trained: Params, tmp_path: Path) -> tuple[UnlockService, Clock]:
-    lock = VoiceLock(trained.evaluate.out_dir, trained.enroll)
+def service(trained: Params, tmp_path: Path) -> tuple[UnlockApi, Clock]:
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
     clock = Clock()
-    return UnlockService(lock, EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}"), trained, "voicelock:t1",
+    return UnlockApi(lock, EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}"), trained, "voicelock:t1",
                          clock), clock
 
 
@@ -52,12 +51,12 @@ def owner_files(params: Params, word: str) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture
-def lenient(lenient_params_path: Path, tmp_path: Path) -> tuple[UnlockService, Clock, UnlockCase]:
+def lenient(lenient_params_path: Path, tmp_path: Path) -> tuple[UnlockApi, Clock, UnlockCase]:
     """The core on the tiny model at FAR 0.3, with recordings it is known to unlock and to refuse."""
     params = load_params(lenient_params_path)
-    lock = VoiceLock(params.evaluate.out_dir, params.enroll)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
     clock = Clock()
-    core = UnlockService(lock, EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}"), params, "voicelock:t1", clock,
+    core = UnlockApi(lock, EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}"), params, "voicelock:t1", clock,
                          admin_key=ADMIN)
     return core, clock, find_unlock_case(params)
 
@@ -169,7 +168,7 @@ def test_refused_recordings_and_challenges_are_charged_as_they_should_be(lenient
     assert core.store.lock_state("hana") == (0, 0.0)
     params = load_params(lenient_params_path)
     params = params.model_copy(update={"service": params.service.model_copy(update={"liveness": "challenge"})})
-    live = UnlockService(core.lock, core.store, params, "voicelock:t1", core.clock)
+    live = UnlockApi(core.lock, core.store, params, "voicelock:t1", core.clock)
     for _ in range(core.p.lockout_failures):
         live.challenge("hana")
     with pytest.raises(LockedOut):

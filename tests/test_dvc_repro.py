@@ -12,6 +12,7 @@ import yaml
 
 from tests.conftest import BIN, run_in
 
+
 @pytest.mark.slow
 def test_repro_then_only_changed_stages_rerun(project: Path):
     run_in(["dvc", "repro"], project)

@@ -1,6 +1,6 @@
 """The voice-unlock API's logic, independent of the HTTP framework serving it.
 
-Validates users and uploads, enrolls and verifies with `VoiceLock` (the one verifier), persists with
+Validates users and uploads, enrolls and verifies with `Unlocker` (the one verifier), persists with
 `EnrollmentStore`, and enforces every account rule: proof of ownership to replace or delete an
 enrollment, the atomic lockout, replay memory, liveness challenges, and answers that tell a caller no
 more than it needs. Every refusal is a VoicelockError whose `status` the HTTP layer returns.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from voicelock.audio import DecodeLimits, decode_bytes
-from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, VoiceLock
+from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Unlocker
 from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
@@ -28,8 +28,8 @@ _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key must be long
 
 
-class UnlockService:
-    def __init__(self, lock: VoiceLock, store: EnrollmentStore, params: Params, model_tag: str,
+class UnlockApi:
+    def __init__(self, lock: Unlocker, store: EnrollmentStore, params: Params, model_tag: str,
                  clock: Callable[[], float] = time.time, admin_key: str | None = None):
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
         self.admin_key = admin_key or None
