@@ -13,8 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
-from pipelines.retrain import gate_and_report
-from pipelines.tasks import dvc_stage, dvc_stages
+from pipelines.tasks import dvc_stage, dvc_stages, gate_and_report
 from voicelock.params import load_params
 
 FINGERPRINT = "owner_fingerprint.json"
@@ -51,4 +50,8 @@ def enroll_data(repo: str = ".") -> State:
 
 
 if __name__ == "__main__":
-    enroll_data()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.enroll_data", description="Re-run owner → fine-tuning → evaluation → packaging if the owner's recordings changed, then the gate.")
+    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
+    enroll_data(parser.parse_args().repo)

@@ -7,30 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
-from prefect.states import Completed, State
+from prefect import flow
+from prefect.states import State
 
-from pipelines.tasks import dvc_stage, dvc_stages, gate, promote_task
+from pipelines.tasks import dvc_stage, dvc_stages, gate_and_report
 from voicelock.params import load_params
-
-
-def gate_and_report(repo: str, production_name: str) -> State:
-    """Gate the packaged candidate, publish both metric sets, promote or end as "Not promoted"."""
-    logger = get_run_logger()
-    decision = gate(repo)
-    create_table_artifact(key="candidate-vs-production", table=decision.table(),
-                          description=f"candidate {decision.candidate_tag} vs production "
-                                      f"{decision.production_tag or '(none)'}: " + "; ".join(decision.reasons))
-    if not decision.promote:
-        logger.warning("not promoted: %s", "; ".join(decision.reasons))
-        return Completed(name="Not promoted", message="; ".join(decision.reasons),
-                         data={"promoted": False, "candidate": decision.candidate_tag,
-                               "production": decision.production_tag})
-    tag = promote_task(decision.candidate_tag, production_name)
-    logger.info("promoted %s as %s", decision.candidate_tag, tag)
-    return Completed(message=f"promoted {tag}", data={"promoted": True, "candidate": decision.candidate_tag,
-                                                      "production": tag})
 
 
 @flow(name="retrain", log_prints=True)
@@ -46,4 +27,8 @@ def retrain(repo: str = ".") -> State:
 
 
 if __name__ == "__main__":
-    retrain()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.retrain", description="Run every DVC stage (unchanged ones are skipped), then the promotion gate.")
+    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
+    retrain(parser.parse_args().repo)

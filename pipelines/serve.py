@@ -29,4 +29,8 @@ def main(repo: str = ".") -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.serve", description="Serve the retrain (cron) and enroll-data (interval) deployments to a Prefect server until stopped.")
+    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
+    main(parser.parse_args().repo)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, State
 
 from voicelock.params import load_params
 from voicelock.promotion import GateDecision, decide, promote
@@ -72,3 +74,21 @@ def gate(repo: str) -> GateDecision:
 @task(name="promote")
 def promote_task(candidate_tag: str, production_name: str) -> str:
     return promote(candidate_tag, production_name)
+
+
+def gate_and_report(repo: str, production_name: str) -> State:
+    """Gate the packaged candidate, publish both metric sets, promote or end as "Not promoted"."""
+    logger = get_run_logger()
+    decision = gate(repo)
+    create_table_artifact(key="candidate-vs-production", table=decision.table(),
+                          description=f"candidate {decision.candidate_tag} vs production "
+                                      f"{decision.production_tag or '(none)'}: " + "; ".join(decision.reasons))
+    if not decision.promote:
+        logger.warning("not promoted: %s", "; ".join(decision.reasons))
+        return Completed(name="Not promoted", message="; ".join(decision.reasons),
+                         data={"promoted": False, "candidate": decision.candidate_tag,
+                               "production": decision.production_tag})
+    tag = promote_task(decision.candidate_tag, production_name)
+    logger.info("promoted %s as %s", decision.candidate_tag, tag)
+    return Completed(message=f"promoted {tag}", data={"promoted": True, "candidate": decision.candidate_tag,
+                                                      "production": tag})

@@ -128,3 +128,17 @@ def test_flows_run_the_stages_dvc_yaml_lists():
     assert dvc_stages(REPO, start="finetune") == listed[listed.index("finetune"):]
     with pytest.raises(ValueError, match="no stage 'nope'"):
         dvc_stages(REPO, start="nope")
+
+
+@pytest.mark.parametrize("module", ["pipelines.retrain", "pipelines.enroll_data", "pipelines.serve"])
+def test_help_describes_the_flow_and_runs_nothing(module: str, tmp_path: Path):
+    """`python -m pipelines.retrain --help` used to start a full retrain (no argument parsing)."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PREFECT_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m {module}") and "--repo" in result.stdout
+    assert not any(tmp_path.iterdir())  # no Prefect server or database was started
