@@ -27,6 +27,7 @@ class ArchiveServer(ThreadingHTTPServer):
         self.payload = payload
         self.cut_first_after = cut_first_after
         self.range_headers: list[str | None] = []
+        self.requests = 0  # every GET, answered or refused
 
     @property
     def url(self) -> str:
@@ -40,6 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        self.server.requests += 1
         if not self.path.endswith(".tar.gz"):
             self.send_error(404)
             return
@@ -166,10 +168,23 @@ def test_partial_file_from_an_earlier_run_is_resumed(tmp_path: Path, serve):
     assert server.range_headers == ["bytes=1000-"]
 
 
-def test_unreachable_server_fails_clearly_and_keeps_partial(tmp_path: Path):
+def test_unreachable_server_fails_clearly(tmp_path: Path):
     with pytest.raises(VoicelockError, match="after 1 retries"):
         download("http://127.0.0.1:9/x.tar.gz", tmp_path / "x.tar.gz", "0" * 64, retries=1, timeout_s=1,
                  backoff_s=0.01)
+
+
+def test_a_cut_download_keeps_its_partial_file_and_the_next_run_resumes_it(tmp_path: Path, serve):
+    payload = make_archive()
+    sha = hashlib.sha256(payload).hexdigest()
+    server = serve(payload, cut_first_after=1000)
+    dest = tmp_path / "a.tar.gz"
+    with pytest.raises(VoicelockError, match=r"after 0 retries.*partial file .*a\.tar\.gz\.part is kept"):
+        download(server.url, dest, sha, retries=0, timeout_s=5, backoff_s=0.01)
+    part = dest.with_name("a.tar.gz.part")
+    assert part.read_bytes() == payload[:1000]
+    download(server.url, dest, sha, retries=0, timeout_s=5)  # "re-run to resume"
+    assert dest.read_bytes() == payload and server.range_headers[-1] == "bytes=1000-"
 
 
 @pytest.mark.parametrize(
@@ -210,4 +225,4 @@ def test_http_404_is_not_retried(tmp_path: Path, serve):
     server = serve(make_archive())
     with pytest.raises(VoicelockError, match="HTTP 404.*data.speech_commands.url"):
         download(server.url + ".missing", tmp_path / "e.tar.gz", "0" * 64, retries=3)
-    assert len(server.range_headers) == 0  # refused before any retry
+    assert server.requests == 1  # one request: a 404 is final, never retried
