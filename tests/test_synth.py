@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from voicelock.data.layout import read_list, scan_corpus, split_for_speaker
-from voicelock.data.synth import Take, plan_speakers, render_take
+from voicelock.data.synth import Speaker, Take, plan_speakers, render_take
 from voicelock.params import Params
 
 
@@ -146,3 +146,48 @@ def test_params_refuse_festival_voices_of_flite_people(tiny_params_path: Path, t
     raw["data"]["synth"]["festival_voices"]["cmu_us_slt_arctic_hts"] = 175
     with pytest.raises(VoicelockError, match=r"festival_voices: \['cmu_us_slt_arctic_hts'\] record the same people"):
         load_params(write_params(tmp_path, raw))
+
+
+def test_formant_scale_moves_every_frequency_of_the_voice(tiny_params: Params):
+    """A speaker's vocal tract: the same take (same room, microphone, noise) at scale 1.15 has its
+    spectral centroid ~15% higher than at 0.85 ÷ 1.15 lower — every frequency moves, not the level."""
+    synth = tiny_params.data.synth
+    base = plan_speakers(synth, seed=3, n_speakers=1)[0]
+
+    def centroid(scale: float) -> float:
+        sp = Speaker(base.id, base.voice, base.variant, base.pitch, base.speed, scale)
+        x = render_take(Take(sp, 0, "seven", 0, 1), synth.model_copy(update={"room_probability": 0.0}), 3,
+                        16000, 16000)
+        power = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(x.size, 1 / 16000)
+        band = (freqs > 100) & (freqs < 3000)  # inside every microphone's pass band
+        return float((freqs[band] * power[band]).sum() / power[band].sum())
+
+    low, plain, high = centroid(0.85), centroid(1.0), centroid(1.15)
+    assert low < plain < high
+    assert high / low > 1.15
+
+
+def test_speakers_of_one_timbre_family_differ_in_pitch_or_vocal_tract():
+    """Gene and Gene2 (one family): pl+Gene2 at pitch 81 and sw+Gene at 77 were near-twins that set
+    the validation threshold. Every same-family pair is now apart in pitch or in vocal tract."""
+    import itertools
+
+    from tests.conftest import REPO
+    from voicelock.data.synth import timbre_family
+    from voicelock.params import load_params
+
+    synth = load_params(REPO / "params.yaml").data.synth
+    speakers = plan_speakers(synth, seed=20261124)
+    span = synth.formant_scale_range[1] - synth.formant_scale_range[0]
+    assert span > 0
+    close = [(a, b) for a, b in itertools.combinations(speakers, 2)
+             if timbre_family(a.variant) == timbre_family(b.variant)
+             and abs(a.pitch - b.pitch) <= 2 * synth.pitch_jitter and abs(a.formant_scale - b.formant_scale) < span / 20]
+    assert not close
+    same_variant = [abs(a.formant_scale - b.formant_scale) for a, b in itertools.combinations(speakers, 2)
+                    if a.variant == b.variant]
+    assert np.median(same_variant) > span / 4
+    # The vocal tract draws its own random stream: ids (and so the split) do not depend on it.
+    flat = plan_speakers(synth.model_copy(update={"formant_scale_range": (1.0, 1.0)}), seed=20261124)
+    assert [s.id for s in flat] == [s.id for s in speakers] and {s.formant_scale for s in flat} == {1.0}

@@ -42,6 +42,8 @@ class SynthParams(_Section):
     variants: list[str] = Field(min_length=1)
     festival_voices: dict[str, float] = Field(default_factory=dict, description="festival voice → mean F0 (Hz)")
     pitch_range: tuple[int, int]
+    formant_scale_range: tuple[float, float] = Field(
+        default=(1.0, 1.0), description="each espeak-ng speaker's vocal tract: all frequencies times this")
     pitch_jitter: int = Field(ge=0, le=30)
     speed_range: tuple[int, int]
     speed_jitter: float = Field(ge=0, lt=0.5)
@@ -63,6 +65,9 @@ class SynthParams(_Section):
             value = getattr(self, name)
             if name.endswith("_range") and value[0] > value[1]:
                 raise ValueError(f"{name}: low end {value[0]} is above high end {value[1]}")
+        if not 0.7 <= self.formant_scale_range[0] <= self.formant_scale_range[1] <= 1.4:
+            raise ValueError(f"formant_scale_range: {list(self.formant_scale_range)} must lie within [0.7, 1.4] "
+                             f"(1.0 = the voice as espeak-ng renders it; beyond ±30% it no longer sounds human)")
         if len(self.voices) * len(self.variants) < self.n_speakers:
             raise ValueError(
                 f"n_speakers={self.n_speakers} needs at least that many voice×variant pairs, "

@@ -102,9 +102,11 @@ def _render_flite(args: tuple[RecordedSpeaker, int, str, int, int, SynthParams, 
 
 
 def espeak_params(synth: SynthParams, ood: OodParams) -> SynthParams:
-    """The corpus's synthesis settings with only the unseen accents and timbres."""
+    """The corpus's synthesis settings with only the unseen accents and timbres, each variant's vocal
+    tract as espeak-ng renders it (formant scale 1): scaled copies of training timbres stay out."""
     return synth.model_copy(update={"voices": list(ood.espeak_voices), "variants": list(ood.espeak_variants),
-                                    "n_speakers": ood.espeak_speakers, "takes_per_word": ood.takes_per_word})
+                                    "n_speakers": ood.espeak_speakers, "takes_per_word": ood.takes_per_word,
+                                    "formant_scale_range": (1.0, 1.0)})
 
 
 def synthesize_unseen(synth: SynthParams, ood: OodParams, seed: int, rate: int, clip_seconds: float) -> Path:
