@@ -166,9 +166,11 @@ def malformed_requests(user: str, good: bytes, n: int, seed: int = 0) -> list[di
     return kinds
 
 
-def server_rss_mb() -> float | None:
+def server_rss_mb(field: str = "VmRSS") -> float | None:
     """Resident memory of every `bentoml serve` process on this machine (server and workers), in MB;
-    None when there is none to see (a service in another container)."""
+    None when there is none to see (a service in another container). `field` is a line of
+    /proc/PID/status: VmRSS (all resident pages), RssAnon (the heap: what the processes allocated) or
+    RssFile (pages of mapped files — torch's shared libraries count here as their code is first run)."""
     total, found = 0, False
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -179,8 +181,12 @@ def server_rss_mb() -> float | None:
         except OSError:
             continue
         found = True
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":"))
     return total / 1024 if found else None
+
+
+def memory_mb() -> dict[str, float | None]:
+    return {field: server_rss_mb(field) for field in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def poll_health(url: str, stop_event, latencies) -> None:
@@ -305,7 +311,7 @@ def run(args: argparse.Namespace) -> None:
         p50, p99 = np.percentile(np.array(lat) * 1000, [50, 99])
         print(f"/unlock, {args.clients} concurrent clients, {args.seconds:g} s: {len(lat) / args.seconds:.1f} req/s, "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (targets: p50 <= 20 ms, p99 <= 60 ms)")
-    baseline = server_rss_mb()
+    baseline, baseline_parts = server_rss_mb(), memory_mb()
     requests = malformed_requests(user, probe, args.fuzz)
     with multiprocessing.Manager() as manager:
         stop_event, shared = manager.Event(), manager.list()
@@ -318,7 +324,7 @@ def run(args: argparse.Namespace) -> None:
         watcher.join()
         health = list(shared)
     time.sleep(2)  # let the workers finish abandoned work and free it
-    after = server_rss_mb()
+    after, after_parts = server_rss_mb(), memory_mb()
     server_errors = sum(n for s, n in statuses.items() if isinstance(s, int) and s >= 500)
     healthy = httpx.get(f"{args.url}/healthz", timeout=10).status_code == 200
     worst = max(health) * 1000 if health else float("inf")
@@ -330,6 +336,9 @@ def run(args: argparse.Namespace) -> None:
     grew = None if baseline is None or after is None else after - baseline
     print("fuzz: worker memory " + ("not visible from here" if grew is None else
                                      f"{baseline:.0f} MB before, {after:.0f} MB after ({grew:+.0f} MB; target <= +200)"))
+    if grew is not None:
+        print("fuzz: of which " + ", ".join(f"{k} {after_parts[k] - baseline_parts[k]:+.0f} MB"
+                                            for k in ("RssAnon", "RssFile") if after_parts[k] is not None))
     if server_errors or not healthy or worst > 100 or (grew is not None and grew > 200):
         sys.exit(1)
 

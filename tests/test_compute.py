@@ -41,3 +41,38 @@ def test_timed_out_jobs_keep_their_slot_and_the_queue_is_bounded():
     assert all(isinstance(r, Busy) for r in results)  # 2 refused at once, 3 timed out: none unlocked
     assert sum("busy" in str(r) for r in results) == 2
     assert most == 1  # never more than `threads` at once, timeouts or not
+
+
+def test_a_refused_job_frees_its_request_at_once():
+    """A refusal's traceback holds every frame of the request (its uploads, decoded clips, features),
+    and the frame awaiting the job held the job, which held the refusal: a reference cycle that only
+    a full garbage collection frees. Until one ran, each refused request stayed in memory. Now the
+    refusal comes back without frames, and its data goes when the answer does — no collector needed."""
+    import gc
+    import weakref
+
+    from voicelock.errors import VoicelockError
+
+    class Upload:  # stands for a request's decoded audio
+        pass
+
+    refs: list[weakref.ref] = []
+
+    def refused() -> None:
+        upload = Upload()
+        refs.append(weakref.ref(upload))
+        raise VoicelockError("file 1: no speech")
+
+    async def scenario() -> None:
+        pool = BoundedCompute(threads=1, max_queued=2, timeout_s=5)
+        with pytest.raises(VoicelockError, match="no speech"):
+            await pool.run(refused)
+        await asyncio.sleep(0.05)  # the worker thread is idle now, and alive
+        assert refs[0]() is None
+
+    gc.collect()
+    gc.disable()  # only reference counting: what a busy worker has between rare full collections
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
