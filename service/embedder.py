@@ -8,28 +8,25 @@ batch instead of once per request. Whether that pays is measured by bench/servic
 
 from __future__ import annotations
 
-import os
-
 import bentoml
 import numpy as np
 
-from voicelock.enrollment import Unlocker as VoiceModel
-from voicelock.params import load_params
+from service.settings import SETTINGS
+from voicelock.enrollment import Unlocker
 from voicelock.runtime import limit_threads
 
-PARAMS = load_params(os.environ.get("VOICELOCK_PARAMS", "params.yaml"))
-MODEL_TAG = os.environ.get("VOICELOCK_MODEL_TAG", PARAMS.service.model_tag)
+PARAMS = SETTINGS.params
 
 
 @bentoml.service(name="voicelock-embedder", workers=1, traffic={"timeout": 30})
 class Embedder:
     """Word and speaker embeddings of prepared clips (float32 mono at the model's rate)."""
 
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
         limit_threads(PARAMS.service.embedder_threads)
-        self.lock = VoiceModel(self.model.path, PARAMS.enroll)
+        self.lock = Unlocker(self.model.path, PARAMS.enroll)
 
     @bentoml.api(batchable=True, max_batch_size=PARAMS.service.max_batch_size,
                  max_latency_ms=PARAMS.service.max_latency_ms)

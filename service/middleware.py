@@ -34,6 +34,10 @@ OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/docs", "/docs/", "/docs.js
 OPEN_PREFIXES = ("/static_content/",  # the docs page's own CSS and JavaScript
                  PAGE + "/")  # the browser page (service/static): no secrets, and it must load to ask for the key
 METRICS = metrics_guard.PATH
+# BentoML rebuilds the OpenAPI document on every GET (the service's schema, every mounted app's routes),
+# on the worker's event loop: tens of milliseconds that /healthz and every request wait behind. It
+# cannot change while the worker runs, so the first answer is kept and replayed.
+STATIC_DOCUMENTS = ("/docs.json", "/schema.json")
 FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # form field names passed on (they are quoted in the rebuilt form)
 EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")  # the only part of an upload's file name passed on
 MAX_TEXT_FIELDS = 16  # user, challenge, …: a form with more text fields is no voicelock form
@@ -44,16 +48,16 @@ class RequestGuard:
     """ASGI middleware: 401 without the API key (when one is configured), 411/413 for unbounded or
     oversized bodies, 400/415 for malformed forms; counts every answer by route template."""
 
-    def __init__(self, app, max_request_bytes: int, api_key_env: str,
+    def __init__(self, app, max_request_bytes: int, api_key: str | None,
                  form_routes: dict[str, dict[str, int]] | None = None):
         self.app = app
         # route → {upload field: most files it may hold}; every other field is text. Counting uploads
         # before the app decodes any: 600 challenge files in one 1.6 MB request cost 2.2 GB.
         self.form_routes = form_routes or {}
         self.max_request_bytes = max_request_bytes
-        self.api_key = os.environ.get(api_key_env) or None
-        self.api_key_env = api_key_env
+        self.api_key = api_key or None
         self._api_routes: frozenset[str] | None = None
+        self._documents: dict[str, tuple[list, bytes]] = {}  # path → (response headers, body) of a 200
 
     @property
     def api_routes(self) -> frozenset[str]:
@@ -78,6 +82,8 @@ class RequestGuard:
             given = headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), self.api_key.encode()):
                 return await _reject(send, 401, "missing or wrong X-API-Key header")
+        if path in STATIC_DOCUMENTS and method == "GET":
+            return await self._document(path, scope, receive, send)
         if path == METRICS:
             if method not in ("GET", "HEAD"):
                 return await _reject(send, 405, "GET /metrics")
@@ -116,6 +122,27 @@ class RequestGuard:
                         (b"content-type", form_type.encode()), (b"content-length", str(len(body)).encode())]}
                 receive = _replay(body)
         return await self.app(scope, receive, send)
+
+
+    async def _document(self, path: str, scope, receive, send) -> None:
+        """A static document (the OpenAPI spec): built by the app once, then answered from memory."""
+        if path not in self._documents:
+            messages: list[dict] = []
+
+            async def keep(message) -> None:
+                messages.append(message)
+
+            await self.app(scope, receive, keep)
+            start = next((m for m in messages if m["type"] == "http.response.start"), None)
+            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+            if start is None or start["status"] != 200:  # an error is not worth keeping: pass it on
+                for message in messages:
+                    await send(message)
+                return
+            self._documents[path] = (list(start.get("headers", [])), body)
+        headers, body = self._documents[path]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive, limit: int) -> bytes | None:

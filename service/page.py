@@ -8,7 +8,6 @@ only; the microphone needs a secure context, which http://127.0.0.1 and http://l
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,7 +21,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 
 
-def page_config(params: Params) -> dict:
+def page_config(params: Params, api_key_required: bool) -> dict:
     """What the page needs to record takes the service will accept, from params.yaml: also whether
     unlocking needs a liveness challenge (so the Unlock button asks for one first) and whether answers
     carry scores (explain), so the page shows scores only when the service sends them."""
@@ -33,16 +32,16 @@ def page_config(params: Params) -> dict:
         "min_clips": enroll.min_clips,
         "max_clips": enroll.max_clips,
         "max_user_length": service.max_user_length,
-        "api_key_required": bool(os.environ.get(service.api_key_env)),
+        "api_key_required": api_key_required,
         "explain": service.explain,
         "liveness": service.liveness,
         "challenge_words": service.challenge_words,
     }
 
 
-def build_page_app(params: Params) -> FastAPI:
+def build_page_app(params: Params, api_key_required: bool) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    config = page_config(params)
+    config = page_config(params, api_key_required)
 
     @app.middleware("http")
     async def _security_headers(request, call_next):

@@ -12,8 +12,8 @@ unlock) or `X-Admin-Key` (the key in the variable named by service.admin_key_env
 
 from __future__ import annotations
 
+import gc
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,21 +26,20 @@ from service.compute import BoundedCompute
 from service.middleware import RequestGuard
 from service.page import MOUNT as PAGE_MOUNT
 from service.page import build_page_app
+from service.settings import SETTINGS
 from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
 from voicelock.errors import Busy, LockedOut, VoicelockError
-from voicelock.params import load_params
 from voicelock.runtime import limit_threads
 from voicelock.store import EnrollmentStore
 
-PARAMS = load_params(os.environ.get("VOICELOCK_PARAMS", "params.yaml"))
-MODEL_TAG = os.environ.get("VOICELOCK_MODEL_TAG", PARAMS.service.model_tag)
+PARAMS = SETTINGS.params
 log = logging.getLogger("voicelock.service")
 # FastAPI's own docs pages load assets from a CDN; BentoML's page at / serves them locally and
 # already lists these routes, so the sub-apps publish none of their own.
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
 docs = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-page = build_page_app(PARAMS)  # the browser page: enroll and unlock by voice
+page = build_page_app(PARAMS, api_key_required=SETTINGS.api_key is not None)  # the browser page: enroll and unlock by voice
 
 
 @docs.get("/")
@@ -72,7 +71,7 @@ def _proof(request: Request) -> dict[str, str | None]:
 class VoiceLock:
     """Enroll a password by voice, then unlock only for the same person saying it."""
 
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = bentoml.models.BentoModel(SETTINGS.model_tag)
     if PARAMS.service.batching:  # embeddings from a separate, adaptively batching service
         from service.embedder import Embedder
 
@@ -81,14 +80,17 @@ class VoiceLock:
     def __init__(self) -> None:
         limit_threads(PARAMS.service.torch_threads)
         stored = self.model
-        lock = Unlocker(stored.path, PARAMS.enroll,
-                          embedder=self._embed_batched if PARAMS.service.batching else None)
+        lock = Unlocker(stored.path, PARAMS.enroll, embedder=self._embed_batched if PARAMS.service.batching else None)
         self.word_dim = lock.model.password_out.in_features
-        store = EnrollmentStore(os.environ.get("VOICELOCK_DATABASE_URL", PARAMS.service.database_url))
-        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag),
-                                  admin_key=os.environ.get(PARAMS.service.admin_key_env))
+        store = EnrollmentStore(SETTINGS.database_url)
+        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag), admin_key=SETTINGS.admin_key)
         p = PARAMS.service
         self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)
+        # Everything loaded so far (torch, the model, BentoML, pydantic schemas) lives as long as the
+        # worker: out of the garbage collector's sight, a full collection no longer walks it, which
+        # otherwise paused the event loop (and /healthz) for tens of milliseconds at a time.
+        gc.collect()
+        gc.freeze()
         log.info("voicelock service ready with model %s", stored.tag)
 
     def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +146,6 @@ class VoiceLock:
 
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,
-                              api_key_env=PARAMS.service.api_key_env,
+                              api_key=SETTINGS.api_key,
                               form_routes={"/enroll": {"files": PARAMS.enroll.max_clips},
                                            "/unlock": {"file": 1, "challenge_files": PARAMS.service.challenge_words}})

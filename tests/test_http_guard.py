@@ -133,3 +133,63 @@ def test_metrics_need_the_key_and_are_labelled_by_route_not_path(server: Server)
     for route in ("/users/", "/app/"):
         assert re.search(r'_total\{endpoint="%s\{\w+\}"' % route, after), route
     assert '_total{endpoint="[unmatched]"' in after
+
+
+def _asgi_call(guard, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+    """One request straight through the guard (no server: some framings never get past uvicorn)."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [
+        (k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(guard(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_unbounded_or_unreadable_lengths_are_refused_before_the_app():
+    from service.middleware import RequestGuard
+
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = RequestGuard(app, max_request_bytes=1000, api_key=None, form_routes={"/unlock": {"file": 1}})
+    status, body = _asgi_call(guard, "POST", "/unlock", {"transfer-encoding": "chunked",
+                                                         "content-type": "multipart/form-data; boundary=b"})
+    assert status == 411 and b"Content-Length" in body
+    status, body = _asgi_call(guard, "POST", "/unlock", {"content-length": "12abc"})
+    assert status == 400 and b"not a number" in body
+    status, _ = _asgi_call(guard, "POST", "/unlock", {"content-length": "1001"})
+    assert status == 413
+    assert reached == []  # none of them reached the service
+    assert _asgi_call(guard, "GET", "/healthz", {}) == (200, b"ok") and reached == ["/healthz"]
+
+
+def test_the_openapi_document_is_built_once_per_worker():
+    """BentoML rebuilds /docs.json on every GET on the event loop; the guard keeps the first 200."""
+    from service.middleware import RequestGuard
+
+    built: list[int] = []
+
+    async def app(scope, receive, send):
+        built.append(1)
+        status = 500 if len(built) == 1 else 200  # the first attempt fails: an error is never kept
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"n": %d}' % len(built)})
+
+    guard = RequestGuard(app, max_request_bytes=1000, api_key=None)
+    assert _asgi_call(guard, "GET", "/docs.json", {}) == (500, b'{"n": 1}')
+    answers = [_asgi_call(guard, "GET", "/docs.json", {}) for _ in range(3)]
+    assert answers == [(200, b'{"n": 2}')] * 3 and len(built) == 2
