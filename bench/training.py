@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-import pandas as pd
 import torch
-from torch import nn
 
 from voicelock.features import load_split, read_meta
+from voicelock.model.augment import make_augmenter
 from voicelock.model.network import VoiceLockNet, count_parameters
-from voicelock.model.pretrain import make_augmenter
-from voicelock.model.sampling import SpeakerWordBatches
-from voicelock.model.train import Split, margin_classifiers, training_forward
-from voicelock.model.triplets import triplet_loss
+from voicelock.model.train import Objective, Split, TrainingBatches, training_forward
 from voicelock.params import load_params
 
 PHASES = ("sample", "augment", "forward", "mine + loss", "backward + step")
@@ -47,44 +42,34 @@ def main() -> None:
     torch.manual_seed(params.seed)
     split = Split.from_feature_set(load_split(cache, "training"))
     model = VoiceLockNet(read_meta(cache)["n_features"], params.model).train()
-    augmenter = make_augmenter(params, params.seed)
-    sampler = SpeakerWordBatches(split.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
-                                 params.seed)
-    heads = margin_classifiers(model, split.index, tp, torch.device("cpu"))
-    optimiser = torch.optim.AdamW(list(model.parameters()) + [p for _, c, _ in heads.values() for p in c.parameters()],
-                                  lr=tp.lr, weight_decay=tp.weight_decay)
-    loss_fn = nn.TripletMarginLoss(margin=tp.margin)
-    gen = torch.Generator().manual_seed(params.seed)
+    # The pre-training stage's own batches and objective (voicelock/model/train.py), timed phase by phase.
+    batches = TrainingBatches(split, tp, make_augmenter(params, params.seed), params.seed)
+    objective = Objective(model, batches.index, tp, torch.device("cpu"), params.seed)
+    optimiser = torch.optim.AdamW(list(model.parameters()) + objective.parameters(), lr=tp.lr,
+                                  weight_decay=tp.weight_decay)
     spent = dict.fromkeys(PHASES, 0.0)
     clips = 0
     for step in range(args.warmup + args.batches):
         marks = [time.perf_counter()]
-        rows = np.sort(sampler.batch())
-        feats = torch.as_tensor(split.features[rows], dtype=torch.float32)
-        frames, index = torch.as_tensor(split.frames[rows]), split.index.iloc[rows]
+        feats, frames, warps, index = batches.sample()
         marks.append(time.perf_counter())
-        x, n = augmenter(feats, frames)
+        x, n = batches.augment(feats, frames, warps)
         marks.append(time.perf_counter())
         out = training_forward(model, x, n, tp.precision)
         marks.append(time.perf_counter())
-        loss = torch.zeros(())
-        for head in ("word", "speaker"):
-            labels = torch.tensor(pd.factorize(index[head])[0])
-            loss = loss + triplet_loss(labels, getattr(out, head), loss_fn, tp.mining, tp.max_triplets, gen)[0]
-        for head, (classes, classifier, weight) in heads.items():
-            loss = loss + weight * classifier(getattr(out, head), torch.tensor(index[head].map(classes).to_numpy()))
+        loss, _ = objective(out, index)
         marks.append(time.perf_counter())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         marks.append(time.perf_counter())
         if step >= args.warmup:
-            clips += len(rows)
+            clips += len(index)
             for phase, start, end in zip(PHASES, marks, marks[1:]):
                 spent[phase] += end - start
     total = sum(spent.values())
     print(f"pretrain step on CPU, {torch.get_num_threads()} threads, {count_parameters(model):,} parameters, "
-          f"batch {len(rows)} clips, {tp.precision}, max_triplets {tp.max_triplets}, "
+          f"batch {len(index)} clips, {tp.precision}, max_triplets {tp.max_triplets}, "
           f"{args.batches} batches after {args.warmup} warm-up")
     for phase, seconds in spent.items():
         print(f"  {phase:<16} {1000 * seconds / args.batches:7.1f} ms/batch  {100 * seconds / total:5.1f}%")

@@ -1,7 +1,7 @@
 """Stage owner: the owner's own recordings at owner.out_dir (synthetic held-out speaker or a folder)."""
 
 from voicelock.cli import run_stage
-from voicelock.data.owner import acquire_owner
+from voicelock.data.acquire import acquire_owner
 from voicelock.params import Params
 
 

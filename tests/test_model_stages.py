@@ -48,9 +48,11 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
     import torch
 
     release = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
-    # The AS-norm cohort ships with it, in the fitted speaker back-end's space.
     assert release["state_dict"]["speaker_backend.fitted"]
-    assert release["cohort"].shape[1] == trained.model.backend_dims
+    if trained.evaluate.score_norm == "asnorm":  # the cohort ships with it, in the back-end's space
+        assert release["cohort"].shape[1] == trained.model.backend_dims
+    else:  # cosine scoring needs none, and none is shipped
+        assert release.get("cohort") is None
     # Speaker-independent word templates for liveness challenges: one per training word.
     assert sorted(release["word_templates"]) == sorted(trained.data.synth.words)
 
@@ -170,3 +172,20 @@ def test_evaluation_refuses_templates_that_leave_no_takes_to_test(trained: Param
         run_evaluation(params, tmp_path / "metrics.json", tmp_path / "plots")
     with pytest.raises(VoicelockError, match=rf"evaluate.enroll_clips: {takes} "):
         evaluate_folder(trained.evaluate.out_dir, tiny_corpus, ep, trained.seed)
+
+
+def test_cli_names_what_is_wrong_with_a_path(trained: Params, tiny_params_path: Path, tmp_path: Path, capsys):
+    """A missing recording, a folder given as a recording and a template in a folder that does not
+    exist yet: one line each (exit 2) or it just works — never a traceback."""
+    clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
+    base = ["--params", str(tiny_params_path), "enroll"]
+    for bad, why in ((str(tmp_path / "nope.wav"), "no such file"), (str(tmp_path), "is a folder")):
+        with pytest.raises(SystemExit) as stop:
+            cli_main(base + [*clips[:2], bad, "--template", str(tmp_path / "t.json")])
+        assert stop.value.code == 2 and f"{bad}: {why}" in capsys.readouterr().err
+    template = tmp_path / "new" / "folder" / "me.json"
+    cli_main(base + [*clips[:3], "--template", str(template)])
+    assert json.loads(template.read_text())["clips"] == 3
+    with pytest.raises(SystemExit) as stop:
+        cli_main(base + [*clips[:3], "--template", str(tmp_path)])
+    assert stop.value.code == 2 and "is a folder" in capsys.readouterr().err

@@ -26,10 +26,9 @@ from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import FeatureParams
 
-CACHE_DTYPE = np.float16  # must match the torch.float16 cast in write_split; # halves disk and RAM; dB values keep ~0.03 dB resolution
+CACHE_DTYPE = np.float16  # halves disk and RAM, dB values keep ~0.03 dB resolution; write_split casts to it
 META_FILE = "meta.json"
 NOISE_FILE = "noise.npy"
-INDEX_COLUMNS = ["path", "word", "speaker", "utterance", "frames"]
 
 
 class FeatureExtractor(torch.nn.Module):

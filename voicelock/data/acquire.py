@@ -1,4 +1,4 @@
-"""Where the corpus comes from: the real archive, a local folder, or the espeak-ng generator.
+"""Where the corpus and the owner's recordings come from: the real archive, a local folder, or the generator.
 
 Whatever the source, the result is the same thing at `data.raw_dir`: a corpus in Speech Commands
 layout, written atomically.
@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 from voicelock.audio import check_rate, info
 from voicelock.data.download import download, extract
 from voicelock.data.layout import BACKGROUND_DIR, TESTING_LIST, VALIDATION_LIST, scan_corpus
-from voicelock.data.synth import synthesize_corpus
+from voicelock.data.owner import check_owner_clips
+from voicelock.data.synth import synthesize_corpus, synthesize_owner
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import Params
@@ -75,3 +76,19 @@ def acquire_corpus(params: Params) -> Path:
     extract(archive, target)
     check_folder(target, data.sample_rate)
     return target
+
+
+def acquire_owner(params: Params) -> Path:
+    """The owner's recordings at owner.out_dir: a synthetic speaker held out of the corpus
+    (`owner.source: synth`) or the user's own (`owner.source: folder`), checked."""
+    o = params.owner
+    if o.source == "synth":
+        synthesize_owner(params.data.synth, o.out_dir, params.seed, params.data.sample_rate, o.password,
+                         o.takes_password, o.takes_other, params.features.clip_seconds)
+    else:
+        if not o.folder:
+            raise VoicelockError("params.yaml: owner.folder is empty — set it to your recordings "
+                                 "(<word>/<you>_nohash_<n>.wav) or use owner.source: synth")
+        import_folder(o.folder, o.out_dir, params.data.sample_rate)
+    check_owner_clips(scan_corpus(o.out_dir), o.out_dir, o.password, params.enroll.min_clips)
+    return Path(o.out_dir)

@@ -1,8 +1,6 @@
-"""The owner's own recordings: one speaker, Speech Commands layout, the password among the words.
-
-By default a synthetic speaker held out of the corpus plays the owner; `owner.source: folder` takes
-real recordings instead. The owner's last takes of each word are held out of fine-tuning so the
-evaluation can test the owner on clips the model never saw.
+"""The rules of the owner's recordings: one speaker, Speech Commands layout, the password among the
+words (`voicelock/data/acquire.py: acquire_owner` makes or imports them). The owner's last takes of
+each word are held out of fine-tuning so the evaluation can test the owner on clips the model never saw.
 """
 
 from __future__ import annotations
@@ -10,25 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from voicelock.data.acquire import import_folder
-from voicelock.data.layout import Clip, scan_corpus
-from voicelock.data.synth import synthesize_owner
+from voicelock.data.layout import Clip
 from voicelock.errors import VoicelockError
-from voicelock.params import Params
-
-
-def acquire_owner(params: Params) -> Path:
-    o = params.owner
-    if o.source == "synth":
-        synthesize_owner(params.data.synth, o.out_dir, params.seed, params.data.sample_rate, o.password,
-                         o.takes_password, o.takes_other, params.features.clip_seconds)
-    else:
-        if not o.folder:
-            raise VoicelockError("params.yaml: owner.folder is empty — set it to your recordings "
-                                 "(<word>/<you>_nohash_<n>.wav) or use owner.source: synth")
-        import_folder(o.folder, o.out_dir, params.data.sample_rate)
-    check_owner_clips(scan_corpus(o.out_dir), o.out_dir, o.password, params.enroll.min_clips)
-    return Path(o.out_dir)
 
 
 def check_owner_clips(clips: list[Clip], root: str | Path, password: str, min_clips: int) -> str:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from voicelock.params import AugmentParams
+from voicelock.features import load_noise
+from voicelock.params import AugmentParams, Params
 
 
 def _uniform(gen: torch.Generator, n: int, bounds: tuple[float, float]) -> torch.Tensor:
@@ -174,3 +175,12 @@ class FeatureAugmenter:
         for _ in range(self.p.time_masks):
             centred = self.time_mask(centred)
         return centred[:, 0] + mean
+
+
+def make_augmenter(params: Params, seed: int) -> FeatureAugmenter:
+    """The augmenter for the cached features: their hop and band, the background noise cached beside them."""
+    cache = params.features.out_dir
+    hop_s = params.features.hop_length / params.data.sample_rate
+    band = (params.features.f_min, min(params.features.f_max, params.data.sample_rate / 2))
+    return FeatureAugmenter(params.augment, hop_s, load_noise(cache), params.features.kind == "logmel", seed,
+                            band if params.features.kind == "logmel" else None)

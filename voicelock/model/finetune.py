@@ -16,9 +16,9 @@ from voicelock.audio import read_wav
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.data.owner import check_owner_clips, split_owner_clips
 from voicelock.features import FeatureExtractor, load_split
+from voicelock.model.augment import make_augmenter
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
-from voicelock.model.pretrain import HISTORY_FILE, make_augmenter
-from voicelock.model.train import OwnerTask, Split, reproducible, train, write_history
+from voicelock.model.train import HISTORY_FILE, OwnerTask, Split, reproducible, train, write_history
 from voicelock.params import Params
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def finetune(params: Params) -> Path:
     log.info("finetune: owner %s with %d clips (%d of the password '%s')", owner, len(tune.index),
              int((tune.index["word"] == params.owner.password).sum()), params.owner.password)
     result = train(model, train_split, val_split, params.finetune, make_augmenter(params, params.seed + 1),
-                   params.seed + 1, "finetune", owner=task)
+                   params.seed + 1, "finetune", params.evaluate, owner=task)
     out = Path(params.finetune.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_history(result, out / HISTORY_FILE)

@@ -1,10 +1,11 @@
-"""Additive-margin softmax over training speakers (CosFace), an auxiliary loss for the speaker head.
+"""Additive-margin softmax (CosFace) over a head's training classes — speakers for the speaker
+head, words for the word head — as an auxiliary loss next to the triplets.
 
 Why next to the triplets: batch-all triplets stop pulling a take once it is `margin` closer to its
-speaker than to the impostors in the same batch, so the validation EER plateaued with the loss still
-near the margin. A class centre per training speaker, with a margin on the cosine to it, keeps
-pulling every take of a speaker together against all other speakers at once. The centres are
-training-only: the saved model and enrollment use the embeddings alone.
+class than to the impostors in the same batch, so the validation EER plateaued with the loss still
+near the margin. A centre per class, with a margin on the cosine to it, keeps pulling every take of
+a class together against all other classes at once. The centres are training-only: the saved model
+and enrollment use the embeddings alone.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from torch import nn
 from voicelock.model.backend import SpeakerBackend
 from voicelock.params import ModelParams
 
-
 # The decision outputs read unit-length embeddings; scaled up, their logits can reach confident values
 # at fine-tuning learning rates (unscaled, the class-weighted BCE barely moved in 6 epochs).
 DECISION_SCALE = 10.0

@@ -7,23 +7,14 @@ from pathlib import Path
 
 import torch
 
-from voicelock.features import load_noise, load_split, read_meta
-from voicelock.model.augment import FeatureAugmenter
+from voicelock.features import load_split, read_meta
+from voicelock.model.augment import make_augmenter
 from voicelock.model.checkpoint import MODEL_FILE, save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
-from voicelock.model.train import Split, reproducible, train, write_history
+from voicelock.model.train import HISTORY_FILE, Split, reproducible, train, write_history
 from voicelock.params import Params
 
 log = logging.getLogger(__name__)
-HISTORY_FILE = "history.csv"
-
-
-def make_augmenter(params: Params, seed: int) -> FeatureAugmenter:
-    cache = params.features.out_dir
-    hop_s = params.features.hop_length / params.data.sample_rate
-    band = (params.features.f_min, min(params.features.f_max, params.data.sample_rate / 2))
-    return FeatureAugmenter(params.augment, hop_s, load_noise(cache), params.features.kind == "logmel", seed,
-                            band if params.features.kind == "logmel" else None)
 
 
 def pretrain(params: Params) -> Path:
@@ -36,7 +27,7 @@ def pretrain(params: Params) -> Path:
     log.info("pretrain: %d parameters, %d training clips, %d validation clips", count_parameters(model),
              len(train_split.index), len(val_split.index))
     result = train(model, train_split, val_split, params.pretrain, make_augmenter(params, params.seed),
-                   params.seed, "pretrain")
+                   params.seed, "pretrain", params.evaluate)
     out = Path(params.pretrain.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_history(result, out / HISTORY_FILE)

@@ -8,8 +8,6 @@ speaker: each head is pushed to ignore what the other one encodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 
@@ -43,7 +41,3 @@ class SpeakerWordBatches:
                 if group is not None:
                     rows.extend(self.rng.choice(group, size=self.takes, replace=len(group) < self.takes))
         return np.asarray(rows)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            yield self.batch()

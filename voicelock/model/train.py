@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from voicelock.errors import VoicelockError
 from voicelock.features import FeatureSet
 from voicelock.metrics import eer
 from voicelock.model.augment import FeatureAugmenter, with_warped_speakers
@@ -27,10 +28,11 @@ from voicelock.model.margin_softmax import IGNORE, MarginSoftmax
 from voicelock.model.network import Outputs, VoiceLockNet
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import triplet_loss
-from voicelock.params import TrainParams
+from voicelock.params import EvaluateParams, TrainParams
 from voicelock.trials import keyword_predictions, speaker_pair_scores
 
 log = logging.getLogger(__name__)
+HISTORY_FILE = "history.csv"  # one row per epoch, next to the checkpoint
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,7 +40,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda requested in params.yaml but no GPU is available — use auto or cpu")
+        raise VoicelockError("params.yaml: device: cuda, but no GPU is available here — use auto or cpu")
     return torch.device(name)
 
 
@@ -73,15 +75,17 @@ def embed(model: VoiceLockNet, features: np.ndarray, frames: np.ndarray, device:
     return np.concatenate(words), np.concatenate(speakers)
 
 
-def validation_scores(model: VoiceLockNet, split: Split, device: torch.device, seed: int) -> dict[str, float]:
-    """Speaker EER on same-word and on all pairs, and speaker-independent keyword accuracy; lower
-    `score` is better. All three are reported targets, so the kept epoch is the best on all three."""
+def validation_scores(model: VoiceLockNet, split: Split, device: torch.device, seed: int,
+                      trials: EvaluateParams) -> dict[str, float]:
+    """Speaker EER on same-word and on all pairs, and speaker-independent keyword accuracy, with the
+    evaluation's trial settings (`max_trials`, `keyword_enroll_clips`); lower `score` is better. All
+    three are reported targets, so the kept epoch is the best on all three."""
     word_emb, spk_emb = embed(model, split.features, split.frames, device)
     speakers, words = split.index["speaker"].to_numpy(), split.index["word"].to_numpy()
     rng = np.random.default_rng(seed)
-    spk_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, True, 200_000, rng))[0]
-    all_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, False, 200_000, rng))[0]
-    predicted, _ = keyword_predictions(word_emb, speakers, words, 5, rng)
+    spk_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, True, trials.max_trials, rng))[0]
+    all_eer = eer(*speaker_pair_scores(spk_emb, speakers, words, False, trials.max_trials, rng))[0]
+    predicted, _ = keyword_predictions(word_emb, speakers, words, trials.keyword_enroll_clips, rng)
     accuracy = float(np.mean(predicted == words))
     return {"val_speaker_eer": spk_eer, "val_speaker_eer_all_trials": all_eer, "val_keyword_accuracy": accuracy,
             "val_score": spk_eer + all_eer + (1 - accuracy)}
@@ -187,23 +191,101 @@ def centres_from_class_means(classifiers: dict[str, tuple[dict, MarginSoftmax, f
 
 
 def fit_speaker_backend(model: VoiceLockNet, split: Split, val_split: Split, device: torch.device, seed: int,
-                        desc: str) -> dict[str, float]:
+                        desc: str, trials: EvaluateParams) -> dict[str, float]:
     """Fit the speaker back-end (voicelock/model/backend.py) on the split's clean raw embeddings and
     return the validation scores with it, `backend_`-prefixed (the epoch's own scores are without)."""
     backend = model.speaker_backend
     backend.reset()
     _, raw = embed(model, split.features, split.frames, device)
     backend.fit(raw, split.index["speaker"].to_numpy())
-    scores = {f"backend_{k}": v for k, v in validation_scores(model, val_split, device, seed).items()}
+    scores = {f"backend_{k}": v for k, v in validation_scores(model, val_split, device, seed, trials).items()}
     log.info("%s: speaker back-end fitted on %d clips; validation with it: %s", desc, len(raw),
              {k: round(v, 4) for k, v in scores.items()})
     return scores
 
 
+class TrainingBatches:
+    """Where a training step's clips come from: P×W×K batches of the training split (its speakers and
+    their warped copies as new speakers), the owner's clips mixed in when fine-tuning, augmented."""
+
+    def __init__(self, split: Split, tp: TrainParams, augmenter: FeatureAugmenter, seed: int,
+                 owner: OwnerTask | None = None):
+        self.split, self.augmenter, self.owner = split, augmenter, owner
+        # Speaker augmentation: warped copies of the training speakers join as new identities.
+        self.index = with_warped_speakers(split.index, augmenter.speaker_warps)
+        self.sampler = SpeakerWordBatches(self.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
+                                          seed)
+        self.owner_rng = np.random.default_rng(seed + 1)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+        """(features, frames, speaker warp per clip, index rows) of the next batch, before augmentation."""
+        index = self.index.iloc[np.sort(self.sampler.batch())]
+        source = index["source"].to_numpy()
+        feats, frames, warps = self.split.features[source], self.split.frames[source], index["speaker_warp"]
+        index, warps = index.drop(columns=["source", "speaker_warp"]), warps.to_numpy(dtype=np.float32)
+        if self.owner is not None:
+            owner = self.owner.split
+            pick = self.owner_rng.choice(len(owner.index), size=self.owner.clips_per_batch,
+                                         replace=len(owner.index) < self.owner.clips_per_batch)
+            feats = np.concatenate([feats, owner.features[pick]])
+            frames = np.concatenate([frames, owner.frames[pick]])
+            index = pd.concat([index, owner.index.iloc[pick]], ignore_index=True)
+            warps = np.concatenate([warps, np.ones(len(pick), dtype=np.float32)])
+        return feats, frames, warps, index
+
+    def augment(self, feats: np.ndarray, frames: np.ndarray, warps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames),
+                              torch.as_tensor(warps))
+
+
+class Objective:
+    """One batch's loss: mined triplets on both heads, margin-softmax over the training classes, and
+    (fine-tuning) the owner / password decisions. Returns the loss and the batch's figures."""
+
+    STATS = ("loss_word", "loss_speaker", "loss_word_class", "loss_speaker_class", "loss_decision",
+             "triplets_word", "triplets_speaker")
+
+    def __init__(self, model: VoiceLockNet, index: pd.DataFrame, tp: TrainParams, device: torch.device, seed: int,
+                 owner: OwnerTask | None = None):
+        self.tp, self.device, self.owner = tp, device, owner
+        self.classifiers = margin_classifiers(model, index, tp, device)
+        self.triplet_fn = nn.TripletMarginLoss(margin=tp.margin)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The class centres: trained with the network."""
+        return [p for _, c, _ in self.classifiers.values() for p in c.parameters()]
+
+    def __call__(self, out: Outputs, index: pd.DataFrame) -> tuple[torch.Tensor, dict[str, float]]:
+        tp, device = self.tp, self.device
+        stats = dict.fromkeys(self.STATS, 0.0)
+        lw, stats["triplets_word"] = triplet_loss(_labels(index["word"], device), out.word, self.triplet_fn,
+                                                  tp.mining, tp.max_triplets, self.gen)
+        ls, stats["triplets_speaker"] = triplet_loss(_labels(index["speaker"], device), out.speaker, self.triplet_fn,
+                                                     tp.mining, tp.max_triplets, self.gen)
+        loss = lw + ls
+        stats["loss_word"], stats["loss_speaker"] = lw.item(), ls.item()
+        for head, (classes, classifier, weight) in self.classifiers.items():
+            targets = index[head].map(classes).fillna(IGNORE).astype(int).to_numpy()
+            lc = classifier(getattr(out, head), torch.tensor(targets, device=device))
+            loss = loss + weight * lc
+            stats[f"loss_{head}_class"] = lc.item()
+        if self.owner is not None:
+            is_owner = torch.tensor((index["speaker"] == self.owner.owner).to_numpy(), dtype=torch.float32,
+                                    device=device)
+            is_password = torch.tensor((index["word"] == self.owner.password).to_numpy(), dtype=torch.float32,
+                                       device=device)
+            ld = _decision_loss(out.owner_logit, is_owner) + _decision_loss(out.password_logit, is_password)
+            loss = loss + self.owner.loss_weight * ld
+            stats["loss_decision"] = ld.item()
+        return loss, stats
+
+
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
-          seed: int, desc: str, owner: OwnerTask | None = None) -> TrainResult:
-    """Train the raw embeddings (the speaker back-end reset to identity) and keep the best epoch; then
-    fit the back-end, if the model has one, on the training split."""
+          seed: int, desc: str, trials: EvaluateParams, owner: OwnerTask | None = None) -> TrainResult:
+    """Fit the raw embeddings (the speaker back-end reset to identity): one-cycle AdamW over
+    `TrainingBatches` and the `Objective`, scored on the validation split after every epoch; keep the
+    best epoch, stop after `patience` epochs without a better one, then fit the back-end if any."""
     device = pick_device(tp.device)
     # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
     # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
@@ -214,73 +296,33 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     model.to(device)
     if model.speaker_backend is not None:
         model.speaker_backend.reset()
-    # Speaker augmentation: warped copies of the training speakers join as new identities.
-    train_index = with_warped_speakers(train_split.index, augmenter.speaker_warps)
-    sampler = SpeakerWordBatches(train_index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair, seed)
-    steps = tp.max_epochs * tp.batches_per_epoch
-    classifiers = margin_classifiers(model, train_index, tp, device)
+    batches = TrainingBatches(train_split, tp, augmenter, seed, owner)
+    objective = Objective(model, batches.index, tp, device, seed, owner)
     if tp.class_centres == "class_means":
-        centres_from_class_means(classifiers, model, train_split, device)
-    trained = list(model.parameters()) + [p for _, c, _ in classifiers.values() for p in c.parameters()]
-    optimiser = torch.optim.AdamW(trained, lr=tp.lr, weight_decay=tp.weight_decay)
-    schedule = one_cycle(optimiser, tp.lr, steps)
-    loss_fn = nn.TripletMarginLoss(margin=tp.margin)
-    gen = torch.Generator().manual_seed(seed)
-    owner_rng = np.random.default_rng(seed + 1)
+        centres_from_class_means(objective.classifiers, model, train_split, device)
+    optimiser = torch.optim.AdamW(list(model.parameters()) + objective.parameters(), lr=tp.lr,
+                                  weight_decay=tp.weight_decay)
+    schedule = one_cycle(optimiser, tp.lr, tp.max_epochs * tp.batches_per_epoch)
     result, best_state, stale = TrainResult(), None, 0
     for epoch in range(1, tp.max_epochs + 1):
         model.train()
         started = time.perf_counter()
-        totals = {"loss_word": 0.0, "loss_speaker": 0.0, "loss_word_class": 0.0, "loss_speaker_class": 0.0,
-                  "loss_decision": 0.0,
-                  "triplets_word": 0,
-                  "triplets_speaker": 0}
+        totals = dict.fromkeys(Objective.STATS, 0.0)
         bar = tqdm(range(tp.batches_per_epoch), desc=f"{desc} epoch {epoch}/{tp.max_epochs}", unit=" batch")
         for _ in bar:
-            rows = np.sort(sampler.batch())
-            index = train_index.iloc[rows]
-            source = index["source"].to_numpy()
-            feats, frames, warps = train_split.features[source], train_split.frames[source], index["speaker_warp"]
-            index, warps = index.drop(columns=["source", "speaker_warp"]), warps.to_numpy(dtype=np.float32)
-            if owner is not None:
-                pick = owner_rng.choice(len(owner.split.index), size=owner.clips_per_batch,
-                                        replace=len(owner.split.index) < owner.clips_per_batch)
-                feats = np.concatenate([feats, owner.split.features[pick]])
-                frames = np.concatenate([frames, owner.split.frames[pick]])
-                index = pd.concat([index, owner.split.index.iloc[pick]], ignore_index=True)
-                warps = np.concatenate([warps, np.ones(len(pick), dtype=np.float32)])
-            x, n = augmenter(torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(frames),
-                             torch.as_tensor(warps))
-            out = training_forward(model, x.to(device), n.to(device), tp.precision)
-            lw, tw = triplet_loss(_labels(index["word"], device), out.word, loss_fn, tp.mining, tp.max_triplets, gen)
-            ls, ts = triplet_loss(_labels(index["speaker"], device), out.speaker, loss_fn, tp.mining,
-                                  tp.max_triplets, gen)
-            loss = lw + ls
-            for head, (classes, classifier, weight) in classifiers.items():
-                targets = index[head].map(classes).fillna(IGNORE).astype(int).to_numpy()
-                lc = classifier(getattr(out, head), torch.as_tensor(targets, device=device))
-                loss = loss + weight * lc
-                totals[f"loss_{head}_class"] += lc.item()
-            if owner is not None:
-                is_owner = torch.tensor((index["speaker"] == owner.owner).to_numpy(), dtype=torch.float32,
-                                           device=device)
-                is_password = torch.tensor((index["word"] == owner.password).to_numpy(), dtype=torch.float32,
-                                              device=device)
-                ld = _decision_loss(out.owner_logit, is_owner) + _decision_loss(out.password_logit, is_password)
-                loss = loss + owner.loss_weight * ld
-                totals["loss_decision"] += ld.item()
+            feats, frames, warps, index = batches.sample()
+            x, n = batches.augment(feats, frames, warps)
+            loss, stats = objective(training_forward(model, x.to(device), n.to(device), tp.precision), index)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
-            totals["loss_word"] += lw.item()
-            totals["loss_speaker"] += ls.item()
-            totals["triplets_word"] += tw
-            totals["triplets_speaker"] += ts
-            bar.set_postfix(word=f"{lw.item():.3f}", speaker=f"{ls.item():.3f}")
+            for k, v in stats.items():
+                totals[k] += v
+            bar.set_postfix(word=f"{stats['loss_word']:.3f}", speaker=f"{stats['loss_speaker']:.3f}")
         row = {"epoch": epoch, **{k: v / tp.batches_per_epoch for k, v in totals.items()},
                "lr": schedule.get_last_lr()[0]}
-        row.update(validation_scores(model, val_split, device, seed))
+        row.update(validation_scores(model, val_split, device, seed, trials))
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
         log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
@@ -295,7 +337,7 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     model.eval()
     if model.speaker_backend is not None:
         # A new dict: `best` is also a row of the history, which stays one row per epoch.
-        result.best = {**result.best, **fit_speaker_backend(model, train_split, val_split, device, seed, desc)}
+        result.best = {**result.best, **fit_speaker_backend(model, train_split, val_split, device, seed, desc, trials)}
     return result
 
 
