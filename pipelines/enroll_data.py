@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
-from pipelines.tasks import dvc_stage, dvc_stages, gate_and_report
+from pipelines.tasks import CheckoutBusy, checkout_lock, dvc_stage, dvc_stages, gate_and_report
 from voicelock.params import load_params
 
 FINGERPRINT = "owner_fingerprint.json"
@@ -32,21 +32,27 @@ def enroll_data(repo: str = ".") -> State:
     repo_path = Path(repo).resolve()
     params = load_params(repo_path / "params.yaml")
     logger = get_run_logger()
-    source = Path(params.owner.folder) if params.owner.source == "folder" else None
+    if params.owner.source != "folder":  # synthetic: the pipeline makes them, and retrain re-runs it
+        logger.info("owner.source is %s: no recordings arrive from outside", params.owner.source)
+        return Completed(name="No new recordings", message=f"owner.source is {params.owner.source}")
+    source = Path(params.owner.folder)
+    source = source if source.is_absolute() else repo_path / source
     record = repo_path / Path(params.finetune.out_dir) / FINGERPRINT
-    if source is not None:
-        source = source if source.is_absolute() else repo_path / source
-        current = fingerprint(source)
-        if record.exists() and json.loads(record.read_text()).get("fingerprint") == current:
-            logger.info("no new owner recordings in %s", source)
-            return Completed(name="No new recordings", message=f"{source} unchanged")
-    # The owner stage reads a folder DVC does not track: force it; the rest re-run only if it changed.
-    dvc_stage.with_options(name="owner")("owner", str(repo_path), force=True)
-    for stage in dvc_stages(repo_path, start="finetune"):  # what the owner's recordings feed
-        dvc_stage.with_options(name=stage)(stage, str(repo_path))
-    if source is not None:
-        record.write_text(json.dumps({"fingerprint": current}))
-    return gate_and_report(str(repo_path), params.service.model_name)
+    current = fingerprint(source)
+    if record.exists() and json.loads(record.read_text()).get("fingerprint") == current:
+        logger.info("no new owner recordings in %s", source)
+        return Completed(name="No new recordings", message=f"{source} unchanged")
+    try:
+        with checkout_lock(repo_path, wait_s=0):  # busy: the next poll comes soon
+            # The owner stage reads a folder DVC does not track: force it; the rest re-run if it changed.
+            dvc_stage.with_options(name="owner")("owner", str(repo_path), force=True)
+            for stage in dvc_stages(repo_path, start="finetune"):  # what the owner's recordings feed
+                dvc_stage.with_options(name=stage)(stage, str(repo_path))
+            record.write_text(json.dumps({"fingerprint": current}))
+            return gate_and_report(str(repo_path), params.service.model_name)
+    except CheckoutBusy as e:
+        logger.info("%s", e)
+        return Completed(name="Skipped", message="another pipeline run holds the checkout; next poll retries")
 
 
 if __name__ == "__main__":

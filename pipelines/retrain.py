@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import State
 
-from pipelines.tasks import dvc_stage, dvc_stages, gate_and_report
+from pipelines.tasks import checkout_lock, dvc_stage, dvc_stages, gate_and_report
 from voicelock.params import load_params
 
 
@@ -21,9 +21,10 @@ def retrain(repo: str = ".") -> State:
     params = load_params(Path(repo) / "params.yaml")
     download = dvc_stage.with_options(name="download", retries=params.promotion.download_retries,
                                       retry_delay_seconds=params.promotion.retry_delay_s)
-    for stage in dvc_stages(repo):
-        (download if stage == "download" else dvc_stage.with_options(name=stage))(stage, repo)
-    return gate_and_report(repo, params.service.model_name)
+    with checkout_lock(repo, params.promotion.checkout_wait_s):
+        for stage in dvc_stages(repo):
+            (download if stage == "download" else dvc_stage.with_options(name=stage))(stage, repo)
+        return gate_and_report(repo, params.service.model_name)
 
 
 if __name__ == "__main__":

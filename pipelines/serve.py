@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import serve
+from prefect.schedules import Cron
 
 from pipelines.enroll_data import enroll_data
 from pipelines.retrain import retrain
@@ -20,10 +21,11 @@ def main(repo: str = ".") -> None:
     repo = str(Path(repo).resolve())
     p = load_params(Path(repo) / "params.yaml").promotion
     serve(
-        retrain.to_deployment(name="weekly-retrain", cron=p.schedule_cron, parameters={"repo": repo},
+        retrain.to_deployment(name="weekly-retrain", schedule=Cron(p.schedule_cron, timezone=p.schedule_timezone),
+                              parameters={"repo": repo}, concurrency_limit=1,
                               description="Re-run the DVC pipeline and promote a model that is not worse"),
         enroll_data.to_deployment(name="owner-recordings", interval=p.enroll_data_interval_s,
-                                  parameters={"repo": repo},
+                                  parameters={"repo": repo}, concurrency_limit=1,
                                   description="Fine-tune again when new owner recordings arrive"),
     )
 

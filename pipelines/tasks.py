@@ -6,10 +6,13 @@ whether the stage is up to date (and skips it), and dvc.lock stays the record of
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -92,3 +95,32 @@ def gate_and_report(repo: str, production_name: str) -> State:
     logger.info("promoted %s as %s", decision.candidate_tag, tag)
     return Completed(message=f"promoted {tag}", data={"promoted": True, "candidate": decision.candidate_tag,
                                                       "production": tag})
+
+
+class CheckoutBusy(RuntimeError):
+    """Another pipeline run holds the checkout."""
+
+
+@contextmanager
+def checkout_lock(repo: str | Path, wait_s: float, poll_s: float = 5.0) -> Iterator[None]:
+    """Hold the checkout for one pipeline run: both flows run `dvc repro` in it, and two at once would
+    fight over DVC's own lock and the outputs. Waits up to `wait_s`, then raises CheckoutBusy. An
+    advisory lock on a file under .dvc/tmp: the kernel drops it when the holder dies."""
+    path = Path(repo) / ".dvc" / "tmp" / "voicelock-pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CheckoutBusy(f"{repo}: another pipeline run holds the checkout ({path}); waited "
+                                       f"{wait_s:.0f} s (promotion.checkout_wait_s)") from None
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

@@ -258,3 +258,15 @@ def test_table_creation_retries_when_another_worker_won_the_race(tmp_path: Path,
     monkeypatch.setattr(store.metadata, "create_all", racing)
     EnrollmentStore(f"sqlite:///{tmp_path / 'e.db'}")
     assert len(calls) == 2
+
+
+def test_a_template_of_another_model_is_refused_never_scored(lenient, lenient_params_path: Path):
+    """A promotion to a model whose embeddings differ must not read old templates as if they were its own."""
+    core, clock, case = lenient
+    core.enroll("gina", files(case.enroll))
+    upgraded = UnlockApi(core.lock, core.store, load_params(lenient_params_path), "voicelock:t2", clock,
+                         admin_key=ADMIN)
+    with pytest.raises(Conflict, match="enrolled with another model"):
+        upgraded.unlock("gina", "probe.wav", files(case.genuine)[0][1])
+    assert core.store.lock_state("gina") == (0, 0.0)  # refused before any attempt was charged
+    assert core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True  # its own model still unlocks

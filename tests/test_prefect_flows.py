@@ -100,7 +100,7 @@ def test_serve_creates_scheduled_deployments_on_a_local_server(project: Path, tm
         assert set(by_name) == {"weekly-retrain", "owner-recordings"}, deployments
         cron = yaml.safe_load((project / "params.yaml").read_text())["promotion"]["schedule_cron"]
         schedules = [s["schedule"] for s in by_name["weekly-retrain"]["schedules"]]
-        assert any(s.get("cron") == cron for s in schedules), schedules
+        assert any(s.get("cron") == cron and s.get("timezone") == "UTC" for s in schedules), schedules
         assert by_name["weekly-retrain"]["parameters"]["repo"] == str(project.resolve())
     finally:
         servers.stop(served)
@@ -142,3 +142,38 @@ def test_help_describes_the_flow_and_runs_nothing(module: str, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {module}") and "--repo" in result.stdout
     assert not any(tmp_path.iterdir())  # no Prefect server or database was started
+
+
+def test_one_pipeline_run_holds_the_checkout(tmp_path: Path):
+    from pipelines.tasks import CheckoutBusy, checkout_lock
+
+    with checkout_lock(tmp_path, wait_s=0):
+        started = time.monotonic()
+        with pytest.raises(CheckoutBusy, match="promotion.checkout_wait_s"):
+            with checkout_lock(tmp_path, wait_s=0.3, poll_s=0.1):
+                pass
+        assert time.monotonic() - started >= 0.3  # it waited as long as it was told
+    with checkout_lock(tmp_path, wait_s=0):  # released when the holder is done
+        pass
+
+
+def test_enroll_data_runs_nothing_without_new_recordings_or_while_the_checkout_is_busy(harness, tmp_path: Path):
+    from pipelines.enroll_data import enroll_data
+    from pipelines.tasks import checkout_lock
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = enroll_data(repo=str(tmp_path), return_state=True)  # synthetic owner: nothing arrives
+    assert state.is_completed() and state.name == "No new recordings", state.message
+
+    recordings = tmp_path / "mine" / "dog"
+    recordings.mkdir(parents=True)
+    (recordings / "me_nohash_0.wav").write_bytes(b"RIFF")
+    params["owner"].update(source="folder", folder=str(tmp_path / "mine"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with checkout_lock(tmp_path, wait_s=0):  # a retrain is running: this poll steps aside
+        state = enroll_data(repo=str(tmp_path), return_state=True)
+    assert state.is_completed() and state.name == "Skipped", state.message
+    assert not (tmp_path / "data").exists()  # no stage ran
+

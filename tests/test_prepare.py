@@ -34,6 +34,19 @@ def test_manifest_of_good_corpus_passes(tiny_corpus: Path, tiny_params: Params):
     assert set(outcome.report["views"]) == {"clips", "speakers", "words"}
 
 
+def test_the_validation_report_is_the_same_bytes_on_every_run(tiny_corpus: Path, tiny_params: Params,
+                                                             tmp_path: Path):
+    """A tracked output with run ids and clock times never matches the committed dvc.lock."""
+    from voicelock.data.validation import write_report
+
+    manifest = _manifest(tiny_corpus)
+    for name in ("a.json", "b.json"):
+        write_report(validate_manifest(manifest, tiny_params.prepare, 16000), tmp_path / name)
+    first = (tmp_path / "a.json").read_text()
+    assert first == (tmp_path / "b.json").read_text()
+    assert "element_count" in first and "validation_time" not in first and "run_id" not in first
+
+
 def test_silent_clip_is_named(corpus_copy: Path, tiny_params: Params):
     victim = sorted((corpus_copy / "dog").glob("*.wav"))[0]
     sf.write(victim, np.zeros(16000), 16000, subtype="PCM_16")

@@ -85,12 +85,22 @@ def _promote(args: argparse.Namespace) -> None:
     print(verdict + " — " + "; ".join(decision.reasons))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("voicelock")
+    except PackageNotFoundError:  # run from a checkout without installing it
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicelock", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-data", help="validate a folder in Speech Commands layout")
-    check.add_argument("folder", type=Path)
+    check.add_argument("folder", type=Path, help="the folder: <word>/<speaker>_nohash_<n>.wav")
     check.set_defaults(func=_check_data)
 
     enroll = sub.add_parser("enroll", help="enroll a password from 3–10 WAV clips of one person")
@@ -100,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.set_defaults(func=_enroll)
 
     unlock = sub.add_parser("unlock", help="score a clip against a template; exit 0 unlocked, 1 rejected")
-    unlock.add_argument("clip", type=Path)
-    unlock.add_argument("--template", type=Path, required=True)
+    unlock.add_argument("clip", type=Path, help="a recording of the password (WAV, FLAC or OGG)")
+    unlock.add_argument("--template", type=Path, required=True, help="the template `voicelock enroll` wrote")
     unlock.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
     unlock.set_defaults(func=_unlock)
 
     evaluate = sub.add_parser("evaluate", help="judge a model on any folder in Speech Commands layout")
-    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="a corpus in Speech Commands layout (every speaker is a test speaker)")
     evaluate.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
     evaluate.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
     evaluate.set_defaults(func=_evaluate)

@@ -42,7 +42,11 @@ class Template:
     takes: list[list[float]] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
+        path = Path(path)
+        if path.is_dir():
+            raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: str | Path) -> "Template":
@@ -94,6 +98,16 @@ def _within_full_scale(samples: np.ndarray) -> np.ndarray:
 
 
 Embedder = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def _recording(path: str | Path) -> Path:
+    """A recording the user named: a missing file and a folder are told apart from a broken file."""
+    path = Path(path)
+    if not path.exists():
+        raise VoicelockError(f"{path}: no such file — check the path (it is read from the current folder)")
+    if path.is_dir():
+        raise VoicelockError(f"{path}: is a folder — name the recordings themselves, e.g. {path}/*.wav")
+    return path
 
 
 class Unlocker:
@@ -292,8 +306,8 @@ class Unlocker:
         return bool(np.all(np.isfinite(score)) and self.verifier.challenge_voice_ok(float(score[0])))
 
     def enroll_files(self, paths: list[str | Path]) -> Template:
-        return self.enroll([read_wav(p) for p in paths], [str(p) for p in paths])
+        return self.enroll([read_wav(_recording(p)) for p in paths], [str(p) for p in paths])
 
     def verify_file(self, template: Template, path: str | Path) -> Decision:
-        samples, rate = read_wav(path)
+        samples, rate = read_wav(_recording(path))
         return self.verify(template, samples, rate, str(path))

@@ -41,6 +41,8 @@ class SynthParams(_Section):
     voices: list[str] = Field(min_length=1)
     variants: list[str] = Field(min_length=1)
     festival_voices: dict[str, float] = Field(default_factory=dict, description="festival voice → mean F0 (Hz)")
+    festival_speaker_scales: list[float] = Field(
+        default_factory=list, description="one more speaker per festival voice and factor: all frequencies × it")
     pitch_range: tuple[int, int]
     formant_scale_range: tuple[float, float] = Field(
         default=(1.0, 1.0), description="each espeak-ng speaker's vocal tract: all frequencies times this")
@@ -65,6 +67,9 @@ class SynthParams(_Section):
             value = getattr(self, name)
             if name.endswith("_range") and value[0] > value[1]:
                 raise ValueError(f"{name}: low end {value[0]} is above high end {value[1]}")
+        if any(not 0.7 <= s <= 1.4 or s == 1.0 for s in self.festival_speaker_scales):
+            raise ValueError(f"festival_speaker_scales: {self.festival_speaker_scales} — each factor within "
+                             f"[0.7, 1.4] and not 1.0 (the voice itself is always a speaker)")
         if not 0.7 <= self.formant_scale_range[0] <= self.formant_scale_range[1] <= 1.4:
             raise ValueError(f"formant_scale_range: {list(self.formant_scale_range)} must lie within [0.7, 1.4] "
                              f"(1.0 = the voice as espeak-ng renders it; beyond ±30% it no longer sounds human)")
@@ -338,7 +343,9 @@ class PromotionParams(_Section):
     candidate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     tolerance: dict[str, float]
     schedule_cron: str
+    schedule_timezone: str = "UTC"
     enroll_data_interval_s: int = Field(ge=10)
+    checkout_wait_s: float = Field(default=3600, ge=0)
     download_retries: int = Field(ge=0)
     retry_delay_s: float = Field(ge=0)
 

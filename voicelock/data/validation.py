@@ -95,5 +95,19 @@ def validate_manifest(manifest: pd.DataFrame, params: PrepareParams, sample_rate
     return ValidationOutcome(not failures, failures, report)
 
 
+# Great Expectations stamps every run with fresh ids and clock times; a tracked output holding them
+# changes on every run, so a fresh `dvc repro` could never match the committed dvc.lock.
+VOLATILE_KEYS = frozenset({"id", "run_id", "run_time", "validation_time", "ge_load_time", "validation_id"})
+
+
+def _stable(value):
+    """The report without its run ids and times: the same data, the same bytes."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
 def write_report(outcome: ValidationOutcome, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(outcome.report, indent=1, default=str))
+    Path(path).write_text(json.dumps(_stable(outcome.report), indent=1, default=str))
