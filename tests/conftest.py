@@ -33,6 +33,7 @@ TINY_SYNTH = {
     "background_seconds": 3,
     "workers": 2,
     "festival_voices": {"ked_diphone": 105, "czech_dita": 200},
+    "festival_speaker_scales": [],  # tests/test_synth.py renders the scaled copies on their own
 }
 
 
@@ -99,8 +100,8 @@ def tiny_corpus(tiny_params: Params) -> Path:
 
 def run_model_stages(params: Params, corpus: Path) -> Params:
     """Every stage from features to evaluate, in-process, on a generated corpus; returns `params`."""
+    from voicelock.data.acquire import acquire_owner
     from voicelock.data.manifest import build_manifest
-    from voicelock.data.owner import acquire_owner
     from voicelock.evaluation import run_evaluation
     from voicelock.features import build_feature_cache
     from voicelock.model.finetune import finetune

@@ -191,3 +191,32 @@ def test_speakers_of_one_timbre_family_differ_in_pitch_or_vocal_tract():
     # The vocal tract draws its own random stream: ids (and so the split) do not depend on it.
     flat = plan_speakers(synth.model_copy(update={"formant_scale_range": (1.0, 1.0)}), seed=20261124)
     assert [s.id for s in flat] == [s.id for s in speakers] and {s.formant_scale for s in flat} == {1.0}
+
+
+def test_festival_voices_also_train_as_speakers_with_other_vocal_tracts(tiny_params: Params, tmp_path: Path):
+    """data.synth.festival_speaker_scales: one more speaker per voice and factor, every frequency of its
+    voice × the factor; the natural voices stay exactly as they were planned without copies."""
+    from voicelock.data.festival import plan_festival_speakers, render_festival_speaker
+
+    synth = tiny_params.data.synth.model_copy(update={"takes_per_word": 1})
+    voices = dict(synth.festival_voices)
+    plain = plan_festival_speakers(voices, seed=3)
+    scaled = plan_festival_speakers(voices, seed=3, scales=(0.9, 1.1))
+    assert scaled[: len(plain)] == plain and len(scaled) == 3 * len(plain)
+    assert len({s.id for s in scaled}) == len(scaled)
+    assert [s.formant_scale for s in scaled] == [1.0] * len(voices) + [0.9] * len(voices) + [1.1] * len(voices)
+
+    def centroid(speaker) -> float:
+        root = tmp_path / speaker.id
+        (root / "seven").mkdir(parents=True)
+        quiet = synth.model_copy(update={"room_probability": 0.0})
+        [relative] = render_festival_speaker((speaker, 0, ["seven"], quiet, 3, 16000, 16000, root))
+        x, _ = sf.read(root / relative)
+        power = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(x.size, 1 / 16000)
+        band = (freqs > 100) & (freqs < 3000)
+        return float((freqs[band] * power[band]).sum() / power[band].sum())
+
+    ked = [s for s in scaled if s.voice == "ked_diphone"]
+    low, high = (centroid(s.__class__(s.id, s.voice, ked[0].f0, ked[0].stretch, s.formant_scale)) for s in ked[1:])
+    assert high / low > 1.12  # 1.1 / 0.9 = 1.22 in every frequency; noise and microphone blur it a little

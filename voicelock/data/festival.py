@@ -7,7 +7,8 @@ unit-selection voices are recordings of real speakers — American English, Ital
 and Russian — reading the English words with their own language's rules. None of them is a voice
 of the unseen-voices corpus (flite's kal, awb, rms and slt; `params` refuses festival's kal and slt).
 
-A festival speaker is one voice at its own mean F0 and tempo; takes jitter both and then go through the
+A festival speaker is one voice at its own mean F0 and tempo, and (`data.synth.festival_speaker_scales`)
+more speakers per voice with other vocal tracts; takes jitter F0 and tempo and then go through the
 corpus's random rooms and microphones (`synth.place_in_room`). One festival process renders all of a
 speaker's takes (a Scheme script), so start-up is paid once per speaker, not per take.
 """
@@ -23,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from voicelock.audio import write_wav
-from voicelock.data.synth import RecordedSpeaker, place_in_room, plan_recorded_speakers
+from voicelock.data.synth import RecordedSpeaker, place_in_room, plan_recorded_speakers, scaled_rate
 from voicelock.errors import VoicelockError
 from voicelock.params import SynthParams
 
@@ -46,8 +47,8 @@ def require_festival(voices: list[str]) -> None:
                              f"{sorted(installed)}) — run scripts/setup.sh or remove them")
 
 
-def plan_festival_speakers(voices: dict[str, float], seed: int) -> list[RecordedSpeaker]:
-    return plan_recorded_speakers("festival", voices, seed, stream=11)
+def plan_festival_speakers(voices: dict[str, float], seed: int, scales: tuple[float, ...] = ()) -> list[RecordedSpeaker]:
+    return plan_recorded_speakers("festival", voices, seed, stream=11, scales=scales)
 
 
 def _scheme_string(text: str) -> str:
@@ -94,6 +95,7 @@ def render_festival_speaker(args: tuple[RecordedSpeaker, int, list[str], SynthPa
         if raw.ndim > 1:
             raw = raw.mean(axis=1)
         relative = f"{word}/{speaker.id}_nohash_{take}.wav"
-        write_wav(root / relative, place_in_room(raw, raw_rate, rate, clip_samples, params, rng), rate)
+        voice_rate = scaled_rate(raw_rate, speaker.formant_scale)  # the speaker's vocal tract
+        write_wav(root / relative, place_in_room(raw, voice_rate, rate, clip_samples, params, rng), rate)
         relatives.append(relative)
     return relatives

@@ -57,23 +57,34 @@ class Speaker:
 @dataclass(frozen=True)
 class RecordedSpeaker:
     """One voice of a synthesizer built from a real person's recordings (festival, flite), at its own
-    mean F0 (Hz) and duration stretch."""
+    mean F0 (Hz) and duration stretch, and vocal tract (`formant_scale`, as for espeak-ng speakers)."""
 
     id: str
     voice: str
     f0: float
     stretch: float
+    formant_scale: float = 1.0
 
 
-def plan_recorded_speakers(engine: str, voices: dict[str, float], seed: int, stream: int) -> list[RecordedSpeaker]:
+def plan_recorded_speakers(engine: str, voices: dict[str, float], seed: int, stream: int,
+                           scales: tuple[float, ...] = ()) -> list[RecordedSpeaker]:
     """One speaker per voice (voice → its natural mean F0): two F0s of one recording would be
-    pitch-only twins, not two people. Ids are 8 hex digits; `stream` keeps each engine's draws apart."""
+    pitch-only twins, not two people. Each of `scales` adds one more speaker per voice with that
+    vocal tract (every frequency × scale: another person, as speed-perturbed copies are in speaker
+    recognition recipes), drawn from a stream of its own so the natural voices stay as they were.
+    Ids are 8 hex digits; `stream` keeps each engine's draws apart."""
     rng = np.random.default_rng([seed, stream])
     speakers = []
     for voice, f0 in voices.items():
         sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
         sid = hashlib.sha1(f"{engine}:{voice}/{sp_f0:.1f}/{stretch:.3f}".encode()).hexdigest()[:8]
         speakers.append(RecordedSpeaker(sid, voice, float(sp_f0), float(stretch)))
+    copies = np.random.default_rng([seed, stream, 1])
+    for scale in scales:
+        for voice, f0 in voices.items():
+            sp_f0, stretch = f0 * copies.uniform(0.92, 1.08), copies.uniform(0.9, 1.15)
+            sid = hashlib.sha1(f"{engine}:{voice}/{sp_f0:.1f}/{stretch:.3f}/x{scale:.3f}".encode()).hexdigest()[:8]
+            speakers.append(RecordedSpeaker(sid, voice, float(sp_f0), float(stretch), float(scale)))
     return speakers
 
 
@@ -326,7 +337,7 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
     check_timbres(params)
     require_festival(list(params.festival_voices))
     speakers = plan_speakers(params, seed)
-    festival = plan_festival_speakers(dict(params.festival_voices), seed)
+    festival = plan_festival_speakers(dict(params.festival_voices), seed, tuple(params.festival_speaker_scales))
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
     out_dir = Path(out_dir)
@@ -350,7 +361,7 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
         write_split_lists(staging, splits)
         rows = [{**sp.__dict__, "engine": "espeak-ng"} for sp in speakers]
         rows += [{"id": sp.id, "voice": sp.voice, "variant": "", "pitch": round(sp.f0, 1), "speed": round(sp.stretch, 3),
-                  "engine": "festival"} for sp in festival]
+                  "formant_scale": sp.formant_scale, "engine": "festival"} for sp in festival]
         pd.DataFrame(rows).assign(
             split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
         ).to_csv(staging / "speakers.csv", index=False)
