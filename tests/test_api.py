@@ -270,3 +270,35 @@ def test_a_template_of_another_model_is_refused_never_scored(lenient, lenient_pa
         upgraded.unlock("gina", "probe.wav", files(case.genuine)[0][1])
     assert core.store.lock_state("gina") == (0, 0.0)  # refused before any attempt was charged
     assert core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True  # its own model still unlocks
+
+
+def test_every_decision_is_audited_without_scores(lenient):
+    """Enroll, refused and accepted unlocks, a refused and a proven delete: one audit row each, with the
+    outcome and the reason the caller got — never a score, even when `explain` would send them."""
+    core, clock, case = lenient
+    core.p = core.p.model_copy(update={"explain": True})
+    core.enroll("hana", files(case.enroll))
+    refused = core.unlock("hana", "probe.wav", files(case.impostors)[0][1])
+    assert refused["unlocked"] is False and "speaker_score" in refused  # explain: the caller sees scores…
+    token = core.unlock("hana", "probe.wav", files(case.genuine)[0][1])["token"]
+    with pytest.raises(Forbidden):
+        core.delete("hana", token="forged")
+    core.delete("hana", token=token)
+    rows = core.store.audit_tail(10)[::-1]
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("enroll", "enrolled"), ("unlock", "refused"), ("unlock", "unlocked"), ("delete", "refused 403"),
+        ("delete", "deleted")]
+    assert all(r["user"] == "hana" and r["model"] == "voicelock:t1" and r["at"] == clock.now for r in rows)
+    assert rows[1]["reason"].startswith("not recognised")
+    text = repr(rows)
+    assert "score" not in text and "threshold" not in text  # …the log does not
+
+
+def test_the_audit_log_keeps_the_newest_rows(tmp_path: Path):
+    from voicelock.store import AUDIT_PRUNE_EVERY
+
+    store = EnrollmentStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    for i in range(AUDIT_PRUNE_EVERY):
+        store.record("unlock", f"u{i}", "refused", "not recognised", "m", float(i), keep=100)
+    tail = store.audit_tail(1000)
+    assert len(tail) == 100 and tail[0]["user"] == f"u{AUDIT_PRUNE_EVERY - 1}" and tail[-1]["user"] == "u400"

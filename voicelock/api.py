@@ -9,6 +9,7 @@ more than it needs. Every refusal is a VoicelockError whose `status` the HTTP la
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import re
 import time
@@ -23,6 +24,7 @@ from voicelock.liveness import draw_challenge
 from voicelock.params import Params
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
 
+log = logging.getLogger(__name__)
 # Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key must be long
@@ -71,6 +73,9 @@ class UnlockApi:
     def enroll(self, user: str, files: list[tuple[str, bytes]], token: str | None = None,
                admin_key: str | None = None) -> dict:
         """Enroll a new user; replacing an enrollment needs proof (see `EnrollmentStore.save`)."""
+        return self._audited("enroll", user, lambda: self._enroll(user, files, token, admin_key))
+
+    def _enroll(self, user: str, files: list[tuple[str, bytes]], token: str | None, admin_key: str | None) -> dict:
         user = self.check_user(user)
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
@@ -113,6 +118,10 @@ class UnlockApi:
         is charged atomically — by this request, or with liveness on by the challenge it spends — and
         only then scored, so no number of concurrent requests scores more than `lockout_failures`
         guesses per lockout window."""
+        return self._audited("unlock", user, lambda: self._unlock(user, name, blob, challenge_id, challenge_files))
+
+    def _unlock(self, user: str, name: str, blob: bytes, challenge_id: str | None,
+                challenge_files: list[tuple[str, bytes]] | None) -> dict:
         user = self.check_user(user)
         now = self.clock()
         if self.p.liveness == "challenge":
@@ -161,12 +170,43 @@ class UnlockApi:
 
     def delete(self, user: str, token: str | None = None, admin_key: str | None = None) -> dict:
         """Forget a user; needs proof of ownership, and says nothing about unknown names without it."""
+        return self._audited("delete", user, lambda: self._delete(user, token, admin_key))
+
+    def _delete(self, user: str, token: str | None, admin_key: str | None) -> dict:
         user = self.check_user(user)
         if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key)):
             raise NotFound(f"user '{user}' is not enrolled")
         return {"deleted": True, "user": user}
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _audited(self, action: str, user: str | None, call: Callable[[], dict]) -> dict:
+        """Run one decision and append it to the audit log (`EnrollmentStore.record`): the outcome and
+        the reason the caller was given — never audio, embeddings or scores, even with `explain` on."""
+        try:
+            answer = call()
+        except VoicelockError as e:
+            self._record(action, user, f"refused {e.status}", str(e))
+            raise
+        except Exception:
+            self._record(action, user, "error", "internal error")
+            raise
+        if action == "unlock":
+            outcome, reason = ("unlocked", "password and voice match") if answer["unlocked"] else \
+                ("refused", answer["reason"])
+        elif action == "enroll":
+            outcome, reason = ("replaced" if answer["replaced"] else "enrolled"), f"{answer['clips']} clips"
+        else:
+            outcome, reason = "deleted", "proof of ownership given"
+        self._record(action, user, outcome, reason)
+        return answer
+
+    def _record(self, action: str, user: str | None, outcome: str, reason: str) -> None:
+        try:
+            self.store.record(action, user or "", outcome, reason, self.model_tag, self.clock(),
+                              self.p.audit_max_rows)
+        except Exception:  # noqa: BLE001 — the decision stands; the log says the audit row is missing
+            log.exception("audit: could not record %s of %r (%s)", action, user, outcome)
 
     def _charge(self, user: str, now: float) -> None:
         charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,

@@ -308,6 +308,7 @@ class ServiceParams(_Section):
     compute_threads: int = Field(ge=1, le=64)
     max_queued: int = Field(ge=0)
     request_timeout_s: float = Field(gt=0)
+    audit_max_rows: int = Field(default=100_000, ge=100)
     max_user_length: int = Field(ge=1, le=128)
     workers: int = Field(ge=1)
     torch_threads: int = Field(ge=1)

@@ -67,6 +67,21 @@ heard = Table(
     Column("at", Float, nullable=False),
 )
 
+# Every enroll / unlock / delete decision, for the operator: who, what, the outcome and its reason, the
+# model, when. Never audio, embeddings or scores (an attacker with the log must learn nothing that
+# helps the next guess). The newest `service.audit_max_rows` are kept.
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("user", String(128), nullable=False, index=True),
+    Column("outcome", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("model", String(256), nullable=False),
+)
+AUDIT_PRUNE_EVERY = 500  # rows between two prunes: pruning costs a scan, an insert does not
+
 
 @dataclass(frozen=True)
 class Charge:
@@ -277,6 +292,26 @@ class EnrollmentStore:
         return json.loads(row.words) if row else None
 
     # --- replay memory ----------------------------------------------------------------------------
+
+    # --- audit log ---------------------------------------------------------------------------------
+
+    def record(self, action: str, user: str, outcome: str, reason: str, model: str, now: float,
+               keep: int) -> None:
+        """Append one decision; every AUDIT_PRUNE_EVERY rows, drop all but the newest `keep`."""
+        a = audit.c
+        with self.engine.begin() as conn:
+            row = conn.execute(insert(audit).values(at=now, action=action, user=user[:128], outcome=outcome,
+                                                    reason=reason[:500], model=model).returning(a.id)).scalar_one()
+            if row % AUDIT_PRUNE_EVERY == 0:
+                conn.execute(delete(audit).where(a.id <= row - keep))
+
+    def audit_tail(self, limit: int = 100) -> list[dict]:
+        """The newest decisions, newest first."""
+        a = audit.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(a.at, a.action, a.user, a.outcome, a.reason, a.model)
+                                .order_by(a.id.desc()).limit(limit)).all()
+        return [dict(r._mapping) for r in rows]
 
     def heard_recently(self, user: str, limit: int) -> list[list[float]]:
         h = heard.c
