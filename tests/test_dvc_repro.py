@@ -45,3 +45,23 @@ def test_bad_input_stops_a_stage_with_one_line(project: Path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {project / 'no-such-corpus'}: corpus folder not found — check data.raw_dir / data.folder.path")
     assert "Traceback" not in result.stderr
+
+
+def test_dvc_plots_show_lists_the_evaluation_images_and_keeps_losses_apart_from_rates():
+    """The probit DET curves, score histograms and confusion matrices are image plots (committed, so a
+    fresh clone shows them); training losses (~3) and rates (0–1) are two charts, not one axis."""
+    import json
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    plots = json.loads(out)["data"]
+    for image in ("plots/evaluate/det.png", "plots/ood/det.png", "plots/evaluate/scores.png",
+                  "plots/evaluate/confusion.png"):
+        assert plots[image][0]["type"] == "image", image
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    charts = {name: props for entry in spec if isinstance(entry, dict) for name, props in entry.items()}
+    rates = {c for cols in charts["training-validation-rates"]["y"].values() for c in cols}
+    losses = {c for cols in charts["training-losses"]["y"].values() for c in cols}
+    assert all(c.startswith("val_") for c in rates) and all(c.startswith("loss_") for c in losses)
