@@ -47,15 +47,15 @@ def test_bad_input_stops_a_stage_with_one_line(project: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_dvc_plots_show_lists_the_evaluation_images_and_keeps_losses_apart_from_rates():
+def test_dvc_plots_show_lists_the_evaluation_images_and_keeps_losses_apart_from_rates(tmp_path: Path):
     """The probit DET curves, score histograms and confusion matrices are image plots (committed, so a
     fresh clone shows them); training losses (~3) and rates (0–1) are two charts, not one axis."""
     import json
 
     from tests.conftest import REPO
 
-    out = subprocess.run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run([str(BIN / "dvc"), "plots", "show", "--json", "-o", str(tmp_path / "plots")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
     plots = json.loads(out)["data"]
     for image in ("plots/evaluate/det.png", "plots/ood/det.png", "plots/evaluate/scores.png",
                   "plots/evaluate/confusion.png"):
