@@ -13,7 +13,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
-from pipelines.tasks import CheckoutBusy, checkout_lock, dvc_stage, dvc_stages, gate_and_report
+from pipelines.tasks import (CheckoutBusy, checkout_lock, dvc_stage, dvc_stages, gate_and_report,
+                             run_from_command_line)
 from voicelock.params import load_params
 
 FINGERPRINT = "owner_fingerprint.json"
@@ -56,8 +57,6 @@ def enroll_data(repo: str = ".") -> State:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipelines.enroll_data", description="Re-run owner → fine-tuning → evaluation → packaging if the owner's recordings changed, then the gate.")
-    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
-    enroll_data(parser.parse_args().repo)
+    run_from_command_line(enroll_data, "python -m pipelines.enroll_data",
+                          "Re-run owner → fine-tuning → evaluation → packaging if the owner's recordings "
+                          "changed, then the gate.")

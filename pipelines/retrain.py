@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import State
 
-from pipelines.tasks import checkout_lock, dvc_stage, dvc_stages, gate_and_report
+from pipelines.tasks import checkout_lock, dvc_stage, dvc_stages, gate_and_report, run_from_command_line
 from voicelock.params import load_params
 
 
@@ -28,8 +28,5 @@ def retrain(repo: str = ".") -> State:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipelines.retrain", description="Run every DVC stage (unchanged ones are skipped), then the promotion gate.")
-    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
-    retrain(parser.parse_args().repo)
+    run_from_command_line(retrain, "python -m pipelines.retrain",
+                          "Run every DVC stage (unchanged ones are skipped), then the promotion gate.")

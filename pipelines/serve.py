@@ -14,6 +14,7 @@ from prefect.schedules import Cron
 
 from pipelines.enroll_data import enroll_data
 from pipelines.retrain import retrain
+from pipelines.tasks import run_from_command_line
 from voicelock.params import load_params
 
 
@@ -31,8 +32,5 @@ def main(repo: str = ".") -> None:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipelines.serve", description="Serve the retrain (cron) and enroll-data (interval) deployments to a Prefect server until stopped.")
-    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
-    main(parser.parse_args().repo)
+    run_from_command_line(main, "python -m pipelines.serve",
+                          "Serve the retrain (cron) and enroll-data (interval) deployments to a Prefect server until stopped.")

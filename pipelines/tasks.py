@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,6 +95,15 @@ def gate_and_report(repo: str, production_name: str) -> State:
     logger.info("promoted %s as %s", decision.candidate_tag, tag)
     return Completed(message=f"promoted {tag}", data={"promoted": True, "candidate": decision.candidate_tag,
                                                       "production": tag})
+
+
+def run_from_command_line(run: Callable[[str], object], prog: str, description: str) -> None:
+    """`python -m pipelines.<flow>`: `--repo` (default: here) and `--help`, which describes and runs nothing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--repo", default=".", help="the voicelock checkout to run in (default: here)")
+    run(parser.parse_args().repo)
 
 
 class CheckoutBusy(RuntimeError):

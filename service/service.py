@@ -39,7 +39,8 @@ log = logging.getLogger("voicelock.service")
 # already lists these routes, so the sub-apps publish none of their own.
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
 docs = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-page = build_page_app(PARAMS, api_key_required=SETTINGS.api_key is not None)  # the browser page: enroll and unlock by voice
+# The browser page: enroll and unlock by voice.
+page = build_page_app(PARAMS, api_key_required=SETTINGS.api_key is not None)
 
 
 @docs.get("/")
