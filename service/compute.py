@@ -18,7 +18,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from voicelock.errors import Busy
+from voicelock.errors import Busy, VoicelockError
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class BoundedCompute:
             job.exception()  # an abandoned job's error is retrieved (and was answered 503), not logged as lost
 
 
-def _releasing(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+def _releasing(fn: Callable[[], T]) -> tuple[T | None, VoicelockError | None]:
     """Run `fn` on the worker thread; a refusal comes back without its traceback.
 
     Why: the traceback holds every frame of the request — the uploaded bytes, the decoded clips, their
@@ -62,7 +62,7 @@ def _releasing(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
     """
     try:
         return fn(), None
-    except Exception as e:  # noqa: BLE001 — handed back to the event loop as is, minus the frames
+    except VoicelockError as e:  # a bug keeps its traceback, for the log: it is rare, refusals are not
         for link in _chain(e):
             link.__traceback__ = None
         return None, e

@@ -76,3 +76,18 @@ def test_a_refused_job_frees_its_request_at_once():
         asyncio.run(scenario())
     finally:
         gc.enable()
+
+
+def test_a_bug_keeps_its_traceback_for_the_log():
+    """Only refusals lose their frames; an unexpected error is the service's bug and the log needs where."""
+    import traceback
+
+    def broken() -> None:
+        raise RuntimeError("bug")
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError) as caught:
+            await BoundedCompute(threads=1, max_queued=1, timeout_s=5).run(broken)
+        assert any(frame.name == "broken" for frame in traceback.extract_tb(caught.value.__traceback__))
+
+    asyncio.run(scenario())
