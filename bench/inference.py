@@ -51,7 +51,7 @@ def main() -> None:
         # A template straight from the embeddings: noise clips are no enrollment the checks would take
         # (they look like one recording), and only verify's cost is timed here.
         t_word, t_speaker = make_template(*lock.embed_here(clips[:3]))
-        template = Template(t_word.tolist(), t_speaker.tolist(), 3)
+        template = Template(t_word.tolist(), t_speaker.tolist(), 3, model=lock.model_id)
 
         default_threads = torch.get_num_threads()
         limit_threads(1)  # torch and numpy's BLAS: "one thread" means both (voicelock/runtime.py)

@@ -31,10 +31,24 @@ from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
 from voicelock.errors import Busy, LockedOut, VoicelockError
 from voicelock.runtime import limit_threads
+from voicelock.sealing import Sealer
 from voicelock.store import EnrollmentStore
 
 PARAMS = SETTINGS.params
 log = logging.getLogger("voicelock.service")
+
+
+def _check_database() -> None:
+    """Open (create, upgrade) the database once when the module is imported — by `bentoml serve`'s
+    main process before any worker starts — so a wrong or unreachable `service.database_url` stops
+    the service at start with one line, instead of workers failing and restarting forever."""
+    try:
+        EnrollmentStore(SETTINGS.database_url).engine.dispose()
+    except VoicelockError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+_check_database()
 # FastAPI's own docs pages load assets from a CDN; BentoML's page at / serves them locally and
 # already lists these routes, so the sub-apps publish none of their own.
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
@@ -79,12 +93,19 @@ class VoiceLock:
         embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
+        # BentoML's server logging passes WARNING and up from other packages; voicelock's INFO lines
+        # (model loaded, enrollments moved to a new model) belong in the operator's log too.
+        logging.getLogger("voicelock").setLevel(logging.INFO)
         limit_threads(PARAMS.service.torch_threads)
         stored = self.model
         lock = Unlocker(stored.path, PARAMS.enroll, embedder=self._embed_batched if PARAMS.service.batching else None)
         self.word_dim = lock.model.password_out.in_features
         store = EnrollmentStore(SETTINGS.database_url)
-        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag), admin_key=SETTINGS.admin_key)
+        sealer = Sealer(SETTINGS.takes_key, PARAMS.service.takes_key_env) if SETTINGS.takes_key else None
+        if sealer is None:
+            log.warning("%s is not set: enrollment recordings are not kept, so after a model change every user "
+                        "must enroll again", PARAMS.service.takes_key_env)
+        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag), admin_key=SETTINGS.admin_key, sealer=sealer)
         p = PARAMS.service
         self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)
         # Everything loaded so far (torch, the model, BentoML, pydantic schemas) lives as long as the
@@ -92,7 +113,7 @@ class VoiceLock:
         # otherwise paused the event loop (and /healthz) for tens of milliseconds at a time.
         gc.collect()
         gc.freeze()
-        log.info("voicelock service ready with model %s", stored.tag)
+        log.info("voicelock service ready with model %s (%s)", stored.tag, lock.model_id)
 
     def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(self.embedder.embed(clips=clips), dtype=np.float32)

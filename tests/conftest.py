@@ -169,6 +169,24 @@ def lenient_params_path(trained: Params, tiny_params_path: Path, tmp_path_factor
     return path
 
 
+@pytest.fixture(scope="session")
+def retrained_release(lenient_params_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lenient release with every weight nudged (relative noise 1e-3): a stand-in for next week's
+    retrained model — other weights, so another `model_id` and other embeddings, that still knows the
+    same voices. Used to test that a promotion keeps enrolled users working."""
+    import torch
+
+    from voicelock.release import Release
+
+    release = Release.load(load_params(lenient_params_path).evaluate.out_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in release.model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * 1e-3 * (tensor.abs().mean() + 1e-6))
+    return release.save(tmp_path_factory.mktemp("retrained") / "release")
+
+
 @dataclass
 class UnlockCase:
     """Recordings whose decisions the verifier itself settled on the source files: `enroll` takes of

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cryptography.fernet import Fernet
 
 from tests.conftest import UnlockCase, find_unlock_case
 from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
 from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.params import Params, load_params
+from voicelock.sealing import Sealer
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
 
 ADMIN = "admin-secret-for-tests"
@@ -67,7 +69,7 @@ def test_enroll_persist_unlock_delete(lenient, tmp_path: Path):
     assert core.enroll("alice", enroll) == {"enrolled": True, "user": "alice", "clips": 3, "replaced": False}
     # A new store on the same database sees the enrollment: it survives a restart.
     again = EnrollmentStore(f"sqlite:///{tmp_path / 'db.sqlite'}").get("alice")
-    assert again is not None and again[1] == "voicelock:t1" and len(again[0].takes) == 3
+    assert again is not None and again.model == core.lock.model_id and len(again.takes) == 3
     answer = core.unlock("alice", "probe.wav", genuine[0][1])
     assert answer["unlocked"] is True and len(answer["token"]) > 20, answer
     assert "word_score" not in answer  # service.explain is off: no scores
@@ -240,36 +242,52 @@ def test_any_rate_stereo_flac_and_ogg_are_accepted(service, trained: Params):
     assert core.enroll("dave", uploads) == {"enrolled": True, "user": "dave", "clips": 3, "replaced": False}
 
 
-def test_table_creation_retries_when_another_worker_won_the_race(tmp_path: Path, monkeypatch):
-    # Two BentoML workers on a new SQLite file: one died with "table enrollments already exists".
-    from sqlalchemy.exc import OperationalError
-
-    from voicelock import store
-
-    real, calls = store.metadata.create_all, []
-
-    def racing(engine):
-        calls.append(1)
-        if len(calls) == 1:  # as if another process created the table between check and CREATE
-            real(engine)
-            raise OperationalError("CREATE TABLE enrollments", {}, Exception("table enrollments already exists"))
-        real(engine)
-
-    monkeypatch.setattr(store.metadata, "create_all", racing)
-    EnrollmentStore(f"sqlite:///{tmp_path / 'e.db'}")
-    assert len(calls) == 2
+TAKES_KEY = Fernet.generate_key().decode()
 
 
-def test_a_template_of_another_model_is_refused_never_scored(lenient, lenient_params_path: Path):
-    """A promotion to a model whose embeddings differ must not read old templates as if they were its own."""
+def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path: Path, retrained_release: Path):
+    """The weekly retrain must not lock everyone out: a user enrolled with the old model unlocks with
+    the new one, whose template is re-made from the sealed recordings — once, then stored."""
     core, clock, case = lenient
+    params = load_params(lenient_params_path)
+    sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    core.sealer = sealer
     core.enroll("gina", files(case.enroll))
-    upgraded = UnlockApi(core.lock, core.store, load_params(lenient_params_path), "voicelock:t2", clock,
-                         admin_key=ADMIN)
-    with pytest.raises(Conflict, match="enrolled with another model"):
-        upgraded.unlock("gina", "probe.wav", files(case.genuine)[0][1])
-    assert core.store.lock_state("gina") == (0, 0.0)  # refused before any attempt was charged
-    assert core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True  # its own model still unlocks
+    before = core.store.get("gina")
+    assert before.model == core.lock.model_id and before.sealed_takes
+    assert core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
+    promoted = UnlockApi(Unlocker(retrained_release, params.enroll), core.store, params, "voicelock:t2", clock,
+                         admin_key=ADMIN, sealer=sealer)
+    assert promoted.lock.model_id != core.lock.model_id
+    answer = promoted.unlock("gina", "probe.wav", files(case.genuine)[1][1])
+    assert answer["unlocked"] is True
+    after = core.store.get("gina")
+    assert after.model == promoted.lock.model_id and after.sealed_takes == before.sealed_takes
+    assert not np.allclose(after.speaker, before.speaker)  # really re-embedded, not relabelled
+    assert promoted.unlock("gina", "probe.wav", files(case.impostors)[0][1])["unlocked"] is False
+    # The re-enrollment rule holds across the upgrade: the token re-enrolls the same voice only.
+    assert promoted.enroll("gina", files(case.enroll), token=answer["token"])["replaced"] is True
+
+
+def test_another_models_template_without_its_recordings_is_refused_never_scored(lenient, lenient_params_path: Path,
+                                                                                 retrained_release: Path):
+    """No takes key at enrollment (nothing kept), or a different key now: the user must enroll again —
+    refused before any attempt is charged, never scored in the wrong space."""
+    core, clock, case = lenient
+    params = load_params(lenient_params_path)
+    core.enroll("hugo", files(case.enroll))  # no sealer: recordings not kept
+    core.sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    core.enroll("ines", files(case.enroll))
+    new_lock = Unlocker(retrained_release, params.enroll)
+    for user, sealer, why in (("hugo", core.sealer, "recordings were not kept"),
+                              ("ines", Sealer(Fernet.generate_key().decode(), "VOICELOCK_TAKES_KEY"),
+                               "cannot be opened with the key"),
+                              ("ines", None, "no takes key is set")):
+        promoted = UnlockApi(new_lock, core.store, params, "voicelock:t2", clock, sealer=sealer)
+        with pytest.raises(Conflict, match=f"enrolled with another model.*{why}.*enroll again"):
+            promoted.unlock(user, "probe.wav", files(case.genuine)[0][1])
+        assert core.store.lock_state(user) == (0, 0.0)
+    assert core.unlock("hugo", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True  # its own model still
 
 
 def test_every_decision_is_audited_without_scores(lenient):

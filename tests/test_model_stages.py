@@ -73,14 +73,17 @@ def test_enroll_and_verify(trained: Params):
     # Whether it unlocks is settled in tests/test_verifier.py on takes chosen for it; here the answer
     # must explain itself either way.
     assert (decision.reason == "password and voice match") == decision.unlocked
-    # A template enrolled with another model (here: one without the speaker back-end) is refused, not misread.
+    # A template of another model is refused, not misread — by its record, and by its shape when the
+    # record lies (here: as if made without the speaker back-end).
     import dataclasses
 
     from voicelock.errors import VoicelockError
 
-    other = dataclasses.replace(template, speaker=template.speaker + [0.0] * 8)
-    with pytest.raises(VoicelockError, match="enrolled with another model"):
-        lock.verify_file(other, clips[4])
+    assert template.model == lock.model_id
+    with pytest.raises(VoicelockError, match="made with model sha256:0000, this is sha256:"):
+        lock.verify_file(dataclasses.replace(template, model="sha256:0000"), clips[4])
+    with pytest.raises(VoicelockError, match="damaged or of another model"):
+        lock.verify_file(dataclasses.replace(template, speaker=template.speaker + [0.0] * 8), clips[4])
 
 
 def test_enrollment_refuses_bad_input(trained: Params, tmp_path: Path):
@@ -126,20 +129,22 @@ def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tin
                                     capsys):
     clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
     template = tmp_path / "me.json"
-    cli_main(["--params", str(tiny_params_path), "enroll", *clips[:3], "--template", str(template)])
+    model = ["--model", trained.evaluate.out_dir]
+    cli_main(["--params", str(tiny_params_path), "enroll", *clips[:3], "--template", str(template), *model])
     assert "enrolled 3 clips" in capsys.readouterr().out
     try:
-        cli_main(["--params", str(tiny_params_path), "unlock", clips[5], "--template", str(template)])
+        cli_main(["--params", str(tiny_params_path), "unlock", clips[5], "--template", str(template), *model])
         code = 0
     except SystemExit as e:
         code = e.code
     decision = json.loads(capsys.readouterr().out)
     assert code == (0 if decision["unlocked"] else 1)
     out = tmp_path / "eval.json"
-    cli_main(["--params", str(tiny_params_path), "evaluate", "--data", str(tiny_corpus), "--output", str(out)])
+    cli_main(["--params", str(tiny_params_path), "evaluate", "--data", str(tiny_corpus), "--output", str(out), *model])
     assert REQUIRED_METRICS <= set(json.loads(out.read_text()))
     with pytest.raises(SystemExit) as bad:
-        cli_main(["--params", str(tiny_params_path), "unlock", clips[0], "--template", str(tmp_path / "no.json")])
+        cli_main(["--params", str(tiny_params_path), "unlock", clips[0], "--template", str(tmp_path / "no.json"),
+                  *model])
     assert bad.value.code == 2
 
 
@@ -178,7 +183,7 @@ def test_cli_names_what_is_wrong_with_a_path(trained: Params, tiny_params_path: 
     """A missing recording, a folder given as a recording and a template in a folder that does not
     exist yet: one line each (exit 2) or it just works — never a traceback."""
     clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
-    base = ["--params", str(tiny_params_path), "enroll"]
+    base = ["--params", str(tiny_params_path), "enroll", "--model", trained.evaluate.out_dir]
     for bad, why in ((str(tmp_path / "nope.wav"), "no such file"), (str(tmp_path), "is a folder")):
         with pytest.raises(SystemExit) as stop:
             cli_main(base + [*clips[:2], bad, "--template", str(tmp_path / "t.json")])

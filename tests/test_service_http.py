@@ -173,3 +173,37 @@ def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_p
         assert "unlocked" in got, got
         assert got["word_score"] == pytest.approx(expected.word_score, abs=2e-3)
         assert got["speaker_score"] == pytest.approx(expected.speaker_score, abs=2e-2)
+
+
+def test_a_promotion_keeps_users_enrolled_before_it(trained: Params, lenient_params_path: Path, retrained_release: Path,
+                                                    case: UnlockCase, tmp_path_factory: pytest.TempPathFactory):
+    """Enroll, promote a retrained model into the same BentoML store, restart: the user unlocks with
+    no re-enrollment (the service re-embeds the sealed recordings), and the answer says nothing of it."""
+    import subprocess
+    import sys
+
+    from cryptography.fernet import Fernet
+
+    home = tmp_path_factory.mktemp("bentoml-promotion")
+    srv = servers.serve_model(lenient_params_path, home, {trained.service.api_key_env: API_KEY,
+                                                          trained.service.takes_key_env: Fernet.generate_key().decode()})
+    try:
+        with client() as c:
+            assert enroll(c, srv.url, "pia", case.read(case.enroll)).status_code == 200
+            assert unlock(c, srv.url, "pia", case.genuine[0].read_bytes()).json()["unlocked"] is True
+        srv.stop()
+        promote = ("import sys; from voicelock.packaging import package_model; from voicelock.params import "
+                   "load_params; from voicelock.promotion import promote; p = load_params(sys.argv[1]); "
+                   "p = p.model_copy(update={'evaluate': p.evaluate.model_copy(update={'out_dir': sys.argv[2]})}); "
+                   "print(promote(package_model(p), p.service.model_name))")
+        done = subprocess.run([sys.executable, "-c", promote, str(lenient_params_path), str(retrained_release)],
+                              cwd=servers.REPO, env=srv.env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        srv.start()
+        with client() as c:
+            answer = unlock(c, srv.url, "pia", case.genuine[1].read_bytes()).json()
+            assert answer["unlocked"] is True, answer
+            assert set(answer) == {"unlocked", "user", "token", "token_expires_in_s"}
+        assert "re-embedded the enrollment of 'pia'" in srv.log.read_text()
+    finally:
+        srv.stop()

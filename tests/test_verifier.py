@@ -49,7 +49,8 @@ def case(lenient_params_path: Path):
 
 def _cli_unlock(params_path: Path, probe: Path, template: Path, capsys) -> tuple[int, dict]:
     try:
-        cli_main(["--params", str(params_path), "unlock", str(probe), "--template", str(template)])
+        cli_main(["--params", str(params_path), "unlock", str(probe), "--template", str(template),
+                  "--model", load_params(params_path).evaluate.out_dir])
         code = 0
     except SystemExit as e:
         code = int(e.code)
@@ -60,7 +61,8 @@ def test_cli_unlocks_the_owner_and_refuses_another_voice_saying_the_password(len
                                                                              tmp_path: Path, capsys):
     params = load_params(lenient_params_path)
     template = tmp_path / "me.json"
-    cli_main(["--params", str(lenient_params_path), "enroll", *map(str, case.enroll), "--template", str(template)])
+    cli_main(["--params", str(lenient_params_path), "enroll", *map(str, case.enroll), "--template", str(template),
+              "--model", params.evaluate.out_dir])
     capsys.readouterr()
     code, decision = _cli_unlock(lenient_params_path, case.genuine[0], template, capsys)
     assert (code, decision["unlocked"]) == (0, True)
@@ -108,3 +110,42 @@ def test_calibration_sets_the_raw_floor_then_holds_the_target_jointly():
     assert np.mean(raw[imp] >= th["speaker_raw"]) <= 0.01
     joint = Verifier(SpeakerScorer(), {**THRESHOLDS, **th, "word": -1.0}).accepts(word[imp], norm[imp], raw[imp])
     assert 0.0005 <= joint.mean() <= 0.001  # the target, not far below it
+
+
+def test_cli_templates_follow_a_promotion(lenient_params_path: Path, retrained_release: Path, case, tmp_path: Path,
+                                          capsys, monkeypatch):
+    """A template enrolled with last week's model unlocks with this week's: re-made from the sealed
+    recordings in it and written back; without the key it names the fix instead of misreading it."""
+    from cryptography.fernet import Fernet
+
+    params = load_params(lenient_params_path)
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv(params.service.takes_key_env, key)
+    template = tmp_path / "me.json"
+    cli_main(["--params", str(lenient_params_path), "enroll", *map(str, case.enroll), "--template", str(template),
+              "--model", params.evaluate.out_dir])
+    assert "recordings sealed" in capsys.readouterr().out
+    old = json.loads(template.read_text())
+    assert old["model"] and old["sealed_takes"] and "RIFF" not in old["sealed_takes"]
+    new = ["--params", str(lenient_params_path), "unlock", str(case.genuine[0]), "--template", str(template),
+           "--model", str(retrained_release)]
+    monkeypatch.delenv(params.service.takes_key_env)
+    with pytest.raises(SystemExit) as stop:
+        cli_main(new)
+    assert stop.value.code == 2 and "no takes key is set" in capsys.readouterr().err
+    monkeypatch.setenv(params.service.takes_key_env, Fernet.generate_key().decode())
+    with pytest.raises(SystemExit) as stop:  # another key: the recordings stay closed
+        cli_main(new)
+    assert stop.value.code == 2 and "cannot be opened" in capsys.readouterr().err
+    assert json.loads(template.read_text()) == old  # a failed move leaves the template as it was
+    monkeypatch.setenv(params.service.takes_key_env, key)
+    try:
+        cli_main(new)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code)
+    out = capsys.readouterr()
+    assert (code, json.loads(out.out)["unlocked"]) == (0, True)
+    assert "re-made with model" in out.err
+    moved = json.loads(template.read_text())
+    assert moved["model"] != old["model"] and moved["sealed_takes"] == old["sealed_takes"]

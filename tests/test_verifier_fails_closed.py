@@ -89,6 +89,6 @@ def test_a_non_finite_embedding_or_score_raises(setup, monkeypatch):
     with pytest.raises(VoicelockError, match="could not be scored"):
         lock.enroll([(x, 16000) for x in refused[:3]])
     monkeypatch.undo()
-    nan_template = Template([float("nan")] * len(template.word), template.speaker, 3, template.takes)
+    nan_template = Template([float("nan")] * len(template.word), template.speaker, 3, template.takes, template.model)
     with pytest.raises(VoicelockError, match="could not be scored"):
         lock.verify(nan_template, refused[0], 16000)

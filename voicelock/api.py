@@ -18,10 +18,11 @@ from collections.abc import Callable
 import numpy as np
 
 from voicelock.audio import DecodeLimits, decode_bytes
-from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Unlocker
+from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Template, Unlocker
 from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
+from voicelock.sealing import Sealer
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key m
 
 class UnlockApi:
     def __init__(self, lock: Unlocker, store: EnrollmentStore, params: Params, model_tag: str,
-                 clock: Callable[[], float] = time.time, admin_key: str | None = None):
+                 clock: Callable[[], float] = time.time, admin_key: str | None = None, sealer: Sealer | None = None):
+        """`model_tag` names the served model in the audit log; `sealer` (the takes key) keeps each
+        enrollment's recordings encrypted so that a later model can re-embed them."""
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
+        self.sealer = sealer
         self.admin_key = admin_key or None
         if self.admin_key and len(self.admin_key) < MIN_ADMIN_KEY:
             raise VoicelockError(f"{self.p.admin_key_env}: the admin key is {len(self.admin_key)} characters — use at "
@@ -80,17 +84,19 @@ class UnlockApi:
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
-        clips = [self._decode(name, blob) for name, blob in files]
-        template = self.lock.enroll(clips, [name for name, _ in files])
+        names = [name for name, _ in files]
+        prepared = self.lock.prepare_enrollment([self._decode(name, blob) for name, blob in files], names)
+        template = self.lock.seal(self.lock.template_of(prepared, names), prepared, self.sealer)
         admin = self._is_admin(admin_key)
-        found = self.store.get(user)
-        if token and not admin and found is not None and found[1] == self.model_tag \
-                and not self.lock.same_voice(found[0], template):
+        if token and not admin:
+            found = self.store.get(user)
             # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
-            # not that they may give the account to another voice.
-            raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
-                            "voice only; changing the voice needs the administrator's X-Admin-Key")
-        replaced = self.store.save(user, template, self.model_tag, self.clock(), token, admin)
+            # not that they may give the account to another voice. The enrolled voice is compared in
+            # this model's space (re-made from its recordings if it was enrolled with another model).
+            if found is not None and not self.lock.same_voice(self._current(user, found), template):
+                raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
+                                "voice only; changing the voice needs the administrator's X-Admin-Key")
+        replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
     def challenge(self, user: str) -> dict:
@@ -140,12 +146,11 @@ class UnlockApi:
         found = self.store.get(user)
         if found is None and self.p.explain:
             raise NotFound(f"user '{user}' is not enrolled — enroll first")
-        if found is not None and found[1] != self.model_tag:
-            raise Conflict(f"user '{user}' was enrolled with another model than the service runs — enroll "
-                           f"again (with the administrator's X-Admin-Key)")
+        if found is not None:
+            found = self._current(user, found)
         if self.p.liveness != "challenge":
             self._charge(user, now)
-        template = found[0] if found else self._decoy
+        template = found or self._decoy
         recent = self.store.heard_recently(user, self.p.replay_history)
         decision = self.lock.verify(template, samples, rate, name, recent, takes)
         unlocked = decision.unlocked and found is not None  # the decoy never unlocks
@@ -207,6 +212,21 @@ class UnlockApi:
                               self.p.audit_max_rows)
         except Exception:  # noqa: BLE001 — the decision stands; the log says the audit row is missing
             log.exception("audit: could not record %s of %r (%s)", action, user, outcome)
+
+    def _current(self, user: str, enrolled: Template) -> Template:
+        """The user's template in the served model's space. One enrolled with an earlier model is
+        re-made from its sealed recordings and stored (once: the next request finds it current). When
+        that is impossible the user must enroll again — refused before any attempt is charged."""
+        if enrolled.model == self.lock.model_id:
+            return enrolled
+        try:
+            renewed = self.lock.reembed(enrolled, self.sealer)
+        except VoicelockError as e:
+            raise Conflict(f"user '{user}' was enrolled with another model than the service runs and cannot be "
+                           f"moved to it ({e}) — enroll again (with the administrator's X-Admin-Key)") from None
+        if self.store.upgrade(user, renewed, enrolled.model, self.clock()):
+            log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
+        return renewed
 
     def _charge(self, user: str, now: float) -> None:
         charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,

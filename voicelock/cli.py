@@ -41,14 +41,30 @@ def _check_data(args: argparse.Namespace) -> None:
     print(f"{args.folder}: {n} clips in Speech Commands layout")
 
 
+def _model_dir(args: argparse.Namespace, params: Params) -> Path:
+    """--model, else the production model the service serves (one source of truth for both)."""
+    from voicelock.promotion import served_model_dir
+
+    return args.model or served_model_dir(params)
+
+
+def _sealer(params: Params):
+    from voicelock.sealing import Sealer
+
+    return Sealer.from_environment(params.service.takes_key_env)
+
+
 def _enroll(args: argparse.Namespace) -> None:
     from voicelock.enrollment import Unlocker
 
     params = load_params(args.params)
-    lock = Unlocker(args.model or params.evaluate.out_dir, params.enroll)
-    template = lock.enroll_files(args.clips)
+    lock = Unlocker(_model_dir(args, params), params.enroll)
+    sealer = _sealer(params)
+    template = lock.enroll_files(args.clips, sealer)
     template.save(args.template)
-    print(f"enrolled {template.clips} clips into {args.template}")
+    kept = "recordings sealed with the takes key" if sealer else \
+        f"recordings not kept: set {params.service.takes_key_env} so a new model can re-embed them"
+    print(f"enrolled {template.clips} clips into {args.template} (model {template.model}; {kept})")
 
 
 def _unlock(args: argparse.Namespace) -> None:
@@ -57,8 +73,17 @@ def _unlock(args: argparse.Namespace) -> None:
     from voicelock.enrollment import Template, Unlocker
 
     params = load_params(args.params)
-    lock = Unlocker(args.model or params.evaluate.out_dir, params.enroll)
-    decision = lock.verify_file(Template.load(args.template), args.clip)
+    lock = Unlocker(_model_dir(args, params), params.enroll)
+    template = Template.load(args.template)
+    if template.model != lock.model_id:
+        try:
+            template = lock.reembed(template, _sealer(params))
+        except VoicelockError as e:
+            raise VoicelockError(f"{args.template}: made with another model ({template.model or 'unrecorded'}) and "
+                                 f"cannot be moved to {lock.model_id}: {e} — enroll again") from None
+        template.save(args.template)
+        print(f"{args.template}: re-made with model {lock.model_id} from its sealed recordings", file=sys.stderr)
+    decision = lock.verify_file(template, args.clip)
     print(json.dumps(decision.explain(), indent=1))
     if not decision.unlocked:
         raise SystemExit(1)
@@ -70,7 +95,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from voicelock.evaluation import evaluate_folder
 
     params = load_params(args.params)
-    metrics = evaluate_folder(args.model or params.evaluate.out_dir, args.data, params.evaluate, params.seed)
+    metrics = evaluate_folder(_model_dir(args, params), args.data, params.evaluate, params.seed)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("trials_")}, indent=1))
@@ -94,6 +119,10 @@ def _version() -> str:
         return "(not installed)"
 
 
+MODEL_HELP = ("a model folder, e.g. models/release (default: the production model the service serves, "
+              "service.model_tag or $VOICELOCK_MODEL_TAG, from the BentoML store)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicelock", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -106,20 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", help="enroll a password from 3–10 WAV clips of one person")
     enroll.add_argument("clips", type=Path, nargs="+", help="WAV files of the password")
     enroll.add_argument("--template", type=Path, required=True, help="where to write the template (JSON)")
-    enroll.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    enroll.add_argument("--model", type=Path, help=MODEL_HELP)
     enroll.set_defaults(func=_enroll)
 
     unlock = sub.add_parser("unlock", help="score a clip against a template; exit 0 unlocked, 1 rejected")
     unlock.add_argument("clip", type=Path, help="a recording of the password (WAV, FLAC or OGG)")
     unlock.add_argument("--template", type=Path, required=True, help="the template `voicelock enroll` wrote")
-    unlock.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    unlock.add_argument("--model", type=Path, help=MODEL_HELP)
     unlock.set_defaults(func=_unlock)
 
     evaluate = sub.add_parser("evaluate", help="judge a model on any folder in Speech Commands layout")
     evaluate.add_argument("--data", type=Path, required=True,
                           help="a corpus in Speech Commands layout (every speaker is a test speaker)")
     evaluate.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
-    evaluate.add_argument("--model", type=Path, help="evaluated model folder (default: evaluate.out_dir)")
+    evaluate.add_argument("--model", type=Path, help=MODEL_HELP)
     evaluate.set_defaults(func=_evaluate)
 
     promote = sub.add_parser("promote", help="promote the packaged candidate if it is not worse than production")

@@ -28,6 +28,7 @@ from voicelock.liveness import template_scores
 from voicelock.params import EnrollParams
 from voicelock.release import Release
 from voicelock.replay import fingerprints, max_similarity
+from voicelock.sealing import Sealer
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
 
@@ -40,6 +41,10 @@ class Template:
     clips: int
     # Fingerprints of the enrollment takes (voicelock/replay.py): a replayed take is refused.
     takes: list[list[float]] = field(default_factory=list)
+    model: str = ""  # the `Unlocker.model_id` that made it ("" in templates of voicelock ≤ 0.1)
+    # The enrollment recordings, encrypted (voicelock/sealing.py); "" when no key was set. Base64 in
+    # a template file; the service keeps them in the database's `sealed_takes` column instead.
+    sealed_takes: str = ""
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -120,6 +125,8 @@ class Unlocker:
                  embedder: Embedder | None = None):
         release = Release.load(model_dir, device)
         self.model = release.model
+        # Templates record it; one made with another model is re-made from its recordings or refused.
+        self.model_id = release.model_id
         self.embedder = embedder
         self.device = device
         self.sample_rate = release.sample_rate
@@ -143,7 +150,7 @@ class Unlocker:
         long as a real refusal. Callers must still never unlock on it."""
         noise = np.random.default_rng(0).normal(0, 0.01, self.sample_rate).astype(np.float32)
         word, speaker = self.embed_here([noise])
-        return Template((-unit(word[0])).tolist(), (-unit(speaker[0])).tolist(), 0)
+        return Template((-unit(word[0])).tolist(), (-unit(speaker[0])).tolist(), 0, model=self.model_id)
 
     def check(self, samples: np.ndarray, rate: int, name: str) -> None:
         """Refuse clips that cannot hold a spoken word (non-finite, too short or long, silent).
@@ -200,11 +207,26 @@ class Unlocker:
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None) -> Template:
         """Template from 3–10 (samples, rate) clips of one person saying one password."""
         names = names or [f"clip {i + 1}" for i in range(len(clips))]
+        return self.template_of(self.prepare_enrollment(clips, names), names)
+
+    def prepare_enrollment(self, clips: list[tuple[np.ndarray, int]], names: list[str]) -> list[np.ndarray]:
+        """The clips of an enrollment `prepare`d, after checking their number."""
         if not self.p.min_clips <= len(clips) <= self.p.max_clips:
             raise VoicelockError(f"enrollment needs {self.p.min_clips}–{self.p.max_clips} clips, got {len(clips)}")
-        prepared = [self.prepare(x, r, n) for (x, r), n in zip(clips, names)]
+        return [self.prepare(x, r, n) for (x, r), n in zip(clips, names)]
+
+    def template_of(self, prepared: list[np.ndarray], names: list[str], checked: bool = True) -> Template:
+        """Template from prepared clips. `checked`: refuse takes that are copies of each other or
+        disagree (a different word or voice) — a new enrollment's checks; recordings that passed them
+        once and are re-embedded by a new model (`checked=False`) are not judged again."""
         word, speaker = self.embed_checked(prepared, names)
         fps = fingerprints(word, speaker)
+        if checked:
+            self._check_takes_agree(word, speaker, fps, names)
+        t_word, t_speaker = make_template(word, speaker)
+        return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), fps.tolist(), self.model_id)
+
+    def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, fps: np.ndarray, names: list[str]) -> None:
         for i in range(len(names)):
             for j in range(i):
                 if self.verifier.is_replay(float(fps[i] @ fps[j])):
@@ -220,8 +242,6 @@ class Unlocker:
                     what = "a different word" if space == "word" else "a different voice"
                     raise VoicelockError(f"{name} does not match the others ({what}: {space} agreement "
                                          f"{agreement:.2f} < {minimum}) — record it again")
-        t_word, t_speaker = make_template(word, speaker)
-        return Template(t_word.tolist(), t_speaker.tolist(), len(clips), fps.tolist())
 
     def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip",
                recent: list[list[float]] | None = None,
@@ -238,11 +258,14 @@ class Unlocker:
         challenge = challenge or []
         names = [name] + [c.name for c in challenge]
         prepared = [self.prepare(samples, rate, name)] + [self.prepare(c.samples, c.rate, c.name) for c in challenge]
+        if template.model != self.model_id:  # its vectors would be read in spaces they do not live in
+            raise VoicelockError(f"the template was made with model {template.model or '(unrecorded)'}, this is "
+                                 f"{self.model_id} — re-make it from its sealed recordings (`reembed`) or enroll again")
         word, speaker = self.embed_checked(prepared, names)
         if (len(template.word), len(template.speaker)) != (word.shape[1], speaker.shape[1]):
             raise VoicelockError(f"the template has {len(template.word)}/{len(template.speaker)}-dimensional "
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
-                                 f"{speaker.shape[1]}: it was enrolled with another model — enroll again")
+                                 f"{speaker.shape[1]}: it is damaged or of another model — enroll again")
         th, rule = self.thresholds, self.verifier
         word_scores, speaker_scores, raw_scores = rule.scores(np.asarray(template.word), np.asarray(template.speaker),
                                                               word, speaker)
@@ -290,6 +313,27 @@ class Unlocker:
         return Decision(unlocked, word_score, speaker_score, thresholds,
                         "; ".join(reasons) or "password and voice match", fps.tolist(), details)
 
+    def reembed(self, template: Template, sealer: Sealer | None) -> Template:
+        """The template re-made by this model from its sealed enrollment recordings: how a user
+        enrolled before a promotion keeps working. VoicelockError when the recordings were not kept
+        (no key at enrollment), no key is set now, or they cannot be opened — then only enrolling
+        again helps."""
+        if not template.sealed_takes:
+            raise VoicelockError("its recordings were not kept (no takes key was set at enrollment)")
+        if sealer is None:
+            raise VoicelockError("no takes key is set to open its recordings")
+        clips, rate = sealer.open(template.sealed_takes.encode())
+        names = [f"enrollment take {i + 1}" for i in range(len(clips))]
+        renewed = self.template_of([self.prepare(c, rate, n) for c, n in zip(clips, names)], names, checked=False)
+        renewed.sealed_takes = template.sealed_takes
+        return renewed
+
+    def seal(self, template: Template, prepared: list[np.ndarray], sealer: Sealer | None) -> Template:
+        """`template` with its prepared enrollment recordings sealed into it (unchanged without a key)."""
+        if sealer is not None:
+            template.sealed_takes = sealer.seal(prepared, self.sample_rate).decode()
+        return template
+
     def is_replay(self, fingerprints: list[list[float]], others: list[list[float]]) -> bool:
         """Whether any take is a copy of any of `others` (takes accepted at the same moment)."""
         if not others:
@@ -305,8 +349,10 @@ class Unlocker:
                             np.asarray(new.speaker, dtype=np.float32)[None, :])
         return bool(np.all(np.isfinite(score)) and self.verifier.challenge_voice_ok(float(score[0])))
 
-    def enroll_files(self, paths: list[str | Path]) -> Template:
-        return self.enroll([read_wav(_recording(p)) for p in paths], [str(p) for p in paths])
+    def enroll_files(self, paths: list[str | Path], sealer: Sealer | None = None) -> Template:
+        names = [str(p) for p in paths]
+        prepared = self.prepare_enrollment([read_wav(_recording(p)) for p in paths], names)
+        return self.seal(self.template_of(prepared, names), prepared, sealer)
 
     def verify_file(self, template: Template, path: str | Path) -> Decision:
         samples, rate = read_wav(_recording(path))

@@ -290,6 +290,7 @@ class ServiceParams(_Section):
     database_url: str
     api_key_env: str
     admin_key_env: str
+    takes_key_env: str
     proof_token_seconds: float = Field(gt=0, le=3600)
     lockout_failures: int = Field(ge=1)
     lockout_seconds: float = Field(gt=0)

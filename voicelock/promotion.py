@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +77,28 @@ def production_model(name: str):
         return bentoml.models.get(f"{name}:latest")
     except BentoNotFound:
         return None
+
+
+MODEL_TAG_ENV = "VOICELOCK_MODEL_TAG"
+
+
+def served_model_tag(params: Params, environ: Mapping[str, str] = os.environ) -> str:
+    """The production model's tag, as the service and the CLI both resolve it: `VOICELOCK_MODEL_TAG`
+    when set, else `service.model_tag` (the newest promoted model)."""
+    return environ.get(MODEL_TAG_ENV) or params.service.model_tag
+
+
+def served_model_dir(params: Params, environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of the production model in the BentoML store: what the CLI uses unless given --model."""
+    import bentoml
+    from bentoml.exceptions import NotFound as BentoNotFound
+
+    tag = served_model_tag(params, environ)
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except BentoNotFound:
+        raise VoicelockError(f"no model {tag} in the BentoML store — run `make repro` (or `voicelock promote` after "
+                             f"`dvc repro`), or name a model folder with --model (e.g. models/release)") from None
 
 
 def candidate_model(params: Params):

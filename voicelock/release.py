@@ -9,6 +9,7 @@ a model can never be served with thresholds, a cohort or templates other than th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -43,6 +44,18 @@ class Release:
     scorer: SpeakerScorer
     word_templates: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        """What a template must have been made with to be scored by this release: a digest of the
+        network's weights and the feature parameters (not of the thresholds: re-calibrating keeps
+        every template valid). Two copies of one model share it, whatever their file or store tag."""
+        digest = hashlib.sha256(json.dumps([self.feature_params.model_dump(), self.sample_rate],
+                                           sort_keys=True).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"sha256:{digest.hexdigest()[:32]}"
 
     @property
     def verifier(self) -> Verifier:

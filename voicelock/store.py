@@ -2,22 +2,27 @@
 
 An embedded SQLite file by default; any SQLAlchemy URL (e.g. PostgreSQL) lets several service
 replicas share enrollments and lockouts. Every change is one transaction, so a crash never leaves a
-half-written enrollment. Only templates (embedding centroids) are stored, never raw audio.
+half-written enrollment. The schema is created and upgraded by the Alembic revisions in
+voicelock/migrations when the store opens a database. Templates (embedding centroids) are stored in
+the clear; the enrollment recordings only encrypted (`sealed_takes`, see voicelock/sealing.py), so a
+new model can re-embed them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import secrets
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, case, create_engine, delete, event,
-                        insert, select, update)
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, case, create_engine,
+                        delete, event, insert, inspect, select, text, update)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from voicelock.enrollment import Template
 from voicelock.errors import VoicelockError
@@ -30,6 +35,7 @@ enrollments = Table(
     Column("clips", Integer, nullable=False),
     Column("model", String(256), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("sealed_takes", LargeBinary, nullable=True),  # encrypted recordings; NULL: no key at enrollment
 )
 # The lockout state per user name (also for names never enrolled, so a lockout tells nothing about
 # who exists). `failures` counts attempts charged in the current window, including ones still being
@@ -124,18 +130,47 @@ def make_engine(url: str) -> Engine:
     return create_engine(url)
 
 
-def create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create missing tables. The service's workers start together on a fresh database; when another
-    worker creates a table between our check and our CREATE, the CREATE fails ("table … already
-    exists": seen with two BentoML workers on a new SQLite file). Looking again finds it and is done."""
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine)
-            return
-        except DBAPIError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))
+MIGRATIONS = Path(__file__).parent / "migrations"
+FIRST_REVISION = "0001"  # the schema voicelock 0.1 created without Alembic
+_PG_MIGRATION_LOCK = 0x766F6963  # any constant: the advisory lock id every replica takes to migrate
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the database's migration lock: the service's workers
+    and replicas start together, and only one may upgrade the schema; the others wait, then find it
+    done. PostgreSQL: a transaction-scoped advisory lock. SQLite: an exclusive lock on a file next to
+    the database (SQLite runs DDL outside transactions, so its own locks cannot serialise this)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    lock_file = Path(f"{database}.migrate-lock").open("a") if database and database != ":memory:" else None
+    try:
+        if lock_file is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK})
+            yield conn
+    finally:
+        if lock_file is not None:
+            lock_file.close()  # closing releases the lock
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Create or upgrade the tables to the newest revision in voicelock/migrations (Alembic).
+
+    A database of voicelock 0.1 (tables but no alembic_version) is first stamped with its revision,
+    so its enrollments are kept and only the later revisions run."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with _migration_lock(engine) as conn:
+        config.attributes["connection"] = conn
+        tables = set(inspect(conn).get_table_names())
+        if "enrollments" in tables and "alembic_version" not in tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
 
 
 def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
@@ -145,7 +180,10 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
     dialect = conn.engine.dialect.name
     if dialect in ("sqlite", "postgresql"):
         module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-        return conn.execute(module.insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+        # RETURNING, not rowcount: psycopg reports rowcount -1 for INSERT … ON CONFLICT DO NOTHING.
+        key = list(table.primary_key.columns)
+        return conn.execute(module.insert(table).values(**values).on_conflict_do_nothing()
+                            .returning(*key)).first() is not None
     try:  # other databases: a nested transaction absorbs the duplicate-key error
         with conn.begin_nested():
             conn.execute(insert(table).values(**values))
@@ -154,14 +192,31 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
         return False
 
 
+def _shown(url: str) -> str:
+    """The URL for an error message, password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
 class EnrollmentStore:
     def __init__(self, url: str):
-        self.engine = make_engine(url)
-        create_tables(self.engine)
+        """Open (and create or upgrade) the database; a URL that cannot be used is one VoicelockError
+        naming `service.database_url`, so the service stops at start instead of failing requests."""
+        try:
+            self.engine = make_engine(url)
+            upgrade_schema(self.engine)
+        except (ArgumentError, NoSuchModuleError, DBAPIError, OSError, ImportError) as e:  # ImportError: no driver
+            cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise VoicelockError(
+                f"service.database_url: cannot open {_shown(url)} ({cause}) — check the scheme (sqlite:///path or "
+                f"postgresql+psycopg://user:password@host:port/database), that the server is running and "
+                f"reachable, and the user and database; or set VOICELOCK_DATABASE_URL") from None
 
     # --- enrollments ----------------------------------------------------------------------------
 
-    def save(self, user: str, template: Template, model: str, now: float, token: str | None = None,
+    def save(self, user: str, template: Template, now: float, token: str | None = None,
              admin: bool = False) -> bool:
         """Store an enrollment; True when it replaced one.
 
@@ -171,8 +226,7 @@ class EnrollmentStore:
         enrollment never costs the token. The lockout state is never touched: re-enrolling must not
         reset a lock.
         """
-        row = {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes}),
-               "clips": template.clips, "model": model, "created_at": now}
+        row = self._row(template, now)
         with self.engine.begin() as conn:
             if _insert_if_missing(conn, enrollments, user=user, **row):
                 return False
@@ -187,13 +241,33 @@ class EnrollmentStore:
             conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
         return True
 
-    def get(self, user: str) -> tuple[Template, str] | None:
+    def upgrade(self, user: str, template: Template, previous_model: str, now: float) -> bool:
+        """Replace a template re-made by a new model (`Unlocker.reembed`) — only if the stored one is
+        still of `previous_model` (of two workers upgrading at once, one writes; both templates are the
+        same). The replay memory is forgotten with it: fingerprints of another model compare with
+        nothing. True when this call wrote."""
+        e = enrollments.c
+        with self.engine.begin() as conn:
+            written = conn.execute(update(enrollments).where(e.user == user, e.model == previous_model)
+                                   .values(**self._row(template, now))).rowcount == 1
+            if written:
+                conn.execute(delete(heard).where(heard.c.user == user))
+        return written
+
+    @staticmethod
+    def _row(template: Template, now: float) -> dict:
+        return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes}),
+                "clips": template.clips, "model": template.model, "created_at": now,
+                "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None}
+
+    def get(self, user: str) -> Template | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(enrollments).where(enrollments.c.user == user)).first()
         if row is None:
             return None
         data = json.loads(row.template)
-        return Template(data["word"], data["speaker"], row.clips, data.get("takes", [])), row.model
+        return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
+                        row.sealed_takes.decode() if row.sealed_takes else "")
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False) -> bool:
         """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting

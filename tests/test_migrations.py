@@ -1,0 +1,91 @@
+"""The store's schema is Alembic's: a database of an earlier voicelock is upgraded and keeps its users."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from voicelock.store import MIGRATIONS, EnrollmentStore, metadata
+
+
+def _config(conn) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _old_enrollment(conn) -> None:
+    conn.execute(text("INSERT INTO enrollments VALUES ('olga', :t, 3, 'sha256:old', 1.0)"),
+                 {"t": json.dumps({"word": [1.0, 0.0], "speaker": [0.0, 1.0], "takes": []})})
+    conn.execute(text("INSERT INTO lockouts VALUES ('olga', 2, 0.0, 0)"))
+
+
+def test_the_newest_revision_is_the_schema_the_code_uses(tmp_path: Path):
+    store = EnrollmentStore(f"sqlite:///{tmp_path / 'new.db'}")
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_a_database_of_the_previous_revision_is_upgraded_and_keeps_its_users(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'r1.db'}"
+    with create_engine(url).begin() as conn:
+        command.upgrade(_config(conn), "0001")
+        _old_enrollment(conn)
+    store = EnrollmentStore(url)
+    olga = store.get("olga")
+    assert (olga.word, olga.model, olga.sealed_takes) == ([1.0, 0.0], "sha256:old", "")
+    assert store.lock_state("olga") == (2, 0.0)  # the lockout survives too
+
+
+def test_a_database_made_before_migrations_is_stamped_then_upgraded(tmp_path: Path):
+    """voicelock 0.1 created its tables directly (no alembic_version): they are recognised as the
+    first revision, not created again over the user's data."""
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0001")
+        conn.execute(text("DROP TABLE alembic_version"))
+        _old_enrollment(conn)
+    store = EnrollmentStore(url)
+    assert store.get("olga").model == "sha256:old"
+    with store.engine.connect() as conn:
+        assert "sealed_takes" in {c["name"] for c in inspect(conn).get_columns("enrollments")}
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+
+
+def test_workers_opening_a_new_database_at_once_all_succeed(tmp_path: Path):
+    """Two BentoML workers start together on a fresh file: one migrates, the others wait for it."""
+    url, errors = f"sqlite:///{tmp_path / 'race.db'}", []
+
+    def open_store() -> None:
+        try:
+            EnrollmentStore(url)
+        except Exception as e:  # noqa: BLE001 — collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_a_database_url_that_cannot_be_used_is_one_error_naming_the_setting(tmp_path: Path):
+    import pytest
+
+    from voicelock.errors import VoicelockError
+
+    for url, says in (("not a url", "Could not parse"), ("nosuch://x", "Can't load plugin"),
+                      (f"sqlite:///{tmp_path / 'file.db'}/under/a/file.db", "")):
+        (tmp_path / "file.db").write_text("")
+        with pytest.raises(VoicelockError, match=rf"^service\.database_url: cannot open .*{says}"):
+            EnrollmentStore(url)
