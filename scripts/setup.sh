@@ -12,7 +12,7 @@ say() { printf '[setup] %s\n' "$*"; }
 
 # --- system packages: espeak-ng and festival speak the embedded corpus, flite the unseen voices it is judged on;
 # Debian's chromium runs the page's end-to-end test (tests/test_browser.py; Playwright drives it,
-# never downloading a browser) -------------------------------------------------------------------
+# never downloading a browser); Debian's postgresql the real-database tests ------------------------
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v flite >/dev/null 2>&1 || missing+=(flite)
@@ -22,6 +22,8 @@ for pkg in festival festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-c
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# PostgreSQL: the tests run the store and two service replicas on a throw-away cluster (tests/servers.py)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     say "missing system packages: ${missing[*]} — install them as root (apt-get install ${missing[*]}) and re-run"; exit 1

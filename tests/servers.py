@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,3 +88,49 @@ def serve_model(params_path: Path, home: Path, extra_env: dict | None = None) ->
     server = Server(f"http://127.0.0.1:{free_port()}", env, home / "serve.log")
     server.start()
     return server
+
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))  # Debian's postgresql package (scripts/setup.sh)
+
+
+@dataclass
+class Postgres:
+    """A throw-away PostgreSQL cluster in a fresh temporary folder, listening on 127.0.0.1 only, with a
+    trust-auth database `voicelock`; `stop` removes it. As root the server runs as the `postgres`
+    user (initdb refuses root), so the folder is its own, outside pytest's root-only tmp_path."""
+
+    root: Path | None = None
+    port: int = 0
+
+    def _run(self, *cmd: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run(as_postgres + list(cmd), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://voicelock@127.0.0.1:{self.port}/voicelock"
+
+    def start(self) -> "Postgres":
+        if not PG_BIN:
+            raise RuntimeError("PostgreSQL is not installed — run scripts/setup.sh (it installs Debian's postgresql)")
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="voicelock-pg-"))
+        bin_dir, data = PG_BIN[-1], self.root / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        self.port = free_port()
+        self._run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "voicelock", "--no-sync")
+        self._run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.root / "server.log"), "-w", "-o",
+                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200", "start")
+        self._run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "voicelock", "voicelock")
+        return self
+
+    def stop(self) -> None:
+        if self.port:
+            self._run(str(PG_BIN[-1] / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+            self.port = 0
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)

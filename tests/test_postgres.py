@@ -1,0 +1,125 @@
+"""The enrollment store on a real PostgreSQL server (Debian's, started by the test on 127.0.0.1) and,
+for the same properties, on SQLite: schema migrations, the atomic lockout under concurrency, single-use
+tokens, replay memory. The service's replicas over one PostgreSQL are in tests/test_replicas.py."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from tests.servers import Postgres
+from tests.test_migrations import _config, _old_enrollment
+from voicelock.enrollment import Template
+from voicelock.store import EnrollmentStore, metadata
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+def fresh_database(server: Postgres) -> str:
+    """A new, empty database on the server; its URL."""
+    name = f"t_{secrets.token_hex(6)}"
+    with create_engine(server.url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return fresh_database(request.getfixturevalue("postgres"))
+
+
+def at_once(n: int, call: Callable[[int], object]) -> list:
+    """Run call(0..n-1) in n threads released together; their results (or exceptions)."""
+    barrier, results = threading.Barrier(n), [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = call(i)
+        except Exception as e:  # noqa: BLE001 — returned to the test
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def template(model: str = "sha256:m1") -> Template:
+    return Template([1.0, 0.0], [0.0, 1.0], 3, [[0.6, 0.8]], model, "")
+
+
+def test_postgres_schema_is_made_and_upgraded_by_the_migrations(postgres: Postgres):
+    store = EnrollmentStore(fresh_database(postgres))
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    url = fresh_database(postgres)
+    with create_engine(url).begin() as conn:
+        command.upgrade(_config(conn), "0001")
+        _old_enrollment(conn)
+    upgraded = EnrollmentStore(url)
+    assert upgraded.get("olga").model == "sha256:old" and upgraded.lock_state("olga") == (2, 0.0)
+
+
+def test_replicas_opening_a_new_postgres_database_at_once_all_succeed(postgres: Postgres):
+    url = fresh_database(postgres)
+    assert [r for r in at_once(6, lambda _: EnrollmentStore(url)) if isinstance(r, Exception)] == []
+
+
+def test_concurrent_failures_lock_after_exactly_the_limit(database: str):
+    """16 attempts at once, each from its own connection pool (as from separate workers or replicas):
+    exactly `max_failures` are allowed to be scored, none slips past."""
+    EnrollmentStore(database).save("ann", template(), 1.0)
+    stores = [EnrollmentStore(database) for _ in range(16)]
+    charges = at_once(16, lambda i: stores[i].charge_attempt("ann", 100.0, 5, 60.0, 3600.0))
+    assert not [c for c in charges if isinstance(c, Exception)], charges
+    assert sum(c.allowed for c in charges) == 5
+    assert stores[0].lock_state("ann") == (5, 160.0)
+
+
+def test_an_unlock_token_is_spent_once_under_concurrency(database: str):
+    store = EnrollmentStore(database)
+    store.save("ben", template(), 1.0)
+    token = store.issue_token("ben", 10.0, 120.0)
+    stores = [EnrollmentStore(database) for _ in range(8)]
+    results = at_once(8, lambda i: stores[i].delete("ben", 11.0, token=token))
+    assert sum(r is True for r in results) == 1  # the rest: Forbidden (token used)
+
+
+def test_the_same_probe_accepted_twice_at_once_sees_the_other(database: str):
+    """`remember` serialises per user (SQLite's write lock; PostgreSQL: a row lock), so of two
+    concurrent accepted unlocks the second sees the first's fingerprint."""
+    store = EnrollmentStore(database)
+    store.save("cat", template(), 1.0)
+    stores = [EnrollmentStore(database) for _ in range(2)]
+    seen = at_once(2, lambda i: stores[i].remember("cat", [[float(i), 1.0]], 5.0, keep=50))
+    assert sorted(len(s) for s in seen) == [0, 1]
+
+
+def test_a_model_upgrade_writes_once(database: str):
+    store = EnrollmentStore(database)
+    store.save("dan", template("sha256:old"), 1.0)
+    store.remember("dan", [[1.0, 0.0]], 2.0, keep=50)
+    stores = [EnrollmentStore(database) for _ in range(4)]
+    wrote = at_once(4, lambda i: stores[i].upgrade("dan", template("sha256:new"), "sha256:old", 3.0))
+    assert sum(w is True for w in wrote) == 1
+    assert store.get("dan").model == "sha256:new" and store.heard_recently("dan", 50) == []
+    assert json.loads(json.dumps(store.get("dan").word)) == [1.0, 0.0]
