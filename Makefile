@@ -14,6 +14,7 @@ setup:
 repro: setup
 	dvc repro
 	voicelock promote
+	dvc push  # to the default remote (.dvc/config: ~/.cache/voicelock/dvc-remote); a fresh clone: dvc pull
 
 test: setup
 	pytest

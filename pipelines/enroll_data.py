@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
-from pipelines.tasks import (CheckoutBusy, checkout_lock, dvc_stage, dvc_stages, gate_and_report,
+from pipelines.tasks import (CheckoutBusy, checkout_lock, dvc_push, dvc_stage, dvc_stages, gate_and_report,
                              run_from_command_line)
 from voicelock.params import load_params
 
@@ -50,7 +50,9 @@ def enroll_data(repo: str = ".") -> State:
             for stage in dvc_stages(repo_path, start="finetune"):  # what the owner's recordings feed
                 dvc_stage.with_options(name=stage)(stage, str(repo_path))
             record.write_text(json.dumps({"fingerprint": current}))
-            return gate_and_report(str(repo_path), params.service.model_name)
+            state = gate_and_report(str(repo_path), params.service.model_name)
+            dvc_push(str(repo_path))
+            return state
     except CheckoutBusy as e:
         logger.info("%s", e)
         return Completed(name="Skipped", message="another pipeline run holds the checkout; next poll retries")

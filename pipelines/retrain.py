@@ -1,4 +1,4 @@
-"""Flow `retrain`: every DVC stage in order, then the promotion gate.
+"""Flow `retrain`: every DVC stage in order, the promotion gate, then `dvc push` to the default remote.
 
     python -m pipelines.retrain            # one run now (a temporary local Prefect server starts by itself)
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import State
 
-from pipelines.tasks import checkout_lock, dvc_stage, dvc_stages, gate_and_report, run_from_command_line
+from pipelines.tasks import checkout_lock, dvc_push, dvc_stage, dvc_stages, gate_and_report, run_from_command_line
 from voicelock.params import load_params
 
 
@@ -24,7 +24,9 @@ def retrain(repo: str = ".") -> State:
     with checkout_lock(repo, params.promotion.checkout_wait_s):
         for stage in dvc_stages(repo):
             (download if stage == "download" else dvc_stage.with_options(name=stage))(stage, repo)
-        return gate_and_report(repo, params.service.model_name)
+        state = gate_and_report(repo, params.service.model_name)
+        dvc_push(repo)
+        return state
 
 
 if __name__ == "__main__":

@@ -63,6 +63,24 @@ def dvc_stage(stage: str, repo: str, force: bool = False) -> None:
         raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
+@task(name="dvc-push")
+def dvc_push(repo: str) -> bool:
+    """Send the run's outputs (data, features, models, metrics) to the DVC remote, so another machine or
+    a fresh clone gets them with `dvc pull` instead of re-training. Skipped, with a warning, when the
+    checkout has no default remote; a failing push fails the run. True when pushed."""
+    logger = get_run_logger()
+    remote = subprocess.run([str(BIN / "dvc"), "remote", "default"], cwd=repo, env=_env(), capture_output=True,
+                            text=True).stdout.strip()
+    if not remote:
+        logger.warning("no default DVC remote in %s: outputs not pushed (dvc remote add -d …)", repo)
+        return False
+    done = subprocess.run([str(BIN / "dvc"), "push"], cwd=repo, env=_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc push to remote '{remote}' failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    logger.info("pushed to DVC remote '%s': %s", remote, (done.stdout.strip().splitlines() or ["nothing new"])[-1])
+    return True
+
+
 @task(name="promotion-gate")
 def gate(repo: str) -> GateDecision:
     """Compare the packaged candidate with production on the same test split."""
