@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,22 @@ def test_repro_then_only_changed_stages_rerun(project: Path):
     import numpy as np
 
     assert np.load(project / "data" / "features" / "training.npy", mmap_mode="r").shape[1] == 40
+
+    # Another machine: push to a remote, clone, pull — the released model and metrics arrive and DVC
+    # finds nothing to re-run (no training on the second machine).
+    remote = project.parent / "dvc-remote"
+    run_in(["dvc", "remote", "add", "-d", "shared", str(remote)], project)
+    run_in(["dvc", "push"], project)
+    run_in(["git", "add", "-A"], project)
+    run_in(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], project)
+    clone = project.parent / "clone"
+    run_in(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    run_in(["dvc", "pull"], clone)
+    release = clone / "data" / "release" / "model.pt"
+    assert release.read_bytes() == (project / "data" / "release" / "model.pt").read_bytes()
+    assert json.loads((clone / "data" / "metrics.json").read_text()).keys() >= {"speaker_eer", "frr"}
+    status = run_in(["dvc", "status"], clone)
+    assert "Data and pipelines are up to date" in status, status
 
 
 @pytest.mark.slow
