@@ -69,8 +69,9 @@ def dvc_push(repo: str) -> bool:
     a fresh clone gets them with `dvc pull` instead of re-training. Skipped, with a warning, when the
     checkout has no default remote; a failing push fails the run. True when pushed."""
     logger = get_run_logger()
-    remote = subprocess.run([str(BIN / "dvc"), "remote", "default"], cwd=repo, env=_env(), capture_output=True,
-                            text=True).stdout.strip()
+    found = subprocess.run([str(BIN / "dvc"), "remote", "default"], cwd=repo, env=_env(), capture_output=True,
+                           text=True)
+    remote = found.stdout.strip() if found.returncode == 0 else ""  # none: exit 1, "No default remote set"
     if not remote:
         logger.warning("no default DVC remote in %s: outputs not pushed (dvc remote add -d …)", repo)
         return False

@@ -44,10 +44,15 @@ def _set(project: Path, section: str, **values) -> None:
 def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, project: Path):
     from pipelines.retrain import retrain
 
+    from tests.conftest import run_in
+
     _set(project, "promotion", download_retries=1, retry_delay_s=0)
+    remote = project.parent / "remote"
+    run_in(["dvc", "remote", "add", "-d", "shared", str(remote)], project)
     before = _production_tags()
     state = retrain(repo=str(project), return_state=True)
     assert state.is_completed() and state.name == "Completed", state.message
+    assert "Everything is up to date" in run_in(["dvc", "push"], project)  # the flow pushed every output
     after_first = _production_tags()
     assert len(after_first) == len(before) + 1  # the first model has nothing to beat
     assert (project / "dvc.lock").exists()
@@ -177,3 +182,51 @@ def test_enroll_data_runs_nothing_without_new_recordings_or_while_the_checkout_i
     assert state.is_completed() and state.name == "Skipped", state.message
     assert not (tmp_path / "data").exists()  # no stage ran
 
+
+
+@pytest.mark.slow
+def test_a_process_work_pool_runs_retrain_from_its_deployment(project: Path, tmp_path: Path):
+    """The README's path for other machines: a process work pool on a local `prefect server`, the flows
+    deployed to it (`python -m pipelines.deploy`), a `prefect worker` polling it; a triggered retrain
+    of a tiny project completes and promotes a model."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    port = servers.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO)}
+    log = tmp_path / "server.log"
+    server = servers.start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                           log, env=env)
+    worker = None
+
+    def cli(*args: str, cwd: Path = REPO) -> str:
+        done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{args}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        return done.stdout
+
+    try:
+        servers.wait_healthy(f"{api}/health", server, log, timeout_s=90)
+        cli(str(BIN / "prefect"), "work-pool", "create", "voicelock-test", "--type", "process")
+        out = cli(sys.executable, "-m", "pipelines.deploy", "--pool", "voicelock-test", "--repo", str(project))
+        assert out.count("deployed") == 2, out
+        worker = servers.start([str(BIN / "prefect"), "worker", "start", "--pool", "voicelock-test"],
+                               tmp_path / "worker.log", env=env)
+        run = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        retrain_id = next(d["id"] for d in run if d["name"] == "weekly-retrain")
+        assert next(d for d in run if d["id"] == retrain_id)["work_pool_name"] == "voicelock-test"
+        flow_run = httpx.post(f"{api}/deployments/{retrain_id}/create_flow_run", json={}, timeout=10).json()
+        deadline, state = time.time() + 600, {}
+        while time.time() < deadline:
+            state = httpx.get(f"{api}/flow_runs/{flow_run['id']}", timeout=10).json()["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state.get("type") == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
+        assert (project / "dvc.lock").exists() and (project / "data" / "release" / "model.pt").exists()
+    finally:
+        servers.stop(worker)
+        servers.stop(server)
