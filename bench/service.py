@@ -13,8 +13,11 @@
    workers' memory is back within 200 MB of its baseline afterwards.
 
     python bench/service.py --url http://127.0.0.1:3000 [--api-key KEY] [--clients 16] [--seconds 20]
+    python bench/service.py --url http://127.0.0.1:3000 --url http://127.0.0.1:3001   # load spread over replicas
     python bench/service.py --serve     # starts `bentoml serve` itself (the promoted model, a scratch
                                         # database, lockout_failures 10^9), measures, stops it
+    python bench/service.py --scaleout  # one run: the load test on one `bentoml serve` over SQLite, then on
+                                        # one over PostgreSQL, two over one throw-away PostgreSQL; prints the ratios
 """
 
 from __future__ import annotations
@@ -53,13 +56,15 @@ def _wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> byt
     return buf.getvalue()
 
 
-async def load(url: str, headers: dict, user: str, probe: bytes, clients: int, seconds: float,
+async def load(urls: str | list[str], headers: dict, user: str, probe: bytes, clients: int, seconds: float,
                route: str = "/unlock") -> list[float]:
+    """Each client sends to one of `urls` in turn (client i to urls[i % len]): replicas share the load."""
+    urls = [urls] if isinstance(urls, str) else urls
     latencies: list[float] = []
     failures: Counter = Counter()
     deadline = time.perf_counter() + seconds
 
-    async def worker(c: httpx.AsyncClient) -> None:
+    async def worker(c: httpx.AsyncClient, url: str) -> None:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             r = await c.post(f"{url}{route}", data={"user": user}, files={"file": ("p.wav", probe, "audio/wav")})
@@ -71,7 +76,7 @@ async def load(url: str, headers: dict, user: str, probe: bytes, clients: int, s
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     cpu = time.process_time()
     async with httpx.AsyncClient(headers=headers, timeout=30, limits=limits) as c:
-        await asyncio.gather(*(worker(c) for _ in range(clients)))
+        await asyncio.gather(*(worker(c, urls[i % len(urls)]) for i in range(clients)))
     cpu = time.process_time() - cpu
     # The load generator shares the server's cores: say how much of them it took.
     print(f"load generator: {cpu / seconds:.2f} cores, {1000 * cpu / max(1, len(latencies)):.2f} ms CPU per request")
@@ -257,68 +262,117 @@ def find_probe(c: httpx.Client, url: str, params) -> tuple[bytes, str, str] | No
     return None
 
 
-def serve_for_bench(params_path: Path) -> tuple[str, object]:
-    """`bentoml serve` of the promoted model with a scratch database and a lockout that never triggers
-    (the load test repeats one probe; the fuzz guesses wrong thousands of times)."""
+def serve_for_bench(params_path: Path, replicas: int = 1, database_url: str | None = None) -> tuple[list[str], list]:
+    """`bentoml serve` of the promoted model — `replicas` of them on their own ports over one database
+    (default: a scratch SQLite file) — with a lockout that never triggers (the load test repeats one
+    probe; the fuzz guesses wrong thousands of times). Their URLs and processes."""
     root = Path(tempfile.mkdtemp(prefix="voicelock-bench-"))
     raw = yaml.safe_load(params_path.read_text())
-    raw["service"].update(lockout_failures=10**9, database_url=f"sqlite:///{root / 'enrollments.db'}")
+    raw["service"].update(lockout_failures=10**9, database_url=database_url or f"sqlite:///{root / 'enrollments.db'}")
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = root / "serve.log"
-    proc = start([str(BIN / "bentoml"), "serve", "service.service:VoiceLock", "--host", "127.0.0.1", "--port",
-                  str(port)], log, cwd=REPO, env={**os.environ, "BENTOML_DO_NOT_TRACK": "true",
-                                                  "VOICELOCK_PARAMS": str(root / "params.yaml")})
-    wait_healthy(f"{url}/readyz", proc, log)
-    return url, proc
+    urls, procs = [], []
+    for i in range(replicas):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = root / f"serve{i}.log"
+        procs.append(start([str(BIN / "bentoml"), "serve", "service.service:VoiceLock", "--host", "127.0.0.1",
+                            "--port", str(port)], log, cwd=REPO,
+                           env={**os.environ, "BENTOML_DO_NOT_TRACK": "true",
+                                "VOICELOCK_PARAMS": str(root / "params.yaml")}))
+        wait_healthy(f"{url}/readyz", procs[-1], log)
+        urls.append(url)
+    return urls, procs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:3000")
+    parser.add_argument("--url", action="append", help="a running service (repeat for replicas sharing the load; "
+                                                       "default http://127.0.0.1:3000)")
     parser.add_argument("--serve", action="store_true", help="start `bentoml serve` for the run, then stop it")
+    parser.add_argument("--scaleout", action="store_true",
+                        help="load test only: one replica over SQLite, then two over PostgreSQL, in one run")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--fuzz", type=int, default=5000)
+    parser.add_argument("--fuzz", type=int, default=5000, help="hostile requests after the load test (0: none)")
     args = parser.parse_args()
-    proc = None
+    if args.scaleout:
+        return scaleout(args)
+    args.url = args.url or ["http://127.0.0.1:3000"]
+    procs: list = []
     if args.serve:
-        args.url, proc = serve_for_bench(args.params)
+        args.url, procs = serve_for_bench(args.params)
     try:
         run(args)
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
 
 
-def run(args: argparse.Namespace) -> None:
-    host = urlparse(args.url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        sys.exit("refusing to load anything but a service on this machine's loopback")
+def scaleout(args: argparse.Namespace) -> None:
+    """The same load generator against one replica over SQLite, one over PostgreSQL (the database's
+    share) and two over one PostgreSQL (the replicas' share); ratios to the first."""
+    from tests.servers import Postgres
+
+    figures = {}
+    for name, replicas, postgres in (("1 replica, SQLite", 1, False), ("1 replica, PostgreSQL", 1, True),
+                                     ("2 replicas, one PostgreSQL", 2, True)):
+        database = Postgres().start() if postgres else None
+        urls, procs = serve_for_bench(args.params, replicas, database.url if database else None)
+        try:
+            print(f"--- {name}")
+            figures[name] = load_test(args, urls)[:3]
+        finally:
+            for proc in procs:
+                stop(proc)
+            if database is not None:
+                database.stop()
+    base = next(iter(figures.values()))
+    for name, (rate, p50, p99) in list(figures.items())[1:]:
+        print(f"{name} / 1 replica, SQLite: {rate / base[0]:.2f}x req/s, p50 {p50 / base[1]:.2f}x, "
+              f"p99 {p99 / base[2]:.2f}x")
+    print(f"(one machine, {os.cpu_count()} cores for everything: replicas add processes, not cores)")
+
+
+def load_test(args: argparse.Namespace, urls: list[str]) -> tuple[float, float, float, str, bytes]:
+    """Enroll a probe's speaker (on the first URL) and load all URLs; (req/s, p50 ms, p99 ms, user, probe)."""
     params = load_params(args.params)
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     with httpx.Client(headers=headers, timeout=60) as c:
-        found = find_probe(c, args.url, params)
+        found = find_probe(c, urls[0], params)
     if found is None:
         sys.exit("no speaker's recording unlocks their own enrollment, so the load test would only measure "
                  "the lockout")
     probe, what, user = found
     print(f"probe: {what}")
-    lat = asyncio.run(load(args.url, headers, user, probe, args.clients, args.seconds))
-    if lat:
-        p50, p99 = np.percentile(np.array(lat) * 1000, [50, 99])
-        print(f"/unlock, {args.clients} concurrent clients, {args.seconds:g} s: {len(lat) / args.seconds:.1f} req/s, "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (targets: p50 <= 20 ms, p99 <= 60 ms)")
+    lat = asyncio.run(load(urls, headers, user, probe, args.clients, args.seconds))
+    if not lat:
+        sys.exit("no request succeeded under load")
+    p50, p99 = np.percentile(np.array(lat) * 1000, [50, 99])
+    rate = len(lat) / args.seconds
+    print(f"/unlock over {len(urls)} URL(s), {args.clients} concurrent clients, {args.seconds:g} s: {rate:.1f} req/s, "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (targets: p50 <= 20 ms, p99 <= 60 ms)")
+    return rate, p50, p99, user, probe
+
+
+def run(args: argparse.Namespace) -> None:
+    for url in args.url:
+        if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit("refusing to load anything but a service on this machine's loopback")
+    *_, user, probe = load_test(args, args.url)
+    if args.fuzz <= 0:
+        return
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    url = args.url[0]
     baseline, baseline_parts = server_rss_mb(), memory_mb()
     requests = malformed_requests(user, probe, args.fuzz)
     with multiprocessing.Manager() as manager:
         stop_event, shared = manager.Event(), manager.list()
-        watcher = multiprocessing.Process(target=poll_health, args=(args.url, stop_event, shared))
+        watcher = multiprocessing.Process(target=poll_health, args=(url, stop_event, shared))
         watcher.start()
         t0 = time.perf_counter()
-        statuses = asyncio.run(fuzz(args.url, headers, requests, args.clients))
+        statuses = asyncio.run(fuzz(url, headers, requests, args.clients))
         elapsed = time.perf_counter() - t0
         stop_event.set()
         watcher.join()
@@ -326,7 +380,7 @@ def run(args: argparse.Namespace) -> None:
     time.sleep(2)  # let the workers finish abandoned work and free it
     after, after_parts = server_rss_mb(), memory_mb()
     server_errors = sum(n for s, n in statuses.items() if isinstance(s, int) and s >= 500)
-    healthy = httpx.get(f"{args.url}/healthz", timeout=10).status_code == 200
+    healthy = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     worst = max(health) * 1000 if health else float("inf")
     print(f"fuzz: {sum(statuses.values())} malformed and hostile requests in {elapsed:.0f} s, answers "
           f"{dict(sorted(statuses.items(), key=str))}")
