@@ -41,7 +41,8 @@ def deploy(repo: str, pool: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", required=True, help="the Prefect work pool (prefect work-pool create NAME --type process)")
+    parser.add_argument("--pool", required=True,
+                        help="the Prefect work pool (prefect work-pool create NAME --type process)")
     parser.add_argument("--repo", default=".", help="the voicelock checkout the runs work in (default: here)")
     args = parser.parse_args(argv)
     for deployment in deploy(args.repo, args.pool):

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 
 from service import metrics_guard
 from service.page import MOUNT as PAGE
@@ -49,8 +50,11 @@ class RequestGuard:
     oversized bodies, 400/415 for malformed forms; counts every answer by route template."""
 
     def __init__(self, app, max_request_bytes: int, api_key: str | None,
-                 form_routes: dict[str, dict[str, int]] | None = None):
+                 form_routes: dict[str, dict[str, int]] | None = None,
+                 complete_openapi: Callable[[dict], dict] | None = None):
+        """`complete_openapi`: applied once to BentoML's /docs.json before it is kept (service/openapi.py)."""
         self.app = app
+        self.complete_openapi = complete_openapi
         # route → {upload field: most files it may hold}; every other field is text. Counting uploads
         # before the app decodes any: 600 challenge files in one 1.6 MB request cost 2.2 GB.
         self.form_routes = form_routes or {}
@@ -139,7 +143,11 @@ class RequestGuard:
                 for message in messages:
                     await send(message)
                 return
-            self._documents[path] = (list(start.get("headers", [])), body)
+            headers = list(start.get("headers", []))
+            if path == "/docs.json" and self.complete_openapi is not None:
+                body = json.dumps(self.complete_openapi(json.loads(body))).encode()
+                headers = [(k, str(len(body)).encode() if k.lower() == b"content-length" else v) for k, v in headers]
+            self._documents[path] = (headers, body)
         headers, body = self._documents[path]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

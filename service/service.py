@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from service.compute import BoundedCompute
 from service.middleware import RequestGuard
+from service.openapi import document
 from service.page import MOUNT as PAGE_MOUNT
 from service.page import build_page_app
 from service.settings import SETTINGS
@@ -167,7 +168,13 @@ class VoiceLock:
             return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _complete_openapi(spec: dict) -> dict:
+    from importlib.metadata import version
+
+    return document(spec, version("voicelock"), SETTINGS.model_tag, api_key=SETTINGS.api_key is not None)
+
+
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,
-                              api_key=SETTINGS.api_key,
+                              api_key=SETTINGS.api_key, complete_openapi=_complete_openapi,
                               form_routes={"/enroll": {"files": PARAMS.enroll.max_clips},
                                            "/unlock": {"file": 1, "challenge_files": PARAMS.service.challenge_words}})

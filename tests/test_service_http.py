@@ -207,3 +207,29 @@ def test_a_promotion_keeps_users_enrolled_before_it(trained: Params, lenient_par
         assert "re-embedded the enrollment of 'pia'" in srv.log.read_text()
     finally:
         srv.stop()
+
+
+def test_the_openapi_page_documents_every_answer_status_and_header(server: Server, case: UnlockCase):
+    """/docs.json types each route's answer (not `additionalProp1`), lists its status codes, the proof
+    headers and the API key; real answers validate against the same models (extra fields forbidden)."""
+    from service.openapi import EnrollAnswer, ErrorAnswer, UnlockAnswer
+
+    with client() as c:
+        spec = c.get(f"{server.url}/docs.json").json()
+        assert spec["info"]["title"] == "voicelock" and spec["info"]["version"] not in (None, "None", "")
+        unlock_op = spec["paths"]["/unlock"]["post"]
+        assert unlock_op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/UnlockAnswer")
+        fields = spec["components"]["schemas"]["UnlockAnswer"]["properties"]
+        assert {"unlocked", "user", "token", "token_expires_in_s", "reason", "locked_for_s"} <= set(fields)
+        assert {"400", "401", "409", "413", "415", "429", "503"} <= set(unlock_op["responses"])
+        assert unlock_op["security"] == [{"ApiKey": []}]
+        assert spec["components"]["securitySchemes"]["ApiKey"] == {**spec["components"]["securitySchemes"]["ApiKey"],
+                                                                     "in": "header", "name": "X-API-Key"}
+        enroll_op = spec["paths"]["/enroll"]["post"]
+        assert {"X-Unlock-Token", "X-Admin-Key"} <= {p["name"] for p in enroll_op["parameters"] if p["in"] == "header"}
+        assert {"403", "409"} <= set(enroll_op["responses"])
+        assert {"403", "404"} <= set(spec["paths"]["/users/{user}"]["delete"]["responses"])
+        EnrollAnswer.model_validate(enroll(c, server.url, "olive", case.read(case.enroll)).json())
+        UnlockAnswer.model_validate(unlock(c, server.url, "olive", case.genuine[0].read_bytes()).json())
+        UnlockAnswer.model_validate(unlock(c, server.url, "olive", case.impostors[0].read_bytes()).json())
+        ErrorAnswer.model_validate(enroll(c, server.url, "olive", case.read(case.enroll)).json())  # 409

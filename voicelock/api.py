@@ -33,7 +33,8 @@ MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key m
 
 class UnlockApi:
     def __init__(self, lock: Unlocker, store: EnrollmentStore, params: Params, model_tag: str,
-                 clock: Callable[[], float] = time.time, admin_key: str | None = None, sealer: Sealer | None = None):
+                 clock: Callable[[], float] = time.time, admin_key: str | None = None,
+                 sealer: Sealer | None = None):
         """`model_tag` names the served model in the audit log; `sealer` (the takes key) keeps each
         enrollment's recordings encrypted so that a later model can re-embed them."""
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
