@@ -53,6 +53,11 @@ class DeleteAnswer(_Answer):
     user: str
 
 
+class LockAnswer(_Answer):
+    user: str
+    locked_for_s: int = Field(description="seconds until the user may try again; 0 when not locked")
+
+
 class ErrorAnswer(_Answer):
     error: str = Field(description="what was wrong and how to fix it (never a stack trace)")
 
@@ -75,6 +80,7 @@ ROUTES: dict[tuple[str, str], tuple[type[_Answer], dict[str, str]]] = {
         "429": "locked out after too many failed attempts: wait Retry-After seconds"}),
     ("/challenge", "post"): (ChallengeAnswer, {
         "429": "locked out after too many failed attempts: wait Retry-After seconds"}),
+    ("/users/{user}/lock", "get"): (LockAnswer, {}),
     ("/users/{user}", "delete"): (DeleteAnswer, {
         "403": "no valid proof of ownership (X-Unlock-Token or X-Admin-Key)",
         "404": "not enrolled (answered only to a valid proof)"}),
@@ -91,7 +97,7 @@ def document(spec: dict[str, Any], version: str, model: str, api_key: bool) -> d
     info.update(title="voicelock", version=version,
                 description=f"Voice unlock: the right person saying the right password. Model {model}.")
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    for model_cls in (EnrollAnswer, UnlockAnswer, ChallengeAnswer, DeleteAnswer, ErrorAnswer):
+    for model_cls in (EnrollAnswer, UnlockAnswer, ChallengeAnswer, DeleteAnswer, LockAnswer, ErrorAnswer):
         schemas[model_cls.__name__] = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
     if api_key:
         spec["components"].setdefault("securitySchemes", {})["ApiKey"] = {

@@ -21,10 +21,11 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 
 
-def page_config(params: Params, api_key_required: bool) -> dict:
+def page_config(params: Params, api_key_required: bool, vocabulary: list[str] | None = None) -> dict:
     """What the page needs to record takes the service will accept, from params.yaml: also whether
-    unlocking needs a liveness challenge (so the Unlock button asks for one first) and whether answers
-    carry scores (explain), so the page shows scores only when the service sends them."""
+    unlocking needs a liveness challenge (so the Unlock button asks for one first), whether answers
+    carry scores (explain), so the page shows scores only when the service sends them, and the words
+    the served model knows (a password should be one of them; /challenge draws from them too)."""
     page, enroll, service = params.page, params.enroll, params.service
     return {
         **page.model_dump(),
@@ -36,12 +37,14 @@ def page_config(params: Params, api_key_required: bool) -> dict:
         "explain": service.explain,
         "liveness": service.liveness,
         "challenge_words": service.challenge_words,
+        "vocabulary": sorted(vocabulary or []),
     }
 
 
-def build_page_app(params: Params, api_key_required: bool) -> FastAPI:
+def build_page_app(params: Params, api_key_required: bool, vocabulary: list[str] | None = None) -> FastAPI:
+    """`vocabulary`: a list the service fills once its model is loaded (the page app is built first)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    config = page_config(params, api_key_required)
+    vocabulary = vocabulary if vocabulary is not None else []
 
     @app.middleware("http")
     async def _security_headers(request, call_next):
@@ -54,7 +57,7 @@ def build_page_app(params: Params, api_key_required: bool) -> FastAPI:
 
     @app.get("/config.json")
     def _config() -> dict:
-        return config
+        return page_config(params, api_key_required, vocabulary)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
     return app

@@ -55,7 +55,8 @@ _check_database()
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
 docs = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 # The browser page: enroll and unlock by voice.
-page = build_page_app(PARAMS, api_key_required=SETTINGS.api_key is not None)
+VOCABULARY: list[str] = []  # the served model's words, filled when the worker loads it
+page = build_page_app(PARAMS, api_key_required=SETTINGS.api_key is not None, vocabulary=VOCABULARY)
 
 
 @docs.get("/")
@@ -101,6 +102,7 @@ class VoiceLock:
         stored = self.model
         lock = Unlocker(stored.path, PARAMS.enroll, embedder=self._embed_batched if PARAMS.service.batching else None)
         self.word_dim = lock.model.password_out.in_features
+        VOCABULARY[:] = lock.vocabulary
         store = EnrollmentStore(SETTINGS.database_url)
         sealer = Sealer(SETTINGS.takes_key, PARAMS.service.takes_key_env) if SETTINGS.takes_key else None
         if sealer is None:
@@ -157,6 +159,15 @@ class VoiceLock:
             return self.core.unlock(user, "file", Path(file).read_bytes(), challenge or None, extra)
 
         return await self._answer(ctx, call)
+
+    @users.get("/{user}/lock")
+    def lock_status(self, user: str) -> JSONResponse:
+        """Whether `user` is locked out after failed attempts (`locked_for_s` > 0), for any name."""
+        try:
+            return JSONResponse(self.core.lock_status(user))
+        except VoicelockError as e:
+            status, body, headers = _error(e)
+            return JSONResponse(body, status_code=status, headers=headers)
 
     @users.delete("/{user}")
     def delete_user(self, user: str, request: Request) -> JSONResponse:

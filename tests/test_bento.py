@@ -1,4 +1,5 @@
-"""`bentoml build` of the service: the CPU torch only, a model card, and the environment left as it was."""
+"""Packaging for deployment: `voicelock promote` (promoted, then not promoted) and `bentoml build` of the
+service — the CPU torch only, a model card, and the environment left as it was."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ def test_the_bento_installs_the_cpu_torch_carries_a_model_card_and_leaves_the_ve
         return done.stdout
 
     run(sys.executable, "stages/package.py", "--params", str(lenient_params_path))
-    run(str(BIN / "voicelock"), "--params", str(lenient_params_path), "promote")
+    first = run(str(BIN / "voicelock"), "--params", str(lenient_params_path), "promote")
+    assert first.startswith("promoted voicelock-candidate:") and "no production model yet" in first
+    # The same candidate again: the CLI says why it is not promoted, and production stays (exit 0).
+    again = run(str(BIN / "voicelock"), "--params", str(lenient_params_path), "promote")
+    assert again.startswith("not promoted: voicelock-candidate:") and "already in production" in again
     installed = run(sys.executable, "-m", "pip", "freeze", "--all")
     run(str(BIN / "bentoml"), "build", "-f", "service/bentofile.yaml", ".")
     assert run(sys.executable, "-m", "pip", "freeze", "--all") == installed  # nothing installed into .venv

@@ -219,6 +219,9 @@ def test_page_is_served_locally_with_its_settings(server: servers.Server, page_p
     assert config["min_clips"] == params.enroll.min_clips and config["sample_rate"] == params.data.sample_rate
     assert (config["explain"], config["liveness"]) == (False, "off")  # the page shows no scores, asks no words
     assert config["challenge_words"] == params.service.challenge_words
+    # The words the served model knows, so that a user picks a password it can tell apart.
+    assert config["vocabulary"] == sorted(Unlocker(params.evaluate.out_dir, params.enroll).vocabulary)
+    assert params.owner.password in config["vocabulary"]
     for asset in ("app.js", "recorder.js", "capture-worklet.js", "style.css"):
         assert httpx.get(f"{server.url}/app/{asset}").status_code == 200, asset
 
@@ -278,6 +281,8 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         # Enroll: the fake microphone loops the owner's enrollment takes.
         b = Browser(pw, fake_microphone(enroll, tmp_path / "enroll.wav"))
         b.open(server.url, user)
+        words = b.page.locator("#vocabulary")
+        assert words.is_visible() and params.owner.password in words.text_content()
         # While recording: the countdown, then the level meter moving with the voice.
         b.page.click("#record-take")
         b.page.wait_for_function("() => document.getElementById('phase').textContent === '1'", timeout=10_000)
@@ -352,6 +357,7 @@ def test_enroll_unlock_and_reject_in_a_real_browser(server: servers.Server, page
         b.open(server.url, user)
         message = b.click_and_wait("#unlock-btn")
         assert message.startswith(f"“{user}” is locked after too many failed attempts. Try again in "), message
+        assert b.headers("POST", "/unlock") == [] and b.page.is_hidden("#recording")  # said before recording
         wait = int(message.split("Try again in ")[1].split()[0])
         assert 0 < wait <= params.service.lockout_seconds
         assert b.page.get_attribute("#message", "data-kind") == "error"

@@ -91,11 +91,16 @@ def test_enroll_unlock_delete_and_persistence(server: Server, case: UnlockCase):
 def test_lockout_over_http(server: Server, case: UnlockCase, trained: Params):
     with client() as c:
         assert enroll(c, server.url, "bob", case.read(case.enroll)).status_code == 200
+        assert c.get(f"{server.url}/users/bob/lock").json() == {"user": "bob", "locked_for_s": 0}
         for probe in case.impostors[: trained.service.lockout_failures]:
             assert unlock(c, server.url, "bob", probe.read_bytes()).json()["unlocked"] is False
         r = unlock(c, server.url, "bob", case.genuine[0].read_bytes())
         assert_clean_error(r, 429, "locked")
         assert 0 < int(r.headers["Retry-After"]) <= trained.service.lockout_seconds
+        # The page asks before recording: the same wait, for any name (unknown ones are never locked).
+        assert 0 < c.get(f"{server.url}/users/bob/lock").json()["locked_for_s"] <= trained.service.lockout_seconds
+        assert c.get(f"{server.url}/users/nobody/lock").json() == {"user": "nobody", "locked_for_s": 0}
+        assert_clean_error(c.get(f"{server.url}/users/a%20b/lock"), 400, "user")
 
 
 def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):

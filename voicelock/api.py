@@ -174,6 +174,14 @@ class UnlockApi:
             answer.update(self._explain(decision))
         return answer
 
+    def lock_status(self, user: str) -> dict:
+        """Whether `user` is locked out, and for how long: so that the page says so before asking for a
+        recording. It tells nothing new: an unlock attempt says the same (429) before it is charged,
+        and any name, enrolled or not, has a lockout state."""
+        user = self.check_user(user)
+        _, locked_until = self.store.lock_state(user)
+        return {"user": user, "locked_for_s": max(0, math.ceil(locked_until - self.clock()))}
+
     def delete(self, user: str, token: str | None = None, admin_key: str | None = None) -> dict:
         """Forget a user; needs proof of ownership, and says nothing about unknown names without it."""
         return self._audited("delete", user, lambda: self._delete(user, token, admin_key))

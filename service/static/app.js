@@ -344,6 +344,12 @@ async function recordChallenged(user, form) {
 async function unlock() {
   const user = userName();
   hideResult();
+  // A locked-out user hears so now, not after recording (the service would refuse the take anyway).
+  const state = await call("GET", `/users/${encodeURIComponent(user)}/lock`);
+  if (state.locked_for_s > 0) {
+    lockFor(user, state.locked_for_s);
+    throw new PageError(`“${user}” is locked after too many failed attempts. Try again in ${state.locked_for_s} seconds.`);
+  }
   const form = new FormData();
   form.append("user", user);
   if (cfg.liveness === "challenge") {
@@ -383,6 +389,10 @@ async function start() {
   $("api-key-row").hidden = !cfg.api_key_required;
   $("api-key").value = sessionStorage.getItem("voicelock-api-key") || "";
   $("api-key").addEventListener("change", () => sessionStorage.setItem("voicelock-api-key", $("api-key").value));
+  if (cfg.vocabulary && cfg.vocabulary.length) {  // the words the model was trained on: any works as a password
+    $("vocabulary").textContent = `Words this model knows (pick one): ${cfg.vocabulary.join(", ")}.`;
+    $("vocabulary").hidden = false;
+  }
   $("user").maxLength = cfg.max_user_length;
   $("user").addEventListener("input", refreshButtons);
   if (cfg.liveness === "challenge") {
