@@ -172,7 +172,7 @@ def malformed_requests(user: str, good: bytes, n: int, seed: int = 0) -> list[di
 
 
 def server_rss_mb(field: str = "VmRSS") -> float | None:
-    """Resident memory of every `bentoml serve` process on this machine (server and workers), in MB;
+    """Resident memory of every `bentoml serve` process of this checkout (server and workers), in MB;
     None when there is none to see (a service in another container). `field` is a line of
     /proc/PID/status: VmRSS (all resident pages), RssAnon (the heap: what the processes allocated) or
     RssFile (pages of mapped files — torch's shared libraries count here as their code is first run)."""
@@ -181,6 +181,8 @@ def server_rss_mb(field: str = "VmRSS") -> float | None:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"bentoml" not in cmdline or not (b"serve" in cmdline or b"_bentoml_impl" in cmdline):
+                continue
+            if Path(f"/proc/{pid}/cwd").resolve() != REPO:  # another checkout's (or session's) server
                 continue
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

@@ -170,14 +170,19 @@ async def _read_body(receive, limit: int) -> bytes | None:
 
 
 def _replay(body: bytes):
-    sent = False
+    """`receive` that hands `body` over once, then answers disconnect — and lets go of it when it does.
+
+    This closure outlives its request by 20–40 s: asyncio keeps a cancelled timer (the compute pool's
+    timeout, BentoML's traffic timeout) in its queue until the deadline, with its copy of the request's
+    context variables, which reach BentoML's request and so this `receive`. Holding the whole body that
+    long kept ~0.7 MB per /enroll alive (+190 MB per 300 enrollments in a worker, then kept by malloc),
+    which was most of the service's memory growth under the fuzz (bench/service.py)."""
+    pending = [body]
 
     async def receive():
-        nonlocal sent
-        if sent:
+        if not pending:
             return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": pending.pop(), "more_body": False}
 
     return receive
 
