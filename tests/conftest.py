@@ -57,9 +57,11 @@ def tiny_params_dict(root: Path, **overrides: dict) -> dict:
     raw["finetune"].update(out_dir=str(root / "finetuned"), owner_clips_per_batch=8, **tiny_training)
     raw["owner"].update(out_dir=str(root / "owner"), takes_password=10, takes_other=2)
     raw["evaluate"].update(out_dir=str(root / "release"), metrics_file=str(root / "metrics.json"),
+                           details_file=str(root / "metrics.details.json"),
                            plots_dir=str(root / "plots"), enroll_clips=2, keyword_enroll_clips=2)
     raw["augment"]["speaker_warps"] = []  # three times the classes is more than two tiny epochs can learn
-    raw["ood"].update(out_dir=str(root / "ood"), metrics_file=str(root / "ood.json"), plots_dir=str(root / "plots_ood"),
+    raw["ood"].update(out_dir=str(root / "ood"), metrics_file=str(root / "ood.json"),
+                      details_file=str(root / "ood.details.json"), plots_dir=str(root / "plots_ood"),
                       espeak_speakers=4, flite_voices={"slt": 175, "awb": 115}, takes_per_word=4)
     # An untrained tiny network cannot be held to real agreement thresholds.
     raw["enroll"].update(min_word_agreement=-1.0, min_speaker_agreement=-1.0)
@@ -159,7 +161,7 @@ def lenient_params_path(trained: Params, tiny_params_path: Path, tmp_path_factor
     root = tmp_path_factory.mktemp("lenient")
     raw = yaml.safe_load(tiny_params_path.read_text())
     raw["evaluate"].update(target_far=0.3, raw_floor_far=0.6, out_dir=str(root / "release"),
-                           metrics_file=str(root / "metrics.json"),
+                           metrics_file=str(root / "metrics.json"), details_file=str(root / "details.json"),
                            plots_dir=str(root / "plots"))
     raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",
                           package_record=str(root / "package.json"))

@@ -34,7 +34,9 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
     assert REQUIRED_METRICS <= set(metrics)
     for key in REQUIRED_METRICS:
         assert 0.0 <= metrics[key] <= (10.0 if key == "min_dcf" else 1.0), key
-    assert metrics["trials_genuine"] > 0 and metrics["owner_trials_genuine"] > 0
+    details = json.loads(Path(trained.evaluate.details_file).read_text())  # counts beside the rates
+    assert details["trials_genuine"] > 0 and details["owner_trials_genuine"] > 0
+    assert set(details["thresholds"]) >= {"word", "speaker"} and not set(details) & set(metrics)
     plots = Path(trained.evaluate.plots_dir)
     for name in ("det.csv", "confusion.csv", "det.png", "scores.png", "confusion.png"):
         assert (plots / name).stat().st_size > 0

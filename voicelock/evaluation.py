@@ -7,7 +7,6 @@ in Speech Commands layout (`voicelock evaluate --data DIR`).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, load_split
 from voicelock.liveness import challenge_word_trials, template_scores, word_templates
 from voicelock.metrics import eer, error_curve, min_dcf, threshold_for_far
+from voicelock.metrics_files import write_metrics
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
 from voicelock.model.network import VoiceLockNet
@@ -238,11 +238,11 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
 
 
 def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
-    """Evaluate the fine-tuned model; write the release (voicelock/release.py), metrics and plots."""
+    """Evaluate the fine-tuned model; write the release (voicelock/release.py), metrics (rates; counts
+    and thresholds beside them, `write_metrics`) and plots."""
     model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
     metrics, result, scorer, templates = evaluate_model(model, params)
-    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics_path).write_text(json.dumps(metrics, indent=1))
+    write_metrics(metrics, metrics_path, params.evaluate.details_file)
     _write_plots(result, Path(plots_dir))
     Release.from_checkpoint(model, meta, metrics["thresholds"], scorer, templates,
                             metrics=metrics).save(params.evaluate.out_dir)
@@ -272,7 +272,8 @@ def evaluate_unseen(params: Params) -> dict:
     """The released model on the unseen-voices corpus (voicelock/data/unseen.py) at its *shipped*
     thresholds, cohort and word templates — never re-calibrated on these voices, so the figures are
     what a new user unlike the training voices meets. Writes `ood.metrics_file` (the keys of the
-    in-domain metrics, plus `by_engine`) and DET / confusion plots under `ood.plots_dir`."""
+    in-domain metrics, plus `by_engine`; counts and thresholds beside it, `write_metrics`) and DET /
+    confusion plots under `ood.plots_dir`."""
     ep = params.evaluate
     release = Release.load(ep.out_dir)
     model, thresholds, scorer, templates = release.model, release.thresholds, release.scorer, release.word_templates
@@ -290,7 +291,6 @@ def evaluate_unseen(params: Params) -> dict:
         sub = evaluate_split(model, part, thresholds, ep, params.seed, scorer,
                              (embedded[0][rows], embedded[1][rows]))
         metrics["by_engine"][engine] = sub.metrics
-    Path(params.ood.metrics_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(params.ood.metrics_file).write_text(json.dumps(metrics, indent=1))
+    write_metrics(metrics, params.ood.metrics_file, params.ood.details_file)
     _write_plots(result, Path(params.ood.plots_dir))
     return metrics

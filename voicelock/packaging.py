@@ -7,6 +7,7 @@ can always be traced to the commit and corpus that made it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -46,6 +47,7 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
     It becomes the production model only through the promotion gate (voicelock.promotion).
     """
     import bentoml
+    from bentoml.exceptions import NotFound as BentoNotFound
 
     release = Path(params.evaluate.out_dir)
     checkpoint = release / MODEL_FILE
@@ -55,17 +57,23 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
     if "thresholds" not in meta:
         raise VoicelockError(f"{checkpoint}: model has no calibrated thresholds — re-run the evaluate stage")
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
-    with bentoml.models.create(
-        params.promotion.candidate_name,
-        labels={"stage": "candidate", "password": str(meta.get("password", ""))},
-        metadata={"code_version": code_version(), "data_version": data_version(),
-                  "thresholds": meta["thresholds"], "metrics": metrics,
-                  "sample_rate": meta["sample_rate"], "feature_kind": meta["feature_params"]["kind"]},
-    ) as model:
-        shutil.copy2(checkpoint, model.path_of(MODEL_FILE))
-        for extra in release.glob("*.json"):
-            shutil.copy2(extra, model.path_of(extra.name))
-        tag = str(model.tag)
+    # The version is the release file's digest, not BentoML's random one: packaging the same release
+    # again (a fresh clone's `dvc repro`) names the same candidate, so models/package.json and dvc.lock
+    # come out identical, and an already stored candidate is reused.
+    tag = f"{params.promotion.candidate_name}:{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:20]}"
+    try:
+        bentoml.models.get(tag)
+    except BentoNotFound:
+        with bentoml.models.create(
+            tag,
+            labels={"stage": "candidate", "password": str(meta.get("password", ""))},
+            metadata={"code_version": code_version(), "data_version": data_version(),
+                      "thresholds": meta["thresholds"], "metrics": metrics,
+                      "sample_rate": meta["sample_rate"], "feature_kind": meta["feature_params"]["kind"]},
+        ) as model:
+            shutil.copy2(checkpoint, model.path_of(MODEL_FILE))
+            for extra in release.glob("*.json"):
+                shutil.copy2(extra, model.path_of(extra.name))
     if record is not None:
         Path(record).parent.mkdir(parents=True, exist_ok=True)
         Path(record).write_text(json.dumps({"tag": tag, "metrics": metrics}, indent=1))

@@ -238,6 +238,7 @@ class EnrollParams(_Section):
 class EvaluateParams(_Section):
     out_dir: str
     metrics_file: str
+    details_file: str
     plots_dir: str
     enroll_clips: int = Field(ge=1)
     keyword_enroll_clips: int = Field(ge=1)
@@ -264,6 +265,7 @@ class OodParams(_Section):
 
     out_dir: str
     metrics_file: str
+    details_file: str
     plots_dir: str
     espeak_voices: list[str] = Field(min_length=1)
     espeak_variants: list[str] = Field(min_length=2)
