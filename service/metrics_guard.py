@@ -74,6 +74,9 @@ class _Instruments:
                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.in_progress = pc.Gauge(f"{NAMESPACE}_requests_in_progress", "HTTP requests being answered now",
                                     ["endpoint", "method"], registry=None, multiprocess_mode="livesum")
+        # Which code and model answer: BentoML's own metrics said service_version="not available".
+        self.build = pc.Gauge("voicelock_build_info", "1, labelled with the voicelock version and the served model",
+                              ["version", "model"], registry=None, multiprocess_mode="max")
         self.endpoints: set[str] = set()
 
 
@@ -86,6 +89,11 @@ def _get() -> _Instruments:
         _instruments.clear()
         _instruments[pid] = _Instruments()
     return _instruments[pid]
+
+
+def set_build_info(version: str, model: str) -> None:
+    """Publish `voicelock_build_info{version, model} 1` from this worker (called once it has its model)."""
+    _get().build.labels(version, model).set(1)
 
 
 async def observe(scope, send, call: Callable[[Callable], Awaitable[None]]) -> None:

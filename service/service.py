@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from service import metrics_guard
 from service.compute import BoundedCompute
 from service.middleware import RequestGuard
 from service.openapi import document
@@ -116,6 +117,7 @@ class VoiceLock:
         # otherwise paused the event loop (and /healthz) for tens of milliseconds at a time.
         gc.collect()
         gc.freeze()
+        metrics_guard.set_build_info(_version(), str(stored.tag))
         log.info("voicelock service ready with model %s (%s)", stored.tag, lock.model_id)
 
     def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -179,10 +181,17 @@ class VoiceLock:
             return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _complete_openapi(spec: dict) -> dict:
-    from importlib.metadata import version
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return document(spec, version("voicelock"), SETTINGS.model_tag, api_key=SETTINGS.api_key is not None)
+    try:
+        return version("voicelock")
+    except PackageNotFoundError:  # a Bento runs the source without installing it
+        return "unknown"
+
+
+def _complete_openapi(spec: dict) -> dict:
+    return document(spec, _version(), SETTINGS.model_tag, api_key=SETTINGS.api_key is not None)
 
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,

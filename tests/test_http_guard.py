@@ -133,6 +133,9 @@ def test_metrics_need_the_key_and_are_labelled_by_route_not_path(server: Server)
     for route in ("/users/", "/app/"):
         assert re.search(r'_total\{endpoint="%s\{\w+\}"' % route, after), route
     assert '_total{endpoint="[unmatched]"' in after
+    # Which code and model answer (BentoML's own metrics said service_version="not available").
+    assert re.search(r'voicelock_build_info\{model="voicelock:\w+",version="[\w.]+"\} 1\.0', after), \
+        [line for line in after.splitlines() if "build_info" in line]
 
 
 def _asgi_call(guard, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
