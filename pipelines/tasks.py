@@ -75,7 +75,13 @@ def dvc_push(repo: str) -> bool:
     if not remote:
         logger.warning("no default DVC remote in %s: outputs not pushed (dvc remote add -d …)", repo)
         return False
-    done = subprocess.run([str(BIN / "dvc"), "push"], cwd=repo, env=_env(), capture_output=True, text=True)
+    timeout = load_params(Path(repo) / "params.yaml").promotion.push_timeout_s
+    try:
+        done = subprocess.run([str(BIN / "dvc"), "push"], cwd=repo, env=_env(), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"dvc push to remote '{remote}' took longer than promotion.push_timeout_s "
+                           f"({timeout:.0f} s)") from None
     if done.returncode != 0:
         raise RuntimeError(f"dvc push to remote '{remote}' failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     logger.info("pushed to DVC remote '%s': %s", remote, (done.stdout.strip().splitlines() or ["nothing new"])[-1])

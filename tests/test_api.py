@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,7 +155,10 @@ def test_an_unlock_token_reenrolls_the_same_voice_only(lenient):
     token = core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["token"]
     with pytest.raises(Forbidden, match="not the enrolled voice"):
         core.enroll("gina", files(case.impostors[:3]), token=token)
-    assert core.enroll("gina", files(case.enroll), token=token)["replaced"] is True  # the token survived
+    # The refused attempt used the token up (one unlock buys one comparison); a new unlock's token
+    # re-enrolls the same voice.
+    token = core.unlock("gina", "probe.wav", files(case.genuine)[1][1])["token"]
+    assert core.enroll("gina", files(case.enroll), token=token)["replaced"] is True
 
 
 def test_refused_recordings_and_challenges_are_charged_as_they_should_be(lenient, lenient_params_path: Path):
@@ -269,25 +273,65 @@ def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path
     assert promoted.enroll("gina", files(case.enroll), token=answer["token"])["replaced"] is True
 
 
-def test_another_models_template_without_its_recordings_is_refused_never_scored(lenient, lenient_params_path: Path,
-                                                                                 retrained_release: Path):
-    """No takes key at enrollment (nothing kept), or a different key now: the user must enroll again —
-    refused before any attempt is charged, never scored in the wrong space."""
+def test_another_models_template_without_its_recordings_is_never_scored_nor_named(lenient, lenient_params_path: Path,
+                                                                                   retrained_release: Path, caplog):
+    """No takes key at enrollment (nothing kept), or a different key now: the user must enroll again.
+    Never scored in the wrong space, never unlocked; without explain the caller gets what a wrong voice
+    gets (a 409 for enrolled names only would list them) and the operator's log says why; with explain
+    the 409 names the reason."""
     core, clock, case = lenient
     params = load_params(lenient_params_path)
     core.enroll("hugo", files(case.enroll))  # no sealer: recordings not kept
     core.sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
     core.enroll("ines", files(case.enroll))
     new_lock = Unlocker(retrained_release, params.enroll)
+    genuine = files(case.genuine)[0][1]
     for user, sealer, why in (("hugo", core.sealer, "recordings were not kept"),
                               ("ines", Sealer(Fernet.generate_key().decode(), "VOICELOCK_TAKES_KEY"),
                                "cannot be opened with the key"),
                               ("ines", None, "no takes key is set")):
         promoted = UnlockApi(new_lock, core.store, params, "voicelock:t2", clock, sealer=sealer)
+        failures = core.store.lock_state(user)[0]
+        with caplog.at_level("WARNING", logger="voicelock.api"):
+            assert promoted.unlock(user, "probe.wav", genuine) == {"unlocked": False, "user": user,
+                                                                   "reason": "not recognised"}
+        assert why in caplog.text
+        assert core.store.lock_state(user)[0] == failures + 1  # charged like any wrong guess
+        promoted.p = promoted.p.model_copy(update={"explain": True})
         with pytest.raises(Conflict, match=f"enrolled with another model.*{why}.*enroll again"):
-            promoted.unlock(user, "probe.wav", files(case.genuine)[0][1])
-        assert core.store.lock_state(user) == (0, 0.0)
-    assert core.unlock("hugo", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True  # its own model still
+            promoted.unlock(user, "probe.wav", genuine)
+        core.store.clear_failures(user)
+    assert core.unlock("hugo", "probe.wav", genuine)["unlocked"] is True  # its own model still
+
+
+def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient):
+    """voicelock 0.1 recorded the BentoML tag as a template's model: the service serving that tag
+    relabels it (same model, so the template and the replay memory stay) instead of refusing it."""
+    core, _, case = lenient
+    core.enroll("jane", files(case.enroll))
+    old = core.store.get("jane")
+    assert core.store.upgrade("jane", dataclasses.replace(old, model=core.model_tag), old.model, 1.0,
+                              forget_heard=False)
+    core.store.remember("jane", [[0.0] * len(old.takes[0])], 2.0, keep=50)
+    assert core.unlock("jane", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
+    assert core.store.get("jane").model == core.lock.model_id and core.store.get("jane").word == old.word
+    assert len(core.store.heard_recently("jane", 50)) >= 2  # the old memory stayed, the unlock joined it
+
+
+def test_a_forged_token_learns_nothing_about_a_voice_and_a_mismatch_spends_a_real_one(lenient):
+    """Re-enrolling with a token: the proof is checked before any voice is compared (a forged token
+    gets the same 403 whatever the recordings), and a real token sent with another voice is used up."""
+    core, _, case = lenient
+    core.enroll("kurt", files(case.enroll))
+    other_voice = files(case.impostors[:3])
+    for recordings in (files(case.enroll), other_voice):
+        with pytest.raises(Forbidden, match="^X-Unlock-Token: not valid for this user"):
+            core.enroll("kurt", recordings, token="forged")
+    token = core.unlock("kurt", "probe.wav", files(case.genuine)[0][1])["token"]
+    with pytest.raises(Forbidden, match="not the enrolled voice .* used up"):
+        core.enroll("kurt", other_voice, token=token)
+    with pytest.raises(Forbidden, match="^X-Unlock-Token: not valid"):
+        core.enroll("kurt", files(case.enroll), token=token)  # one unlock bought one comparison
 
 
 def test_every_decision_is_audited_without_scores(lenient):

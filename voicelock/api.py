@@ -8,6 +8,7 @@ more than it needs. Every refusal is a VoicelockError whose `status` the HTTP la
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import math
@@ -23,7 +24,7 @@ from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
 from voicelock.sealing import Sealer
-from voicelock.store import Conflict, EnrollmentStore, Forbidden
+from voicelock.store import TOKEN_INVALID, Conflict, EnrollmentStore, Forbidden
 
 log = logging.getLogger(__name__)
 # Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
@@ -89,14 +90,22 @@ class UnlockApi:
         prepared = self.lock.prepare_enrollment([self._decode(name, blob) for name, blob in files], names)
         template = self.lock.seal(self.lock.template_of(prepared, names), prepared, self.sealer)
         admin = self._is_admin(admin_key)
-        if token and not admin:
-            found = self.store.get(user)
+        found = self.store.get(user) if token and not admin else None
+        if found is not None:
+            # The proof first: without a valid token nothing is compared, so a forged token cannot be
+            # used to learn whether a voice passes for the owner's (both would answer differently).
+            now = self.clock()
+            if not self.store.token_valid(user, token, now):
+                raise Forbidden(TOKEN_INVALID)
             # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
             # not that they may give the account to another voice. The enrolled voice is compared in
-            # this model's space (re-made from its recordings if it was enrolled with another model).
-            if found is not None and not self.lock.same_voice(self._current(user, found), template):
+            # this model's space (re-made from its recordings if it was enrolled with another model);
+            # a mismatch uses the token up, so one unlock buys one comparison.
+            if not self.lock.same_voice(self._current(user, found), template):
+                self.store.spend_token(user, token, now)
                 raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
-                                "voice only; changing the voice needs the administrator's X-Admin-Key")
+                                "voice only (it is now used up); changing the voice needs the administrator's "
+                                "X-Admin-Key")
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
@@ -147,10 +156,18 @@ class UnlockApi:
         found = self.store.get(user)
         if found is None and self.p.explain:
             raise NotFound(f"user '{user}' is not enrolled — enroll first")
-        if found is not None:
-            found = self._current(user, found)
         if self.p.liveness != "challenge":
-            self._charge(user, now)
+            self._charge(user, now)  # before any re-embedding: that work is only done for a charged attempt
+        if found is not None:
+            try:
+                found = self._current(user, found)
+            except Conflict as e:
+                if self.p.explain:
+                    raise
+                # Stranded on another model: without explain the caller gets what a wrong voice gets
+                # (a 409 for enrolled names only would list them); the operator's log says why.
+                log.warning("unlock of %r refused: %s", user, e)
+                found = None
         template = found or self._decoy
         recent = self.store.heard_recently(user, self.p.replay_history)
         decision = self.lock.verify(template, samples, rate, name, recent, takes)
@@ -228,6 +245,10 @@ class UnlockApi:
         that is impossible the user must enroll again — refused before any attempt is charged."""
         if enrolled.model == self.lock.model_id:
             return enrolled
+        if enrolled.model == self.model_tag:  # voicelock ≤ 0.1 recorded the served tag: the same model
+            relabelled = dataclasses.replace(enrolled, model=self.lock.model_id)
+            if self.store.upgrade(user, relabelled, enrolled.model, self.clock(), forget_heard=False):
+                return relabelled
         try:
             renewed = self.lock.reembed(enrolled, self.sealer)
         except VoicelockError as e:
@@ -235,7 +256,13 @@ class UnlockApi:
                            f"moved to it ({e}) — enroll again (with the administrator's X-Admin-Key)") from None
         if self.store.upgrade(user, renewed, enrolled.model, self.clock()):
             log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
-        return renewed
+            return renewed
+        # Someone else changed the row meanwhile (another worker re-embedded it, an administrator
+        # re-enrolled or deleted the user): decide on what is stored now, never on the stale recordings.
+        stored = self.store.get(user)
+        if stored is None or stored.model != self.lock.model_id:
+            raise Conflict(f"user '{user}' changed while being moved to this model — try again")
+        return stored
 
     def _charge(self, user: str, now: float) -> None:
         charge = self.store.charge_attempt(user, now, self.p.lockout_failures, self.p.lockout_seconds,

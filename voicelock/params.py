@@ -350,6 +350,7 @@ class PromotionParams(_Section):
     schedule_timezone: str = "UTC"
     enroll_data_interval_s: int = Field(ge=10)
     checkout_wait_s: float = Field(default=3600, ge=0)
+    push_timeout_s: float = Field(default=1800, gt=0)
     download_retries: int = Field(ge=0)
     retry_delay_s: float = Field(ge=0)
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, case, create_engine,
-                        delete, event, insert, inspect, select, text, update)
+                        delete, event, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
+from alembic.util.exc import CommandError
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from voicelock.enrollment import Template
@@ -109,6 +110,9 @@ class Forbidden(VoicelockError):
     status = 403
 
 
+TOKEN_INVALID = "X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock again for a new one"
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -131,7 +135,6 @@ def make_engine(url: str) -> Engine:
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-FIRST_REVISION = "0001"  # the schema voicelock 0.1 created without Alembic
 _PG_MIGRATION_LOCK = 0x766F6963  # any constant: the advisory lock id every replica takes to migrate
 
 
@@ -158,8 +161,8 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
 def upgrade_schema(engine: Engine) -> None:
     """Create or upgrade the tables to the newest revision in voicelock/migrations (Alembic).
 
-    A database of voicelock 0.1 (tables but no alembic_version) is first stamped with its revision,
-    so its enrollments are kept and only the later revisions run."""
+    A database of voicelock 0.1 (tables but no alembic_version) runs every revision too: the first
+    one creates only the tables it lacks, so its enrollments are kept."""
     from alembic import command
     from alembic.config import Config
 
@@ -167,9 +170,6 @@ def upgrade_schema(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with _migration_lock(engine) as conn:
         config.attributes["connection"] = conn
-        tables = set(inspect(conn).get_table_names())
-        if "enrollments" in tables and "alembic_version" not in tables:
-            command.stamp(config, FIRST_REVISION)
         command.upgrade(config, "head")
 
 
@@ -193,11 +193,30 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
 
 
 def _shown(url: str) -> str:
-    """The URL for an error message, password hidden."""
+    """The URL for an error message: its password hidden, in the user part and in the query alike; an
+    URL that does not parse is not shown at all (where its password is cannot be known)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return repr(url)
+        parsed = make_url(url)
+        query = {k: ("***" if "pass" in k.lower() else v) for k, v in parsed.query.items()}
+        return parsed.set(query=query).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(a URL that does not parse)"
+
+
+def _first_line(error: Exception, url: str) -> str:
+    """The error's first line, with any part of the URL's password it quotes masked."""
+    line = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        secret = make_url(url).password
+    except (ArgumentError, ValueError):
+        secret = url.rpartition("@")[0].partition("://")[2]  # the user part of what did not parse
+    if secret:
+        for piece in {str(secret), *str(secret).split(":")}:
+            if len(piece) >= 3:
+                line = line.replace(piece, "***")
+    if isinstance(error, ValueError) and not isinstance(error, ArgumentError):
+        line = "the URL does not parse (a ':' or '@' in the password must be %-escaped)"
+    return line
 
 
 class EnrollmentStore:
@@ -207,8 +226,10 @@ class EnrollmentStore:
         try:
             self.engine = make_engine(url)
             upgrade_schema(self.engine)
-        except (ArgumentError, NoSuchModuleError, DBAPIError, OSError, ImportError) as e:  # ImportError: no driver
-            cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        except (ArgumentError, NoSuchModuleError, DBAPIError, OSError, ImportError, ValueError, CommandError) as e:
+            # ImportError: no driver; ValueError: e.g. a port that is not a number (an unescaped ':' in a
+            # password); CommandError: the database has a revision this voicelock does not know (newer).
+            cause = _first_line(e, url)
             raise VoicelockError(
                 f"service.database_url: cannot open {_shown(url)} ({cause}) — check the scheme (sqlite:///path or "
                 f"postgresql+psycopg://user:password@host:port/database), that the server is running and "
@@ -235,22 +256,22 @@ class EnrollmentStore:
                     raise Conflict(f"user '{user}' is already enrolled — to re-enroll, unlock first and send the "
                                    f"token it returns as header X-Unlock-Token")
                 if not self._spend_token(conn, user, token, now):
-                    raise Forbidden("X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock "
-                                    "again for a new one")
+                    raise Forbidden(TOKEN_INVALID)
             # The replay memory stays: recordings heard before a re-enrollment must not open it after.
             conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
         return True
 
-    def upgrade(self, user: str, template: Template, previous_model: str, now: float) -> bool:
+    def upgrade(self, user: str, template: Template, previous_model: str, now: float,
+                forget_heard: bool = True) -> bool:
         """Replace a template re-made by a new model (`Unlocker.reembed`) — only if the stored one is
         still of `previous_model` (of two workers upgrading at once, one writes; both templates are the
-        same). The replay memory is forgotten with it: fingerprints of another model compare with
-        nothing. True when this call wrote."""
+        same). The replay memory is forgotten with it (`forget_heard`): fingerprints of another model
+        compare with nothing. True when this call wrote."""
         e = enrollments.c
         with self.engine.begin() as conn:
             written = conn.execute(update(enrollments).where(e.user == user, e.model == previous_model)
                                    .values(**self._row(template, now))).rowcount == 1
-            if written:
+            if written and forget_heard:
                 conn.execute(delete(heard).where(heard.c.user == user))
         return written
 
@@ -334,6 +355,18 @@ class EnrollmentStore:
             conn.execute(delete(proof_tokens).where(proof_tokens.c.expires_at <= now))
             conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
         return token
+
+    def token_valid(self, user: str, token: str, now: float) -> bool:
+        """Whether `token` is a live proof for `user`, without using it up (`save` spends it)."""
+        t = proof_tokens.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.token_hash).where(
+                t.token_hash == _hash(token), t.user == user, t.expires_at > now)).first() is not None
+
+    def spend_token(self, user: str, token: str, now: float) -> bool:
+        """Use a token up on its own (e.g. when what it was sent with was refused)."""
+        with self.engine.begin() as conn:
+            return self._spend_token(conn, user, token, now)
 
     @staticmethod
     def _spend_token(conn: Connection, user: str, token: str, now: float) -> bool:

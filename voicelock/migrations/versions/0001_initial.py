@@ -1,8 +1,10 @@
 """The schema of voicelock 0.1 before migrations: enrollments, lockouts, proof tokens, challenges,
 replay memory and the audit log.
 
-A database made by that version (tables created directly, no alembic_version table) is stamped with
-this revision when first opened, then upgraded like any other.
+Databases made by voicelock 0.1 created their tables directly (no alembic_version), and early ones
+only some of them (enrollments and an `attempts` table, which nothing reads any more). So this
+revision creates each table only where it is missing: on such a database it adopts what is there and
+adds the rest, on a new one it creates all.
 
 Revision ID: 0001
 Revises:
@@ -18,7 +20,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+
+    def create_table(name: str, *columns: sa.Column) -> None:
+        if name not in existing:
+            op.create_table(name, *columns)
+
+    create_table(
         "enrollments",
         sa.Column("user", sa.String(128), primary_key=True),
         sa.Column("template", sa.Text, nullable=False),
@@ -26,20 +34,20 @@ def upgrade() -> None:
         sa.Column("model", sa.String(256), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
     )
-    op.create_table(
+    create_table(
         "lockouts",
         sa.Column("user", sa.String(128), primary_key=True),
         sa.Column("failures", sa.Integer, nullable=False),
         sa.Column("locked_until", sa.Float, nullable=False),
         sa.Column("streak", sa.Integer, nullable=False),
     )
-    op.create_table(
+    create_table(
         "proof_tokens",
         sa.Column("token_hash", sa.String(64), primary_key=True),
         sa.Column("user", sa.String(128), nullable=False, index=True),
         sa.Column("expires_at", sa.Float, nullable=False, index=True),
     )
-    op.create_table(
+    create_table(
         "challenges",
         sa.Column("id_hash", sa.String(64), primary_key=True),
         sa.Column("user", sa.String(128), nullable=False, index=True),
@@ -47,14 +55,14 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("expires_at", sa.Float, nullable=False, index=True),
     )
-    op.create_table(
+    create_table(
         "heard",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("user", sa.String(128), nullable=False, index=True),
         sa.Column("fingerprint", sa.Text, nullable=False),
         sa.Column("at", sa.Float, nullable=False),
     )
-    op.create_table(
+    create_table(
         "audit",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("at", sa.Float, nullable=False),
