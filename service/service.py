@@ -109,7 +109,8 @@ class VoiceLock:
         if sealer is None:
             log.warning("%s is not set: enrollment recordings are not kept, so after a model change every user "
                         "must enroll again", PARAMS.service.takes_key_env)
-        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag), admin_key=SETTINGS.admin_key, sealer=sealer)
+        self.core = UnlockApi(lock, store, PARAMS, str(stored.tag), admin_key=SETTINGS.admin_key, sealer=sealer,
+                              model_since=stored.info.creation_time.timestamp())
         p = PARAMS.service
         self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)
         # Everything loaded so far (torch, the model, BentoML, pydantic schemas) lives as long as the

@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from tests.conftest import UnlockCase, find_unlock_case
 from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
-from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
+from voicelock.errors import Busy, LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.params import Params, load_params
 from voicelock.sealing import Sealer
 from voicelock.store import Conflict, EnrollmentStore, Forbidden
@@ -261,7 +261,7 @@ def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path
     assert before.model == core.lock.model_id and before.sealed_takes
     assert core.unlock("gina", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
     promoted = UnlockApi(Unlocker(retrained_release, params.enroll), core.store, params, "voicelock:t2", clock,
-                         admin_key=ADMIN, sealer=sealer)
+                         admin_key=ADMIN, sealer=sealer, model_since=2000.0)
     assert promoted.lock.model_id != core.lock.model_id
     answer = promoted.unlock("gina", "probe.wav", files(case.genuine)[1][1])
     assert answer["unlocked"] is True
@@ -269,6 +269,11 @@ def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path
     assert after.model == promoted.lock.model_id and after.sealed_takes == before.sealed_takes
     assert not np.allclose(after.speaker, before.speaker)  # really re-embedded, not relabelled
     assert promoted.unlock("gina", "probe.wav", files(case.impostors)[0][1])["unlocked"] is False
+    # A replica still serving the old model (a rolling deploy) does not move the template back — each
+    # move would forget the replay memory: it answers "retry" (503), never an unlock.
+    with pytest.raises(Busy, match="newer model than this replica serves"):
+        core.unlock("gina", "probe.wav", files(case.genuine)[0][1])
+    assert core.store.get("gina").model == promoted.lock.model_id and core.store.get("gina").model_since == 2000.0
     # The re-enrollment rule holds across the upgrade: the token re-enrolls the same voice only.
     assert promoted.enroll("gina", files(case.enroll), token=answer["token"])["replaced"] is True
 

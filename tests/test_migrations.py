@@ -69,7 +69,7 @@ def test_databases_made_before_migrations_are_adopted_and_completed(tmp_path: Pa
         store.record("unlock", "olga", "refused", "not recognised", "m", 5.0, keep=10)  # audit exists
         with store.engine.connect() as conn:
             assert "sealed_takes" in {c["name"] for c in inspect(conn).get_columns("enrollments")}
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
             assert compare_metadata(MigrationContext.configure(conn), metadata) == [] or url == early
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from voicelock.audio import DecodeLimits, decode_bytes
 from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Template, Unlocker
-from voicelock.errors import LockedOut, NotFound, TooLarge, VoicelockError
+from voicelock.errors import Busy, LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
 from voicelock.sealing import Sealer
@@ -35,10 +35,12 @@ MIN_ADMIN_KEY = 16  # characters: guessing is unthrottled on a 403, so the key m
 class UnlockApi:
     def __init__(self, lock: Unlocker, store: EnrollmentStore, params: Params, model_tag: str,
                  clock: Callable[[], float] = time.time, admin_key: str | None = None,
-                 sealer: Sealer | None = None):
+                 sealer: Sealer | None = None, model_since: float = 0.0):
         """`model_tag` names the served model in the audit log; `sealer` (the takes key) keeps each
-        enrollment's recordings encrypted so that a later model can re-embed them."""
+        enrollment's recordings encrypted so that a later model can re-embed them; `model_since` is
+        when the served model was promoted (templates move only to newer models)."""
         self.lock, self.store, self.p, self.model_tag, self.clock = lock, store, params.service, model_tag, clock
+        self.model_since = model_since
         self.sealer = sealer
         self.admin_key = admin_key or None
         if self.admin_key and len(self.admin_key) < MIN_ADMIN_KEY:
@@ -89,6 +91,7 @@ class UnlockApi:
         names = [name for name, _ in files]
         prepared = self.lock.prepare_enrollment([self._decode(name, blob) for name, blob in files], names)
         template = self.lock.seal(self.lock.template_of(prepared, names), prepared, self.sealer)
+        template.model_since = self.model_since
         admin = self._is_admin(admin_key)
         found = self.store.get(user) if token and not admin else None
         if found is not None:
@@ -245,8 +248,12 @@ class UnlockApi:
         that is impossible the user must enroll again — refused before any attempt is charged."""
         if enrolled.model == self.lock.model_id:
             return enrolled
+        if enrolled.model_since > self.model_since:
+            # Made by a model promoted after ours: another replica already serves it (a rolling
+            # deploy). Moving the template back would undo that, and each move forgets the replay memory.
+            raise Busy(f"user '{user}' was moved to a newer model than this replica serves — retry")
         if enrolled.model == self.model_tag:  # voicelock ≤ 0.1 recorded the served tag: the same model
-            relabelled = dataclasses.replace(enrolled, model=self.lock.model_id)
+            relabelled = dataclasses.replace(enrolled, model=self.lock.model_id, model_since=self.model_since)
             if self.store.upgrade(user, relabelled, enrolled.model, self.clock(), forget_heard=False):
                 return relabelled
         try:
@@ -254,6 +261,7 @@ class UnlockApi:
         except VoicelockError as e:
             raise Conflict(f"user '{user}' was enrolled with another model than the service runs and cannot be "
                            f"moved to it ({e}) — enroll again (with the administrator's X-Admin-Key)") from None
+        renewed.model_since = self.model_since
         if self.store.upgrade(user, renewed, enrolled.model, self.clock()):
             log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
             return renewed

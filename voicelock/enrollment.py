@@ -45,6 +45,9 @@ class Template:
     # The enrollment recordings, encrypted (voicelock/sealing.py); "" when no key was set. Base64 in
     # a template file; the service keeps them in the database's `sealed_takes` column instead.
     sealed_takes: str = ""
+    # When the model that made it was promoted (seconds since the epoch; 0: unknown, e.g. the CLI's):
+    # a service serving an older model must not move the template back (voicelock/api.py: _current).
+    model_since: float = 0.0
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -37,6 +37,7 @@ enrollments = Table(
     Column("model", String(256), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("sealed_takes", LargeBinary, nullable=True),  # encrypted recordings; NULL: no key at enrollment
+    Column("model_since", Float, nullable=True),  # promotion time of the template's model; NULL: unknown
 )
 # The lockout state per user name (also for names never enrolled, so a lockout tells nothing about
 # who exists). `failures` counts attempts charged in the current window, including ones still being
@@ -279,7 +280,8 @@ class EnrollmentStore:
     def _row(template: Template, now: float) -> dict:
         return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes}),
                 "clips": template.clips, "model": template.model, "created_at": now,
-                "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None}
+                "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None,
+                "model_since": template.model_since or None}
 
     def get(self, user: str) -> Template | None:
         with self.engine.connect() as conn:
@@ -288,7 +290,7 @@ class EnrollmentStore:
             return None
         data = json.loads(row.template)
         return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
-                        row.sealed_takes.decode() if row.sealed_takes else "")
+                        row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0)
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False) -> bool:
         """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting
