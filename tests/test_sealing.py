@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 from cryptography.fernet import Fernet
@@ -14,7 +16,8 @@ def test_sealed_recordings_open_only_with_their_key_and_unchanged():
     clips = [np.sin(np.linspace(0, 300, 16000)).astype(np.float32) * 0.5, np.zeros(8000, np.float32)]
     sealer = Sealer(Fernet.generate_key().decode(), "VOICELOCK_TAKES_KEY")
     blob = sealer.seal(clips, 16000)
-    assert b"RIFF" not in blob and clips[0].tobytes()[:64] not in blob  # ciphertext, not audio
+    pcm = np.round(clips[0] * 32767).astype(np.int16).tobytes()[2000:2064]  # 64 bytes of the sealed audio
+    assert pcm not in base64.urlsafe_b64decode(blob) and pcm not in blob  # ciphertext, not audio
     opened, rate = sealer.open(blob)
     assert rate == 16000 and [len(c) for c in opened] == [16000, 8000]
     assert np.allclose(opened[0], clips[0], atol=1 / 32767)  # 16-bit PCM

@@ -118,6 +118,9 @@ def test_cli_templates_follow_a_promotion(lenient_params_path: Path, retrained_r
     recordings in it and written back; without the key it names the fix instead of misreading it."""
     from cryptography.fernet import Fernet
 
+    from voicelock.enrollment import Unlocker
+    from voicelock.sealing import Sealer
+
     params = load_params(lenient_params_path)
     key = Fernet.generate_key().decode()
     monkeypatch.setenv(params.service.takes_key_env, key)
@@ -126,7 +129,9 @@ def test_cli_templates_follow_a_promotion(lenient_params_path: Path, retrained_r
               "--model", params.evaluate.out_dir])
     assert "recordings sealed" in capsys.readouterr().out
     old = json.loads(template.read_text())
-    assert old["model"] and old["sealed_takes"] and "RIFF" not in old["sealed_takes"]
+    assert old["model"] == Unlocker(params.evaluate.out_dir, params.enroll).model_id
+    clips, rate = Sealer(key, params.service.takes_key_env).open(old["sealed_takes"].encode())  # sealed with it
+    assert len(clips) == len(case.enroll) and rate == params.data.sample_rate
     new = ["--params", str(lenient_params_path), "unlock", str(case.genuine[0]), "--template", str(template),
            "--model", str(retrained_release)]
     monkeypatch.delenv(params.service.takes_key_env)
