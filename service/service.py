@@ -29,6 +29,7 @@ from service.openapi import document
 from service.page import MOUNT as PAGE_MOUNT
 from service.page import build_page_app
 from service.settings import SETTINGS
+from voicelock import package_version
 from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
 from voicelock.errors import Busy, LockedOut, VoicelockError
@@ -76,6 +77,15 @@ def _error(e: VoicelockError) -> tuple[int, dict, dict]:
     return e.status, {"error": str(e)}, headers
 
 
+def _json(call: Callable[[], dict]) -> JSONResponse:
+    """The answer of a /users route (plain FastAPI, run in its thread pool): `call`'s dict, or a refusal."""
+    try:
+        return JSONResponse(call())
+    except VoicelockError as e:
+        status, body, headers = _error(e)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+
 def _proof(request: Request) -> dict[str, str | None]:
     return {"token": request.headers.get("x-unlock-token") or None,
             "admin_key": request.headers.get("x-admin-key") or None}
@@ -118,7 +128,7 @@ class VoiceLock:
         # otherwise paused the event loop (and /healthz) for tens of milliseconds at a time.
         gc.collect()
         gc.freeze()
-        metrics_guard.set_build_info(_version(), str(stored.tag))
+        metrics_guard.set_build_info(package_version(), str(stored.tag))
         log.info("voicelock service ready with model %s (%s)", stored.tag, lock.model_id)
 
     def _embed_batched(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,33 +176,16 @@ class VoiceLock:
     @users.get("/{user}/lock")
     def lock_status(self, user: str) -> JSONResponse:
         """Whether `user` is locked out after failed attempts (`locked_for_s` > 0), for any name."""
-        try:
-            return JSONResponse(self.core.lock_status(user))
-        except VoicelockError as e:
-            status, body, headers = _error(e)
-            return JSONResponse(body, status_code=status, headers=headers)
+        return _json(lambda: self.core.lock_status(user))
 
     @users.delete("/{user}")
     def delete_user(self, user: str, request: Request) -> JSONResponse:
         """Forget a user's enrollment; needs header X-Unlock-Token (from a successful unlock) or X-Admin-Key."""
-        try:
-            return JSONResponse(self.core.delete(user, **_proof(request)))
-        except VoicelockError as e:
-            status, body, headers = _error(e)
-            return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("voicelock")
-    except PackageNotFoundError:  # a Bento runs the source without installing it
-        return "unknown"
+        return _json(lambda: self.core.delete(user, **_proof(request)))
 
 
 def _complete_openapi(spec: dict) -> dict:
-    return document(spec, _version(), SETTINGS.model_tag, api_key=SETTINGS.api_key is not None)
+    return document(spec, package_version(), SETTINGS.model_tag, api_key=SETTINGS.api_key is not None)
 
 
 VoiceLock.add_asgi_middleware(RequestGuard, max_request_bytes=PARAMS.service.max_request_bytes,

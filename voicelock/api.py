@@ -88,9 +88,8 @@ class UnlockApi:
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
-        names = [name for name, _ in files]
-        prepared = self.lock.prepare_enrollment([self._decode(name, blob) for name, blob in files], names)
-        template = self.lock.seal(self.lock.template_of(prepared, names), prepared, self.sealer)
+        template = self.lock.enroll([self._decode(name, blob) for name, blob in files], [name for name, _ in files],
+                                    self.sealer)
         template.model_since = self.model_since
         admin = self._is_admin(admin_key)
         found = self.store.get(user) if token and not admin else None
@@ -244,29 +243,34 @@ class UnlockApi:
 
     def _current(self, user: str, enrolled: Template) -> Template:
         """The user's template in the served model's space. One enrolled with an earlier model is
-        re-made from its sealed recordings and stored (once: the next request finds it current). When
-        that is impossible the user must enroll again — refused before any attempt is charged."""
+        re-made from its sealed recordings and stored (once: the next request finds it current); one
+        labelled with the served tag by voicelock ≤ 0.1 is the same model and only relabelled. When
+        neither is possible the user must enroll again (Conflict); when the template belongs to a newer
+        model than this replica serves, it is left alone (Busy)."""
         if enrolled.model == self.lock.model_id:
             return enrolled
         if enrolled.model_since > self.model_since:
             # Made by a model promoted after ours: another replica already serves it (a rolling
             # deploy). Moving the template back would undo that, and each move forgets the replay memory.
             raise Busy(f"user '{user}' was moved to a newer model than this replica serves — retry")
-        if enrolled.model == self.model_tag:  # voicelock ≤ 0.1 recorded the served tag: the same model
-            relabelled = dataclasses.replace(enrolled, model=self.lock.model_id, model_since=self.model_since)
-            if self.store.upgrade(user, relabelled, enrolled.model, self.clock(), forget_heard=False):
-                return relabelled
-        try:
-            renewed = self.lock.reembed(enrolled, self.sealer)
-        except VoicelockError as e:
-            raise Conflict(f"user '{user}' was enrolled with another model than the service runs and cannot be "
-                           f"moved to it ({e}) — enroll again (with the administrator's X-Admin-Key)") from None
+        same_model = enrolled.model == self.model_tag  # voicelock ≤ 0.1 recorded the served tag
+        if same_model:
+            renewed = dataclasses.replace(enrolled, model=self.lock.model_id)
+        else:
+            try:
+                renewed = self.lock.reembed(enrolled, self.sealer)
+            except VoicelockError as e:
+                raise Conflict(f"user '{user}' was enrolled with another model than the service runs and "
+                               f"cannot be moved to it ({e}) — enroll again (with the administrator's "
+                               f"X-Admin-Key)") from None
         renewed.model_since = self.model_since
-        if self.store.upgrade(user, renewed, enrolled.model, self.clock()):
-            log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
+        # The same model's fingerprints stay comparable; another model's compare with nothing.
+        if self.store.upgrade(user, renewed, enrolled.model, self.clock(), forget_heard=not same_model):
+            if not same_model:
+                log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
             return renewed
-        # Someone else changed the row meanwhile (another worker re-embedded it, an administrator
-        # re-enrolled or deleted the user): decide on what is stored now, never on the stale recordings.
+        # Someone else changed the row meanwhile (another worker moved it, an administrator re-enrolled
+        # or deleted the user): decide on what is stored now, never on the stale template.
         stored = self.store.get(user)
         if stored is None or stored.model != self.lock.model_id:
             raise Conflict(f"user '{user}' changed while being moved to this model — try again")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from voicelock import package_version
 from voicelock.errors import VoicelockError
 from voicelock.params import DEFAULT_PARAMS, Params, load_params
 
@@ -110,15 +111,6 @@ def _promote(args: argparse.Namespace) -> None:
     print(verdict + " — " + "; ".join(decision.reasons))
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("voicelock")
-    except PackageNotFoundError:  # run from a checkout without installing it
-        return "(not installed)"
-
-
 MODEL_HELP = ("a model folder, e.g. models/release (default: the production model the service serves, "
               "service.model_tag or $VOICELOCK_MODEL_TAG, from the BentoML store)")
 
@@ -126,7 +118,7 @@ MODEL_HELP = ("a model folder, e.g. models/release (default: the production mode
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicelock", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-data", help="validate a folder in Speech Commands layout")
     check.add_argument("folder", type=Path, help="the folder: <word>/<speaker>_nohash_<n>.wav")

@@ -207,16 +207,18 @@ class Unlocker:
                                      f"record it again")
         return word, speaker
 
-    def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None) -> Template:
-        """Template from 3–10 (samples, rate) clips of one person saying one password."""
+    def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None,
+               sealer: Sealer | None = None) -> Template:
+        """Template from 3–10 (samples, rate) clips of one person saying one password; with a `sealer`,
+        the prepared recordings are sealed into it (voicelock/sealing.py) for a later model to re-embed."""
         names = names or [f"clip {i + 1}" for i in range(len(clips))]
-        return self.template_of(self.prepare_enrollment(clips, names), names)
-
-    def prepare_enrollment(self, clips: list[tuple[np.ndarray, int]], names: list[str]) -> list[np.ndarray]:
-        """The clips of an enrollment `prepare`d, after checking their number."""
         if not self.p.min_clips <= len(clips) <= self.p.max_clips:
             raise VoicelockError(f"enrollment needs {self.p.min_clips}–{self.p.max_clips} clips, got {len(clips)}")
-        return [self.prepare(x, r, n) for (x, r), n in zip(clips, names)]
+        prepared = [self.prepare(x, r, n) for (x, r), n in zip(clips, names)]
+        template = self.template_of(prepared, names)
+        if sealer is not None:
+            template.sealed_takes = sealer.seal(prepared, self.sample_rate).decode()
+        return template
 
     def template_of(self, prepared: list[np.ndarray], names: list[str], checked: bool = True) -> Template:
         """Template from prepared clips. `checked`: refuse takes that are copies of each other or
@@ -331,12 +333,6 @@ class Unlocker:
         renewed.sealed_takes = template.sealed_takes
         return renewed
 
-    def seal(self, template: Template, prepared: list[np.ndarray], sealer: Sealer | None) -> Template:
-        """`template` with its prepared enrollment recordings sealed into it (unchanged without a key)."""
-        if sealer is not None:
-            template.sealed_takes = sealer.seal(prepared, self.sample_rate).decode()
-        return template
-
     def is_replay(self, fingerprints: list[list[float]], others: list[list[float]]) -> bool:
         """Whether any take is a copy of any of `others` (takes accepted at the same moment)."""
         if not others:
@@ -353,9 +349,7 @@ class Unlocker:
         return bool(np.all(np.isfinite(score)) and self.verifier.challenge_voice_ok(float(score[0])))
 
     def enroll_files(self, paths: list[str | Path], sealer: Sealer | None = None) -> Template:
-        names = [str(p) for p in paths]
-        prepared = self.prepare_enrollment([read_wav(_recording(p)) for p in paths], names)
-        return self.seal(self.template_of(prepared, names), prepared, sealer)
+        return self.enroll([read_wav(_recording(p)) for p in paths], [str(p) for p in paths], sealer)
 
     def verify_file(self, template: Template, path: str | Path) -> Decision:
         samples, rate = read_wav(_recording(path))

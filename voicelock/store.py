@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from alembic.util.exc import CommandError
 from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, case, create_engine,
                         delete, event, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
-from alembic.util.exc import CommandError
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from voicelock.enrollment import Template
@@ -206,6 +206,8 @@ def _shown(url: str) -> str:
 
 def _first_line(error: Exception, url: str) -> str:
     """The error's first line, with any part of the URL's password it quotes masked."""
+    if isinstance(error, ValueError) and not isinstance(error, ArgumentError):  # its text may quote the password
+        return "the URL does not parse (a ':' or '@' in the password must be %-escaped)"
     line = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
     try:
         secret = make_url(url).password
@@ -215,8 +217,6 @@ def _first_line(error: Exception, url: str) -> str:
         for piece in {str(secret), *str(secret).split(":")}:
             if len(piece) >= 3:
                 line = line.replace(piece, "***")
-    if isinstance(error, ValueError) and not isinstance(error, ArgumentError):
-        line = "the URL does not parse (a ':' or '@' in the password must be %-escaped)"
     return line
 
 
