@@ -12,6 +12,7 @@ jobs ran on a pool of 1).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -36,14 +37,31 @@ class BoundedCompute:
         self.jobs += 1
         job = asyncio.ensure_future(anyio.to_thread.run_sync(_releasing, fn, limiter=self.limiter))
         job.add_done_callback(self._finished)
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        job.add_done_callback(wake)
+        # The deadline's timer runs in an empty context. asyncio keeps a cancelled timer queued until
+        # its deadline, with the context it was made in; `asyncio.wait_for` made it in the request's,
+        # which holds BentoML's request (and through it the upload) — so every answered request stayed
+        # in memory for request_timeout_s more (the worker's growth under bench/service.py's fuzz).
+        timer = loop.call_later(self.timeout_s, wake, context=contextvars.Context())
         try:
-            result, error = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
-            if error is not None:
-                raise error
-            return result
-        except asyncio.TimeoutError:
+            await woken  # a cancelled request (BentoML's own timeout) leaves `job` running: it keeps its slot
+        finally:
+            timer.cancel()
+            job.remove_done_callback(wake)
+        if not job.done():
             raise Busy(f"the request took longer than {self.timeout_s:g} s and was abandoned (not unlocked) — "
-                       f"retry") from None
+                       f"retry")
+        result, error = job.result()
+        if error is not None:
+            raise error
+        return result
 
     def _finished(self, job: asyncio.Future) -> None:
         self.jobs -= 1

@@ -91,3 +91,39 @@ def test_a_bug_keeps_its_traceback_for_the_log():
         assert any(frame.name == "broken" for frame in traceback.extract_tb(caught.value.__traceback__))
 
     asyncio.run(scenario())
+
+
+def test_an_answered_request_is_not_kept_until_its_deadline():
+    """BentoML keeps each request in a context variable. `asyncio.wait_for` queued its timer with that
+    context, and asyncio keeps a cancelled timer until its deadline: every answered request (its
+    uploads) stayed in memory `timeout_s` longer — most of a worker's growth under the fuzz."""
+    import contextvars
+    import gc
+    import weakref
+
+    request_var: contextvars.ContextVar = contextvars.ContextVar("request")
+
+    class Request:  # stands for BentoML's request, which reaches the uploaded body
+        pass
+
+    async def handle(pool: BoundedCompute) -> weakref.ref:
+        request = Request()
+        request_var.set(request)
+        assert await pool.run(lambda: "unlocked") == "unlocked"
+        return weakref.ref(request)
+
+    async def scenario() -> None:
+        pool = BoundedCompute(threads=1, max_queued=2, timeout_s=30)
+        # Another request's deadline, earlier and still running: asyncio drops cancelled timers only
+        # from the head of its queue, so ours would wait behind it.
+        asyncio.get_running_loop().call_later(10, lambda: None)
+        ref = await asyncio.create_task(handle(pool))  # its own context, as each request has
+        await asyncio.sleep(0.05)
+        assert ref() is None  # answered: gone now, not 30 s from now
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
