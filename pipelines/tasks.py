@@ -90,13 +90,8 @@ def dvc_push(repo: str) -> bool:
 
 @task(name="promotion-gate")
 def gate(repo: str) -> GateDecision:
-    """Compare the packaged candidate with production on the same test split."""
-    old = os.getcwd()
-    os.chdir(repo)
-    try:
-        return decide(load_params("params.yaml"))
-    finally:
-        os.chdir(old)
+    """Compare the packaged candidate with production on the same test split (the checkout's files)."""
+    return decide(load_params(Path(repo) / "params.yaml").under(repo))
 
 
 @task(name="promote")

@@ -112,7 +112,7 @@ class VoiceLock:
         limit_threads(PARAMS.service.torch_threads)
         stored = self.model
         lock = Unlocker(stored.path, PARAMS.enroll, embedder=self._embed_batched if PARAMS.service.batching else None)
-        self.word_dim = lock.model.password_out.in_features
+        self.word_dim = lock.model.word_dim
         VOCABULARY[:] = lock.vocabulary
         store = EnrollmentStore(SETTINGS.database_url)
         sealer = Sealer(SETTINGS.takes_key, PARAMS.service.takes_key_env) if SETTINGS.takes_key else None

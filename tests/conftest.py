@@ -51,7 +51,7 @@ def tiny_params_dict(root: Path, **overrides: dict) -> dict:
     raw["features"]["batch_size"] = 16
     raw["model"].update({"channels": 32, "dilations": [1, 2], "attention_hidden": 16,
                          "word_embedding": 16, "speaker_embedding": 16, "backend_dims": 8})
-    tiny_training = {"max_epochs": 2, "batches_per_epoch": 3, "speakers_per_batch": 6, "words_per_batch": 4,
+    tiny_training = {"max_epochs": 2, "validate_from_epoch": 1, "batches_per_epoch": 3, "speakers_per_batch": 6, "words_per_batch": 4,
                      "patience": 2, "threads": 2}
     raw["pretrain"].update(out_dir=str(root / "pretrained"), **tiny_training)
     raw["finetune"].update(out_dir=str(root / "finetuned"), owner_clips_per_batch=8, **tiny_training)

@@ -28,6 +28,7 @@ def test_repository_params_are_valid():
         ("page", "clip_seconds", 4.95, "page.clip_seconds"),  # with the pre-roll over enroll.max_duration_s
         ("page", "speech_level_db", 3.0, "page.speech_level_db"),
         ("model", "backend_dims", 17, "backend_dims"),  # more than speaker_embedding (16)
+        ("pretrain", "validate_from_epoch", 3, "validate_from_epoch"),  # after max_epochs (2): nothing kept
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):
@@ -68,3 +69,17 @@ def test_raw_floor_must_be_looser_than_the_target(tmp_path: Path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(VoicelockError, match=r"evaluate: .*raw_floor_far: .* is below target_far"):
         load_params(path)
+
+
+def test_under_makes_every_path_absolute_under_the_checkout(tmp_path: Path):
+    """The promotion gate runs in a Prefect worker whose working directory is not the checkout: with
+    `under`, it reads the checkout's files without changing the process's directory."""
+    params = load_params(REPO / "params.yaml")
+    moved = params.under(tmp_path)
+    assert moved.features.out_dir == str(tmp_path.resolve() / params.features.out_dir)
+    assert moved.service.package_record == str(tmp_path.resolve() / params.service.package_record)
+    assert moved.evaluate.metrics_file == str(tmp_path.resolve() / params.evaluate.metrics_file)
+    assert moved.data.folder.path == params.data.folder.path == ""  # unset stays unset
+    assert moved.service.database_url == params.service.database_url  # a URL, not a path
+    assert moved.under("/elsewhere") == moved  # absolute paths stay
+    assert moved.model_dump().keys() == params.model_dump().keys() and moved.seed == params.seed

@@ -194,6 +194,7 @@ class TrainParams(_Section):
     takes_per_pair: int = Field(ge=1)
     batches_per_epoch: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
+    validate_from_epoch: int = Field(1, ge=1, description="epochs before this one are not scored on validation")
     patience: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -208,6 +209,13 @@ class TrainParams(_Section):
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     class_centres: Literal["random", "class_means"] = Field(
         "random", description="start of the margin-softmax centres: random, or each class's mean embedding")
+
+    @model_validator(mode="after")
+    def _validated_at_least_once(self) -> "TrainParams":
+        if self.validate_from_epoch > self.max_epochs:
+            raise ValueError(f"validate_from_epoch ({self.validate_from_epoch}) is after max_epochs "
+                             f"({self.max_epochs}): no epoch would be scored, so none could be kept — lower it")
+        return self
 
 
 class FinetuneParams(TrainParams):
@@ -400,6 +408,12 @@ class Params(BaseModel):
                              f"unseen voice must not train; remove them")
         return self
 
+    def under(self, root: str | Path) -> "Params":
+        """These params with every relative path made absolute under `root`, the checkout they belong
+        to: code that runs elsewhere (a Prefect worker, a test) reads the checkout's files without
+        changing the whole process's working directory."""
+        return _under(self, Path(root).resolve())
+
     @model_validator(mode="after")
     def _page_fits_enrollment(self) -> "Params":
         e, page = self.enroll, self.page
@@ -410,6 +424,21 @@ class Params(BaseModel):
             raise ValueError(f"page.clip_seconds + page.preroll_seconds is over enroll.max_duration_s "
                              f"({e.max_duration_s}); the service would refuse every recording")
         return self
+
+
+# Every key that names a file or folder (relative ones are relative to the checkout's root).
+PATH_KEYS = frozenset({"path", "raw_dir", "download_dir", "out_dir", "folder", "metrics_file", "details_file",
+                       "plots_dir", "package_record"})
+
+
+def _under(section: BaseModel, root: Path) -> BaseModel:
+    updates: dict[str, object] = {}
+    for name, value in section:
+        if isinstance(value, BaseModel):
+            updates[name] = _under(value, root)
+        elif name in PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
+            updates[name] = str(root / value)
+    return section.model_copy(update=updates)
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -92,6 +92,8 @@ class VoiceLockNet(nn.Module):
     def __init__(self, n_features: int, params: ModelParams):
         super().__init__()
         c = params.channels
+        # Embedding sizes, named: the speaker's is the head's own, before any back-end projection.
+        self.word_dim, self.speaker_dim = params.word_embedding, params.speaker_embedding
         self.cmn = params.input_norm == "cmn"
         self.input_bn = nn.BatchNorm1d(n_features)
         self.stride = params.stem_stride
@@ -102,8 +104,8 @@ class VoiceLockNet(nn.Module):
         self.word_head = Head(c, params.attention_hidden, params.word_embedding)
         self.speaker_head = Head(c, params.attention_hidden, params.speaker_embedding)
         # Logits on cosine-like scores: a scale and a bias per decision, learned in fine-tuning.
-        self.password_out = nn.Linear(params.word_embedding, 1)
-        self.owner_out = nn.Linear(params.speaker_embedding, 1)
+        self.password_out = nn.Linear(self.word_dim, 1)
+        self.owner_out = nn.Linear(self.speaker_dim, 1)
         self.speaker_backend = (SpeakerBackend(params.speaker_embedding, params.backend_dims, params.backend_shrinkage)
                                 if params.speaker_backend == "lda" else None)
 

@@ -1,7 +1,7 @@
 """The training loop shared by pre-training and fine-tuning.
 
 Triplet margin loss on both heads at once, triplets mined inside P×W×K batches; AdamW with a
-one-cycle schedule; after every epoch the validation split is scored with the same trials the
+one-cycle schedule; after each epoch (from `validate_from_epoch`) the validation split is scored with the same trials the
 evaluation reports, the best epoch's weights are kept and training stops when they stop improving.
 """
 
@@ -162,8 +162,8 @@ def margin_classifiers(model: VoiceLockNet, index: pd.DataFrame, tp: TrainParams
     """Auxiliary margin-softmax per head over the training split's classes (voicelock/model/margin_softmax.py):
     head → (class id of each label, classifier, loss weight); a head whose weight is 0 has none."""
     classifiers = {}
-    for head, weight, dim in (("speaker", tp.speaker_class_weight, model.owner_out.in_features),
-                              ("word", tp.word_class_weight, model.password_out.in_features)):
+    for head, weight, dim in (("speaker", tp.speaker_class_weight, model.speaker_dim),
+                              ("word", tp.word_class_weight, model.word_dim)):
         if weight > 0:  # the index column is named as the head: a clip's speaker id or word
             classes = {c: i for i, c in enumerate(sorted(index[head].unique()))}
             classifiers[head] = (classes, MarginSoftmax(dim, len(classes), tp.class_margin, tp.class_scale).to(device),
@@ -284,8 +284,9 @@ class Objective:
 def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
           seed: int, desc: str, trials: EvaluateParams, owner: OwnerTask | None = None) -> TrainResult:
     """Fit the raw embeddings (the speaker back-end reset to identity): one-cycle AdamW over
-    `TrainingBatches` and the `Objective`, scored on the validation split after every epoch; keep the
-    best epoch, stop after `patience` epochs without a better one, then fit the back-end if any."""
+    `TrainingBatches` and the `Objective`, scored on the validation split after every epoch from
+    `validate_from_epoch` on; keep the best scored epoch, stop after `patience` scored epochs without a
+    better one, then fit the back-end if any."""
     device = pick_device(tp.device)
     # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
     # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
@@ -322,6 +323,11 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
             bar.set_postfix(word=f"{stats['loss_word']:.3f}", speaker=f"{stats['loss_speaker']:.3f}")
         row = {"epoch": epoch, **{k: v / tp.batches_per_epoch for k, v in totals.items()},
                "lr": schedule.get_last_lr()[0]}
+        if epoch < tp.validate_from_epoch:  # see validate_from_epoch in params.yaml
+            row["seconds"] = time.perf_counter() - started
+            result.history.append(row)
+            log.info("%s epoch %d (not validated): %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
+            continue
         row.update(validation_scores(model, val_split, device, seed, trials))
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
