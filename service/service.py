@@ -29,6 +29,7 @@ from service.openapi import document
 from service.page import MOUNT as PAGE_MOUNT
 from service.page import build_page_app
 from service.settings import SETTINGS
+from service.traffic_timeout import install as install_traffic_timeout
 from voicelock import package_version
 from voicelock.api import UnlockApi
 from voicelock.enrollment import Unlocker
@@ -52,6 +53,7 @@ def _check_database() -> None:
 
 
 _check_database()
+install_traffic_timeout()  # BentoML's own kept every request alive for traffic.timeout (service/traffic_timeout.py)
 # FastAPI's own docs pages load assets from a CDN; BentoML's page at / serves them locally and
 # already lists these routes, so the sub-apps publish none of their own.
 users = FastAPI(title="voicelock users", docs_url=None, redoc_url=None)
