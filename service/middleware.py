@@ -204,8 +204,11 @@ async def _check_form_off_loop(scope, body: bytes, upload_fields: dict[str, int]
     cost more than the parse."""
     if len(body) <= INLINE_FORM_BYTES:
         return await _check_form(scope, body, upload_fields, rebuild)
-    return await anyio.to_thread.run_sync(
-        lambda: asyncio.run(_check_form(scope, body, upload_fields, rebuild)), limiter=_form_parsers())
+    # Shielded: a cancelled request (the traffic timeout, a shutdown) must not hand its thread slot
+    # back while its thread still parses — the cap would then count threads that are long gone.
+    parse = asyncio.ensure_future(anyio.to_thread.run_sync(
+        lambda: asyncio.run(_check_form(scope, body, upload_fields, rebuild)), limiter=_form_parsers()))
+    return await asyncio.shield(parse)
 
 
 def _form_parsers() -> anyio.CapacityLimiter:

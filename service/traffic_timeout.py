@@ -8,7 +8,8 @@ objects that every full garbage collection walked: collections of 100–160 ms o
 /healthz stalls over 100 ms, and most of the worker's memory growth.
 
 This replacement keeps BentoML's behaviour (504 when the app has not started answering in time) and
-differs in two lines: the timer runs in an empty context, and it is cancelled once the request ends.
+differs in three lines: the timer runs in an empty context, it is cancelled once the request ends,
+and an app that fails before answering ends the wait at once (its error reaches BentoML's handler).
 `install()` swaps it in before BentoML builds the app's middleware (it looks the class up by name in
 `bentoml._internal.server.http.traffic` when the worker starts).
 """
@@ -39,6 +40,9 @@ class TimeoutMiddleware(_BENTOML_TIMEOUT):
             await send(message)
 
         fut = asyncio.ensure_future(self.app(scope, receive, _send))
+        # An app that fails (or ends) before answering wakes the waiter too: BentoML's waited out the
+        # whole timeout, keeping the error — and through its traceback the upload — until then.
+        fut.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))
         try:
             await waiter
         except asyncio.TimeoutError:

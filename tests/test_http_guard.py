@@ -250,3 +250,54 @@ def test_large_forms_are_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPat
         assert status == 200 and received[-1].count(upload) == 10 and b'"alice"' in received[-1]
     small, large = parsed_on
     assert small == threading.get_ident() and large != threading.get_ident()
+
+
+def test_cancelled_requests_keep_their_form_parsing_slot_until_the_thread_ends(monkeypatch: pytest.MonkeyPatch):
+    """At most FORM_PARSER_THREADS large forms are parsed at once per worker, cancellations (the traffic
+    timeout) included: a cancelled request's thread keeps parsing, so it must keep its slot."""
+    import asyncio
+    import threading
+    import time
+
+    from service import middleware
+
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    async def slow_check(*args):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.3)  # parsing a large body, on the parse thread
+        with lock:
+            running -= 1
+        return None, None
+
+    monkeypatch.setattr(middleware, "_check_form", slow_check)
+    monkeypatch.setattr(middleware, "_FORM_PARSERS", None)
+    body = bytes(middleware.INLINE_FORM_BYTES + 1)
+
+    async def scenario() -> None:
+        first = [asyncio.create_task(middleware._check_form_off_loop({}, body, {}, False)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        for task in first:
+            task.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+        assert await asyncio.gather(*(middleware._check_form_off_loop({}, body, {}, False) for _ in range(2))) == \
+            [(None, None)] * 2
+
+    asyncio.run(scenario())
+    assert most <= middleware.FORM_PARSER_THREADS
+
+
+def test_the_service_installs_its_traffic_timeout(server: Server):
+    """`service/service.py` must swap BentoML's TimeoutMiddleware before BentoML builds the app."""
+    import subprocess
+    import sys
+
+    code = ("import service.service; from bentoml._internal.server.http import traffic; "
+            "from service.traffic_timeout import TimeoutMiddleware; print(traffic.TimeoutMiddleware is TimeoutMiddleware)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=server.env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.stdout.strip().splitlines()[-1:] == ["True"], done.stderr[-2000:]

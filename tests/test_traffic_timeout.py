@@ -95,3 +95,19 @@ def test_install_makes_bentoml_build_ours(monkeypatch: pytest.MonkeyPatch):
             super().__init__(timeout=30)
 
     assert [m.cls for m in App().middlewares] == [TimeoutMiddleware]
+
+
+def test_an_app_that_fails_before_answering_ends_the_wait_at_once():
+    """BentoML's waited out the whole timeout, keeping the error (and the upload in its traceback)."""
+    import time
+
+    async def failing_app(scope, receive, send) -> None:
+        raise RuntimeError("bug")
+
+    async def send(message) -> None:
+        pass
+
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="bug"):
+        asyncio.run(TimeoutMiddleware(failing_app, timeout=30)({"type": "http", "path": "/unlock"}, None, send))
+    assert time.perf_counter() - started < 5

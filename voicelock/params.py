@@ -409,9 +409,9 @@ class Params(BaseModel):
         return self
 
     def under(self, root: str | Path) -> "Params":
-        """These params with every relative path made absolute under `root`, the checkout they belong
-        to: code that runs elsewhere (a Prefect worker, a test) reads the checkout's files without
-        changing the whole process's working directory."""
+        """These params with every relative file or folder key (PATH_KEYS; not the database URL) made
+        absolute under `root`, the checkout they belong to: code that runs elsewhere (a Prefect
+        worker, a test) reads the checkout's files without changing the process's working directory."""
         return _under(self, Path(root).resolve())
 
     @model_validator(mode="after")
