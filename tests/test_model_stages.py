@@ -29,6 +29,18 @@ def test_training_writes_models_and_curves(trained: Params):
     assert finetuned["loss_decision"].gt(0).all()
 
 
+def test_checkpoints_say_which_kernels_trained_them(trained: Params):
+    """Runs repeat byte for byte on one machine, not across CPUs: the checkpoint names what differs."""
+    import torch
+
+    from voicelock.model.checkpoint import load_checkpoint
+
+    for stage in (trained.pretrain, trained.finetune):
+        _, meta = load_checkpoint(stage.out_dir)
+        assert meta["kernels"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert meta["kernels"]["torch"] == torch.__version__ and isinstance(meta["kernels"]["bf16"], bool)
+
+
 def test_evaluation_metrics_plots_and_release(trained: Params):
     metrics = json.loads(Path(trained.evaluate.metrics_file).read_text())
     assert REQUIRED_METRICS <= set(metrics)

@@ -18,7 +18,7 @@ from voicelock.data.owner import check_owner_clips, split_owner_clips
 from voicelock.features import FeatureExtractor, load_split
 from voicelock.model.augment import make_augmenter
 from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
-from voicelock.model.train import HISTORY_FILE, OwnerTask, Split, reproducible, train, write_history
+from voicelock.model.train import HISTORY_FILE, OwnerTask, Split, kernel_path, reproducible, train, write_history
 from voicelock.params import Params
 
 log = logging.getLogger(__name__)
@@ -63,4 +63,4 @@ def finetune(params: Params) -> Path:
     return save_checkpoint(out / MODEL_FILE, model, params.model, params.features, params.data.sample_rate,
                            meta["n_features"], stage="finetune", words=meta.get("words"), owner=owner,
                            password=params.owner.password, best_epoch=result.best_epoch,
-                           validation=reproducible(result.best))
+                           validation=reproducible(result.best), kernels=kernel_path(params.finetune))

@@ -11,7 +11,7 @@ from voicelock.features import load_split, read_meta
 from voicelock.model.augment import make_augmenter
 from voicelock.model.checkpoint import MODEL_FILE, save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
-from voicelock.model.train import HISTORY_FILE, Split, reproducible, train, write_history
+from voicelock.model.train import HISTORY_FILE, Split, kernel_path, reproducible, train, write_history
 from voicelock.params import Params
 
 log = logging.getLogger(__name__)
@@ -33,4 +33,4 @@ def pretrain(params: Params) -> Path:
     write_history(result, out / HISTORY_FILE)
     return save_checkpoint(out / MODEL_FILE, model, params.model, params.features, params.data.sample_rate,
                            meta["n_features"], stage="pretrain", words=meta["words"], best_epoch=result.best_epoch,
-                           validation=reproducible(result.best))
+                           validation=reproducible(result.best), kernels=kernel_path(params.pretrain))

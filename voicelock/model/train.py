@@ -132,6 +132,19 @@ def native_bf16(device: torch.device | str) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def kernel_path(tp: TrainParams) -> dict[str, str | bool]:
+    """What chose the kernels that trained a model, kept in its checkpoint.
+
+    Why: a run is byte-for-byte repeatable on one machine, but torch picks its CPU kernels by the
+    instruction set (`cpu_capability`: AVX2, AVX-512, …) and `precision: auto` trains in bfloat16
+    only where the CPU has it natively, so two machines that differ in either train different models.
+    """
+    device = pick_device(tp.device)
+    return {"torch": torch.__version__, "device": device.type,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16": tp.precision == "bf16" or (tp.precision == "auto" and native_bf16(device))}
+
+
 def training_forward(model: VoiceLockNet, x: torch.Tensor, frames: torch.Tensor, precision: str) -> Outputs:
     """The network's forward pass in training, in bfloat16 where `precision` asks for it.
 
