@@ -37,19 +37,14 @@ class BoundedCompute:
         self.jobs += 1
         job = asyncio.ensure_future(anyio.to_thread.run_sync(_releasing, fn, limiter=self.limiter))
         job.add_done_callback(self._finished)
-        loop = asyncio.get_running_loop()
-        woken = loop.create_future()
+        woken = asyncio.get_running_loop().create_future()
 
         def wake(_: object = None) -> None:
             if not woken.done():
                 woken.set_result(None)
 
         job.add_done_callback(wake)
-        # The deadline's timer runs in an empty context. asyncio keeps a cancelled timer queued until
-        # its deadline, with the context it was made in; `asyncio.wait_for` made it in the request's,
-        # which holds BentoML's request (and through it the upload) — so every answered request stayed
-        # in memory for request_timeout_s more (the worker's growth under bench/service.py's fuzz).
-        timer = loop.call_later(self.timeout_s, wake, context=contextvars.Context())
+        timer = deadline_timer(self.timeout_s, wake)  # not asyncio.wait_for: see deadline_timer
         try:
             await woken  # a cancelled request (BentoML's own timeout) leaves `job` running: it keeps its slot
         finally:
@@ -67,6 +62,18 @@ class BoundedCompute:
         self.jobs -= 1
         if not job.cancelled():
             job.exception()  # an abandoned job's error is retrieved (and was answered 503), not logged as lost
+
+
+def deadline_timer(delay: float, callback: Callable[..., object], *args: object) -> asyncio.TimerHandle:
+    """`loop.call_later` in an empty context: the timer of a request's deadline.
+
+    asyncio keeps a timer queued until its deadline (a cancelled one too, while a live one is ahead of
+    it) with the context it was made in. A request's context holds BentoML's request and OpenTelemetry
+    span, and through them the upload: a deadline timer made there (`asyncio.wait_for`, BentoML's
+    traffic timeout) kept every answered request alive until the deadline — the worker's growth and
+    its long garbage collections under bench/service.py's fuzz.
+    """
+    return asyncio.get_running_loop().call_later(delay, callback, *args, context=contextvars.Context())
 
 
 def _releasing(fn: Callable[[], T]) -> tuple[T | None, VoicelockError | None]:

@@ -47,8 +47,7 @@ FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # form field names passed on
 EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")  # the only part of an upload's file name passed on
 MAX_TEXT_FIELDS = 16  # user, challenge, …: a form with more text fields is no voicelock form
 INLINE_FORM_BYTES = 256 * 1024  # larger forms are parsed off the event loop (_check_form_off_loop)
-FORM_PARSER_THREADS = 2
-_FORM_PARSERS: anyio.CapacityLimiter | None = None
+FORM_PARSER_THREADS = 2  # per worker: large forms parsed at once
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]{1,64}/[A-Za-z0-9!#$&^_.+\-]{1,64}")
 
 
@@ -66,6 +65,7 @@ class RequestGuard:
         # before the app decodes any: 600 challenge files in one 1.6 MB request cost 2.2 GB.
         self.form_routes = form_routes or {}
         self.max_request_bytes = max_request_bytes
+        self.form_parsers = anyio.CapacityLimiter(FORM_PARSER_THREADS)
         self.api_key = api_key or None
         self._api_routes: frozenset[str] | None = None
         self._documents: dict[str, tuple[list, bytes]] = {}  # path → (response headers, body) of a 200
@@ -122,7 +122,8 @@ class RequestGuard:
                 body = await _read_body(receive, self.max_request_bytes)
                 if body is None:
                     return await _reject(send, 413, f"request is over the limit of {self.max_request_bytes} bytes")
-                problem, rebuilt = await _check_form_off_loop(scope, body, self.form_routes.get(path, {}), rebuild)
+                problem, rebuilt = await _check_form_off_loop(scope, body, self.form_routes.get(path, {}), rebuild,
+                                                             self.form_parsers)
                 if problem:
                     return await _reject(send, 400, f"malformed {'multipart ' if is_form else ''}form: {problem}")
                 if rebuilt is not None:
@@ -194,9 +195,9 @@ def _replay(body: bytes):
     return receive
 
 
-async def _check_form_off_loop(scope, body: bytes, upload_fields: dict[str, int],
-                               rebuild: bool) -> tuple[str | None, tuple[bytes, str] | None]:
-    """`_check_form`, on a thread of its own when the body is large.
+async def _check_form_off_loop(scope, body: bytes, upload_fields: dict[str, int], rebuild: bool,
+                               parsers: anyio.CapacityLimiter) -> tuple[str | None, tuple[bytes, str] | None]:
+    """`_check_form`, on one of the `parsers` threads when the body is large.
 
     Parsing a form costs about 3–5 ms per MB of body on this CPU, on whichever event loop runs it: a
     20 MB upload stalled the worker's loop (and its /healthz) for 40–100 ms, over 150 ms while the
@@ -207,16 +208,8 @@ async def _check_form_off_loop(scope, body: bytes, upload_fields: dict[str, int]
     # Shielded: a cancelled request (the traffic timeout, a shutdown) must not hand its thread slot
     # back while its thread still parses — the cap would then count threads that are long gone.
     parse = asyncio.ensure_future(anyio.to_thread.run_sync(
-        lambda: asyncio.run(_check_form(scope, body, upload_fields, rebuild)), limiter=_form_parsers()))
+        lambda: asyncio.run(_check_form(scope, body, upload_fields, rebuild)), limiter=parsers))
     return await asyncio.shield(parse)
-
-
-def _form_parsers() -> anyio.CapacityLimiter:
-    """At most FORM_PARSER_THREADS large forms parsed at once per worker (made on the worker's loop)."""
-    global _FORM_PARSERS
-    if _FORM_PARSERS is None:
-        _FORM_PARSERS = anyio.CapacityLimiter(FORM_PARSER_THREADS)
-    return _FORM_PARSERS
 
 
 async def _check_form(scope, body: bytes, upload_fields: dict[str, int],

@@ -17,11 +17,12 @@ and an app that fails before answering ends the wait at once (its error reaches 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from typing import Any
 
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
+
+from service.compute import deadline_timer
 
 _BENTOML_TIMEOUT = traffic.TimeoutMiddleware
 
@@ -30,9 +31,8 @@ class TimeoutMiddleware(_BENTOML_TIMEOUT):
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter, context=contextvars.Context())
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        timer = deadline_timer(self.timeout, self._set_timer_out, waiter)
 
         async def _send(message) -> None:
             if not waiter.done():

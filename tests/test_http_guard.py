@@ -260,6 +260,7 @@ def test_cancelled_requests_keep_their_form_parsing_slot_until_the_thread_ends(m
     import time
 
     from service import middleware
+    from service.middleware import RequestGuard
 
     running, most = 0, 0
     lock = threading.Lock()
@@ -275,16 +276,18 @@ def test_cancelled_requests_keep_their_form_parsing_slot_until_the_thread_ends(m
         return None, None
 
     monkeypatch.setattr(middleware, "_check_form", slow_check)
-    monkeypatch.setattr(middleware, "_FORM_PARSERS", None)
+    parsers = RequestGuard(None, max_request_bytes=1, api_key=None).form_parsers  # one worker's
     body = bytes(middleware.INLINE_FORM_BYTES + 1)
 
     async def scenario() -> None:
-        first = [asyncio.create_task(middleware._check_form_off_loop({}, body, {}, False)) for _ in range(2)]
+        first = [asyncio.create_task(middleware._check_form_off_loop({}, body, {}, False, parsers))
+                 for _ in range(2)]
         await asyncio.sleep(0.05)
         for task in first:
             task.cancel()
         await asyncio.gather(*first, return_exceptions=True)
-        assert await asyncio.gather(*(middleware._check_form_off_loop({}, body, {}, False) for _ in range(2))) == \
+        assert await asyncio.gather(*(middleware._check_form_off_loop({}, body, {}, False, parsers)
+                                      for _ in range(2))) == \
             [(None, None)] * 2
 
     asyncio.run(scenario())
