@@ -18,7 +18,7 @@ import torch
 from voicelock.features import load_split, read_meta
 from voicelock.model.augment import make_augmenter
 from voicelock.model.network import VoiceLockNet, count_parameters
-from voicelock.model.train import Objective, Split, TrainingBatches, training_forward
+from voicelock.model.train import Objective, Split, TrainingBatches, start_training, training_forward
 from voicelock.params import load_params
 
 PHASES = ("sample", "augment", "forward", "mine + loss", "backward + step")
@@ -31,20 +31,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override pretrain.precision")
     parser.add_argument("--max-triplets", type=int, help="override pretrain.max_triplets")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="override pretrain.threads (0: torch's default)")
     args = parser.parse_args()
     params = load_params(args.params)
     tp = params.pretrain.model_copy(update={k: v for k, v in (("precision", args.precision),
-                                                               ("max_triplets", args.max_triplets)) if v})
+                                                               ("max_triplets", args.max_triplets),
+                                                               ("threads", args.threads)) if v})
     cache = params.features.out_dir
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(params.seed)
+    device = start_training(tp, params.seed)  # the stage's deterministic kernels, seed and threads
     split = Split.from_feature_set(load_split(cache, "training"))
     model = VoiceLockNet(read_meta(cache)["n_features"], params.model).train()
     # The pre-training stage's own batches and objective (voicelock/model/train.py), timed phase by phase.
     batches = TrainingBatches(split, tp, make_augmenter(params, params.seed), params.seed)
-    objective = Objective(model, batches.index, tp, torch.device("cpu"), params.seed)
+    objective = Objective(model.to(device), batches.index, tp, device, params.seed)
     optimiser = torch.optim.AdamW(list(model.parameters()) + objective.parameters(), lr=tp.lr,
                                   weight_decay=tp.weight_decay)
     spent = dict.fromkeys(PHASES, 0.0)
@@ -55,7 +54,7 @@ def main() -> None:
         marks.append(time.perf_counter())
         x, n = batches.augment(feats, frames, warps)
         marks.append(time.perf_counter())
-        out = training_forward(model, x, n, tp.precision)
+        out = training_forward(model, x.to(device), n.to(device), tp.precision)
         marks.append(time.perf_counter())
         loss, _ = objective(out, index)
         marks.append(time.perf_counter())
@@ -68,7 +67,7 @@ def main() -> None:
             for phase, start, end in zip(PHASES, marks, marks[1:]):
                 spent[phase] += end - start
     total = sum(spent.values())
-    print(f"pretrain step on CPU, {torch.get_num_threads()} threads, {count_parameters(model):,} parameters, "
+    print(f"pretrain step on {device.type}, {torch.get_num_threads()} threads, {count_parameters(model):,} parameters, "
           f"batch {len(index)} clips, {tp.precision}, max_triplets {tp.max_triplets}, "
           f"{args.batches} batches after {args.warmup} warm-up")
     for phase, seconds in spent.items():

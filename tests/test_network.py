@@ -11,7 +11,7 @@ from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.model.sampling import SpeakerWordBatches
-from voicelock.model.triplets import mine
+from voicelock.model.triplets import mine, pairwise_distances, triplet_loss
 from voicelock.params import load_params
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -38,13 +38,13 @@ def test_mining_keeps_only_valid_triplets():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     emb = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     for strategy in ("batch_all", "semi_hard", "batch_hard"):
-        a, p, n = mine(labels, emb, margin=2.0, strategy=strategy, max_triplets=1000)
+        a, p, n = mine(labels, pairwise_distances(emb), margin=2.0, strategy=strategy, max_triplets=1000)
         assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()
-    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_all", max_triplets=1000)
+    a, _, _ = mine(labels, pairwise_distances(emb), margin=4.0, strategy="batch_all", max_triplets=1000)
     assert a.numel() == 6 * 1 * 4  # margin 4 > any distance: every valid triplet is active
-    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_all", max_triplets=10)
+    a, _, _ = mine(labels, pairwise_distances(emb), margin=4.0, strategy="batch_all", max_triplets=10)
     assert a.numel() == 10
-    a, _, _ = mine(labels, emb, margin=4.0, strategy="batch_hard", max_triplets=1000)
+    a, _, _ = mine(labels, pairwise_distances(emb), margin=4.0, strategy="batch_hard", max_triplets=1000)
     assert a.numel() == 6  # one per anchor
 
 
@@ -67,9 +67,30 @@ def test_mining_finds_exactly_the_triplets_of_its_definition(strategy):
                     continue
                 if (d_an > d_ap and d_an < d_ap + margin) if strategy == "semi_hard" else (d_ap - d_an + margin > 0):
                     expected.append((a, p, n))
-    a, p, n = mine(labels, emb, margin, strategy, max_triplets=10**6)
+    a, p, n = mine(labels, pairwise_distances(emb), margin, strategy, max_triplets=10**6)
     assert len(expected) > 100
     assert list(zip(a.tolist(), p.tolist(), n.tolist())) == expected
+
+
+def test_triplet_loss_is_torchs_triplet_margin_loss_on_the_mined_triplets():
+    """The loss reads one distance matrix instead of gathered embeddings (for speed): its value and
+    gradient must still be TripletMarginLoss's on the same triplets."""
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 6, (48,), generator=gen)
+    emb = torch.nn.functional.normalize(torch.randn(48, 32, generator=gen), dim=1).requires_grad_()
+    loss, count = triplet_loss(labels, emb, 0.3, "batch_all", 500, torch.Generator().manual_seed(3))
+    a, p, n = mine(labels, torch.cdist(emb, emb), 0.3, "batch_all", 500, torch.Generator().manual_seed(3))
+    assert count == a.numel() == 500
+    reference = torch.nn.TripletMarginLoss(margin=0.3)(emb[a], emb[p], emb[n])
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    (mine_grad,) = torch.autograd.grad(loss, emb)
+    (ref_grad,) = torch.autograd.grad(reference, emb)
+    torch.testing.assert_close(mine_grad, ref_grad, atol=1e-5, rtol=1e-4)
+    # Identical embeddings (a distance of zero) leave the gradient finite.
+    twins = torch.cat([emb[:1], emb[:1], emb[1:4]]).detach().requires_grad_()
+    loss, _ = triplet_loss(torch.tensor([0, 0, 1, 1, 2]), twins, 0.3, "batch_all", 100)
+    loss.backward()
+    assert torch.isfinite(twins.grad).all()
 
 
 def test_batches_are_speakers_by_words_by_takes():
@@ -219,3 +240,36 @@ def test_warped_speaker_copies_are_new_speakers_with_formants_moved():
     k = 30
     target = np.argmin(np.abs(centre_hz - centre_hz[k] * 1.1))
     assert abs(float(src[1, target]) - k) < 1.0  # the warped bin reads the source peak
+
+
+def test_the_room_is_a_one_pole_smear_of_power_and_touches_only_the_clips_in_a_room():
+    """The room runs as a product with a matrix of decay powers (for speed): it must equal the
+    recursive filter y[t] = x[t] + decay·y[t-1] it stands for, and leave dry clips exactly as they were."""
+    hop, rt60 = 0.01, 0.5
+    feats = torch.randn(6, 64, 50, generator=torch.Generator().manual_seed(4)) * 10 - 50
+    fixed = PARAMS.augment.model_copy(update={"room_probability": 1.0, "rt60_range": [rt60, rt60],
+                                              "reverb_gain_db_range": [0.0, 0.0]})
+    out = FeatureAugmenter(fixed, hop, None, True, seed=1)._room(feats)
+    decay = 10 ** (-6 * hop / rt60)
+    power = 10 ** (feats / 10)
+    smeared = power.clone()
+    for t in range(1, feats.shape[-1]):
+        smeared[..., t] = power[..., t] + decay * smeared[..., t - 1]
+    expected = 10 * torch.log10(power + (smeared - power) * (1 - decay) + 1e-10)
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-4)
+    assert (out - feats).abs().max() > 1.0  # a real tail, not a no-op
+
+    some = PARAMS.augment.model_copy(update={"room_probability": 0.5})
+    out = FeatureAugmenter(some, hop, None, True, seed=1)._room(torch.cat([feats] * 4))
+    dry = (out == torch.cat([feats] * 4)).flatten(1).all(dim=1)
+    assert 0 < int(dry.sum()) < len(dry)
+
+
+def test_noise_touches_only_the_clips_that_draw_it():
+    feats = torch.randn(24, 64, 50, generator=torch.Generator().manual_seed(5)) * 10 - 50
+    noise = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(6)) * 5 - 60
+    some = PARAMS.augment.model_copy(update={"noise_probability": 0.5})
+    out = FeatureAugmenter(some, 0.01, noise, True, seed=2)._noise(feats, torch.full((24,), 50))
+    clean = (out == feats).flatten(1).all(dim=1)
+    assert 0 < int(clean.sum()) < len(clean)
+    assert ((out - feats)[~clean].flatten(1).abs().amax(dim=1) > 0.5).all()

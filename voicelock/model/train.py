@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from voicelock.errors import VoicelockError
@@ -132,6 +131,11 @@ def native_bf16(device: torch.device | str) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def uses_bf16(precision: str, device: torch.device | str) -> bool:
+    """Whether training in `precision` on `device` runs in bfloat16 (see `training_forward`)."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 def kernel_path(tp: TrainParams) -> dict[str, str | bool]:
     """What chose the kernels that trained a model, kept in its checkpoint.
 
@@ -142,7 +146,7 @@ def kernel_path(tp: TrainParams) -> dict[str, str | bool]:
     device = pick_device(tp.device)
     return {"torch": torch.__version__, "device": device.type,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16": tp.precision == "bf16" or (tp.precision == "auto" and native_bf16(device))}
+            "bf16": uses_bf16(tp.precision, device)}
 
 
 def training_forward(model: VoiceLockNet, x: torch.Tensor, frames: torch.Tensor, precision: str) -> Outputs:
@@ -154,8 +158,7 @@ def training_forward(model: VoiceLockNet, x: torch.Tensor, frames: torch.Tensor,
     bf16 only where it is native. The losses, mining and the optimiser's weights stay float32, and so
     does inference.
     """
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(x.device))
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, x.device)):
         out = model(x, frames)
     return Outputs(out.word.float(), out.speaker.float(), out.password_logit.float(), out.owner_logit.float())
 
@@ -262,7 +265,6 @@ class Objective:
                  owner: OwnerTask | None = None):
         self.tp, self.device, self.owner = tp, device, owner
         self.classifiers = margin_classifiers(model, index, tp, device)
-        self.triplet_fn = nn.TripletMarginLoss(margin=tp.margin)
         self.gen = torch.Generator().manual_seed(seed)
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -272,9 +274,9 @@ class Objective:
     def __call__(self, out: Outputs, index: pd.DataFrame) -> tuple[torch.Tensor, dict[str, float]]:
         tp, device = self.tp, self.device
         stats = dict.fromkeys(self.STATS, 0.0)
-        lw, stats["triplets_word"] = triplet_loss(_labels(index["word"], device), out.word, self.triplet_fn,
+        lw, stats["triplets_word"] = triplet_loss(_labels(index["word"], device), out.word, tp.margin,
                                                   tp.mining, tp.max_triplets, self.gen)
-        ls, stats["triplets_speaker"] = triplet_loss(_labels(index["speaker"], device), out.speaker, self.triplet_fn,
+        ls, stats["triplets_speaker"] = triplet_loss(_labels(index["speaker"], device), out.speaker, tp.margin,
                                                      tp.mining, tp.max_triplets, self.gen)
         loss = lw + ls
         stats["loss_word"], stats["loss_speaker"] = lw.item(), ls.item()
@@ -294,12 +296,9 @@ class Objective:
         return loss, stats
 
 
-def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
-          seed: int, desc: str, trials: EvaluateParams, owner: OwnerTask | None = None) -> TrainResult:
-    """Fit the raw embeddings (the speaker back-end reset to identity): one-cycle AdamW over
-    `TrainingBatches` and the `Objective`, scored on the validation split after every epoch from
-    `validate_from_epoch` on; keep the best scored epoch, stop after `patience` scored epochs without a
-    better one, then fit the back-end if any."""
+def start_training(tp: TrainParams, seed: int) -> torch.device:
+    """The process-wide torch settings of a training run — deterministic kernels, the seed, the thread
+    count — in one place, so `bench/training.py` times the step the stages run. Returns the device."""
     device = pick_device(tp.device)
     # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
     # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
@@ -307,6 +306,16 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
     torch.manual_seed(seed)
     if tp.threads:
         torch.set_num_threads(tp.threads)
+    return device
+
+
+def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainParams, augmenter: FeatureAugmenter,
+          seed: int, desc: str, trials: EvaluateParams, owner: OwnerTask | None = None) -> TrainResult:
+    """Fit the raw embeddings (the speaker back-end reset to identity): one-cycle AdamW over
+    `TrainingBatches` and the `Objective`, scored on the validation split after every epoch from
+    `validate_from_epoch` on; keep the best scored epoch, stop after `patience` scored epochs without a
+    better one, then fit the back-end if any."""
+    device = start_training(tp, seed)
     model.to(device)
     if model.speaker_backend is not None:
         model.speaker_backend.reset()
@@ -336,15 +345,15 @@ def train(model: VoiceLockNet, train_split: Split, val_split: Split, tp: TrainPa
             bar.set_postfix(word=f"{stats['loss_word']:.3f}", speaker=f"{stats['loss_speaker']:.3f}")
         row = {"epoch": epoch, **{k: v / tp.batches_per_epoch for k, v in totals.items()},
                "lr": schedule.get_last_lr()[0]}
-        if epoch < tp.validate_from_epoch:  # see validate_from_epoch in params.yaml
-            row["seconds"] = time.perf_counter() - started
-            result.history.append(row)
-            log.info("%s epoch %d (not validated): %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
-            continue
-        row.update(validation_scores(model, val_split, device, seed, trials))
+        validated = epoch >= tp.validate_from_epoch  # see validate_from_epoch in params.yaml
+        if validated:
+            row.update(validation_scores(model, val_split, device, seed, trials))
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
-        log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
+        log.info("%s epoch %d%s: %s", desc, epoch, "" if validated else " (not validated)",
+                 {k: round(v, 4) for k, v in row.items()})
+        if not validated:
+            continue
         if best_state is None or row["val_score"] < result.best["val_score"]:
             best_state, result.best, result.best_epoch, stale = copy.deepcopy(model.state_dict()), row, epoch, 0
         else:

@@ -1,23 +1,40 @@
-"""Triplet mining inside a batch, fed to torch's TripletMarginLoss.
+"""Triplet mining inside a batch, and the triplet margin loss on the batch's distance matrix.
 
 `batch_all` keeps every valid triplet that still violates the margin (trained both heads here);
 `semi_hard` keeps negatives further than the positive but inside the margin; `batch_hard` takes the
 hardest positive and negative per anchor (known to stall a speaker head at the margin on this data).
+
+The loss is torch's TripletMarginLoss (mean of max(d(a,p) - d(a,n) + margin, 0), Euclidean), read off one
+B×B distance matrix instead of three gathered (triplets × dim) copies of the embeddings: with 10,000
+triplets that gather and its backward scatter were ~30 ms of a ~380 ms pre-training batch on CPU, the
+matrix ~8 ms (measured on 256 × 192 embeddings). Mining reads the same matrix.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+
+# Squared distances below this count as zero: keeps sqrt's gradient finite for identical embeddings.
+_MIN_SQUARED = 1e-12
 
 
-def mine(labels: torch.Tensor, emb: torch.Tensor, margin: float, strategy: str, max_triplets: int,
+def pairwise_distances(emb: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between all rows, differentiable (‖a‖² + ‖b‖² − 2a·b, as torch.cdist computes
+    them for batches this size). Rounding moves a distance by ~1e-7 except near zero, where no
+    triplet's anchor–positive or anchor–negative pair is."""
+    sq = emb.pow(2).sum(1)
+    return (sq[:, None] + sq[None, :] - 2 * emb @ emb.T).clamp_min(_MIN_SQUARED).sqrt()
+
+
+def mine(labels: torch.Tensor, dist: torch.Tensor, margin: float, strategy: str, max_triplets: int,
          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (anchor, positive, negative) of the triplets to learn from in this batch."""
+    """Indices (anchor, positive, negative) of the triplets to learn from, given the batch's labels and
+    its distance matrix (`pairwise_distances`)."""
     with torch.no_grad():
-        dist = torch.cdist(emb, emb)
+        dist = dist.detach()
         same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=dist.device)
         pos, neg = same & ~eye, ~same
         if strategy == "batch_hard":
             has = pos.any(1) & neg.any(1)
@@ -41,10 +58,12 @@ def mine(labels: torch.Tensor, emb: torch.Tensor, margin: float, strategy: str, 
         return a, p, n
 
 
-def triplet_loss(labels: torch.Tensor, emb: torch.Tensor, loss_fn: nn.TripletMarginLoss, strategy: str,
-                 max_triplets: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """Mean TripletMarginLoss over the mined triplets (zero, with gradient, when none is left)."""
-    a, p, n = mine(labels, emb, loss_fn.margin, strategy, max_triplets, generator)
+def triplet_loss(labels: torch.Tensor, emb: torch.Tensor, margin: float, strategy: str, max_triplets: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Mean triplet margin loss over the mined triplets, and their number (zero, with gradient, when
+    none is left)."""
+    dist = pairwise_distances(emb)
+    a, p, n = mine(labels, dist, margin, strategy, max_triplets, generator)
     if a.numel() == 0:
         return emb.sum() * 0.0, 0
-    return loss_fn(emb[a], emb[p], emb[n]), int(a.numel())
+    return F.relu(dist[a, p] - dist[a, n] + margin).mean(), int(a.numel())
