@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,8 +14,37 @@ import pytest
 import soundfile as sf
 
 from voicelock.data.layout import read_list, scan_corpus, split_for_speaker
-from voicelock.data.synth import Speaker, Take, plan_speakers, render_take
+from voicelock.data.synth import Speaker, Take, plan_speakers, render_take, speak
+from voicelock.errors import VoicelockError
 from voicelock.params import Params
+
+
+def test_the_espeak_server_renders_what_the_espeak_ng_program_does():
+    """The corpus renders through voicelock/data/espeak_server.py, not the `espeak-ng` program: the
+    samples must be the program's, byte for byte, whatever was rendered before (espeak-ng carries
+    state between utterances in one process; the server forks a fresh child per request)."""
+    requests = [("seven", "en-us", "m1", 50, 160), ("dog", "de", "Alex", 20, 130), ("yes", "fr", "klatt", 80, 185),
+                ("off", "en-gb-scotland", "f2", 60, 140), ("go", "sw", "Nguyen", 10, 125),
+                ("the meeting moved to thursday", "en", "steph", 45, 170)]
+    for text, voice, variant, pitch, speed in requests + requests[::-1]:  # again, after the others
+        program = subprocess.run(["espeak-ng", "-v", f"{voice}+{variant}", "-p", str(pitch), "-s", str(speed),
+                                  "--stdout", text], capture_output=True, check=True).stdout
+        expected, expected_rate = sf.read(io.BytesIO(program), dtype="float32")
+        samples, rate = speak(text, voice, variant, pitch, speed)
+        assert rate == expected_rate
+        assert samples.dtype == np.float32 and np.array_equal(samples, expected), (text, voice, variant)
+
+
+def test_a_lost_espeak_server_is_replaced_and_a_failed_rendering_is_an_error(monkeypatch):
+    from voicelock.data import synth
+
+    first = speak("yes", "en-us", "m1", 50, 160)[0]
+    synth._server.proc.kill()
+    synth._server.proc.wait()
+    assert np.array_equal(speak("yes", "en-us", "m1", 50, 160)[0], first)
+    monkeypatch.setattr(synth._server, "render", lambda *request: None)
+    with pytest.raises(VoicelockError, match=r"espeak-ng failed for voice en-us\+m1"):
+        speak("yes", "en-us", "m1", 50, 160)
 
 
 def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):

@@ -10,17 +10,18 @@ so the corpus is identical whatever the number of workers or the order they fini
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
 import shutil
+import struct
 import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
 
@@ -195,15 +196,45 @@ def _spread_slots(pitch: np.ndarray) -> list[int]:
     return [int(s) for s in slots]
 
 
+class _EspeakServer:
+    """This process's connection to voicelock/data/espeak_server.py (see there for why it exists)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.proc = subprocess.Popen([sys.executable, "-S", str(Path(__file__).with_name("espeak_server.py"))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        header = self.proc.stdout.read(4)
+        self.rate = struct.unpack("<i", header)[0] if len(header) == 4 else 0
+        if self.rate <= 0:
+            raise VoicelockError("espeak-ng: its library (libespeak-ng.so.1) does not load — run scripts/setup.sh "
+                                 "(or apt-get install espeak-ng)")
+
+    def render(self, text: str, voice: str, pitch: int, speed: int) -> bytes | None:
+        self.proc.stdin.write(json.dumps([text, voice, pitch, speed]).encode() + b"\n")
+        self.proc.stdin.flush()
+        header = self.proc.stdout.read(8)
+        if len(header) != 8:
+            raise VoicelockError("espeak-ng: the synthesis server stopped — see the error above")
+        status, size = struct.unpack("<iI", header)
+        pcm = self.proc.stdout.read(size)
+        return pcm if status == 0 and pcm else None
+
+
+_server: _EspeakServer | None = None
+
+
 def speak(text: str, voice: str, variant: str, pitch: int, speed: int) -> tuple[np.ndarray, int]:
-    """Render `text` with espeak-ng to float32 samples (22,050 Hz)."""
-    cmd = [ESPEAK, "-v", f"{voice}+{variant}", "-p", str(pitch), "-s", str(speed), "--stdout", text]
-    result = subprocess.run(cmd, capture_output=True, check=False)
-    if result.returncode != 0 or not result.stdout:
-        raise VoicelockError(f"espeak-ng failed for voice {voice}+{variant}: {result.stderr.decode().strip()} "
+    """Render `text` with espeak-ng to float32 samples (22,050 Hz): the samples `espeak-ng -v voice+variant
+    -p pitch -s speed --stdout text` writes, without starting that program each time."""
+    global _server
+    # A forked worker needs a server of its own; one that has exited (killed, out of memory) is replaced.
+    if _server is None or _server.pid != os.getpid() or _server.proc.poll() is not None:
+        _server = _EspeakServer()
+    pcm = _server.render(text, f"{voice}+{variant}", pitch, speed)
+    if pcm is None:
+        raise VoicelockError(f"espeak-ng failed for voice {voice}+{variant} "
                              f"— check data.synth.voices / variants against `espeak-ng --voices`")
-    data, rate = sf.read(io.BytesIO(result.stdout), dtype="float32")
-    return data, rate
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, _server.rate
 
 
 def check_timbres(params: SynthParams, probe: str = "seven") -> None:
