@@ -46,22 +46,30 @@ def main() -> None:
     objective = Objective(model.to(device), batches.index, tp, device, params.seed)
     optimiser = torch.optim.AdamW(list(model.parameters()) + objective.parameters(), lr=tp.lr,
                                   weight_decay=tp.weight_decay)
+
+    def now() -> float:
+        """The time once the device has finished: a GPU runs asynchronously, and without waiting for it
+        each phase's time would land in the next one's."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     spent = dict.fromkeys(PHASES, 0.0)
     clips = 0
     for step in range(args.warmup + args.batches):
-        marks = [time.perf_counter()]
+        marks = [now()]
         feats, frames, warps, index = batches.sample()
-        marks.append(time.perf_counter())
+        marks.append(now())
         x, n = batches.augment(feats, frames, warps)
-        marks.append(time.perf_counter())
+        marks.append(now())
         out = training_forward(model, x.to(device), n.to(device), tp.precision)
-        marks.append(time.perf_counter())
+        marks.append(now())
         loss, _ = objective(out, index)
-        marks.append(time.perf_counter())
+        marks.append(now())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        marks.append(time.perf_counter())
+        marks.append(now())
         if step >= args.warmup:
             clips += len(index)
             for phase, start, end in zip(PHASES, marks, marks[1:]):

@@ -41,6 +41,9 @@ playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("VOICELOCK_TEST_OUTPUT", REPO / "test-output")) / "browser"
+# Enrollment takes must be at least this far (fingerprint cosine) below the replay threshold: two
+# takes 0.003 below it on file were refused as one recording once recorded through the page.
+REPLAY_HEADROOM = 0.02
 FAKE_MIC_RATE = 48_000  # Chromium's fake device reproduced 44.1/48 kHz files most faithfully
 # Records every form the page sends: [url, [[field, text or bytes], ...]], so the test can compare
 # uploads with what the fake microphone played and see which fields a request carried.
@@ -232,7 +235,10 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
 
     The speaker is whichever of the owner and the test speakers the small model unlocks with the
     widest margin (the recorded take differs a little from its source, so a take that only just
-    unlocks may not once recorded); the impostor is the first other test speaker it rejects."""
+    unlocks may not once recorded), among those whose enrollment takes are clearly distinct recordings
+    to it: the small model's replay threshold is tight (two genuine takes of one of its test speakers
+    came within it), and once recorded, two such takes were refused as "the same recording". The
+    impostor is the first other test speaker it rejects."""
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     word, n_enroll = params.owner.password, params.page.enroll_takes
     takes = {"owner": sorted((Path(params.owner.out_dir) / word).glob("*.wav"))}
@@ -244,9 +250,11 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
         if len(paths) <= n_enroll:
             continue
         template = lock.enroll_files(paths[:n_enroll])
+        takes_fp = np.asarray(template.takes)
+        closest = float(np.max(takes_fp @ takes_fp.T - 2 * np.eye(len(takes_fp))))
         for take in paths[n_enroll:]:
             d = lock.verify_file(template, take)
-            if not d.unlocked:
+            if not d.unlocked or closest > d.thresholds["replay"] - REPLAY_HEADROOM:
                 continue
             margin = min(d.word_score - d.thresholds["word"], d.speaker_score - d.thresholds["speaker"],
                          float(d.details["speaker_raw"]) - d.thresholds["speaker_raw"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import struct
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -35,16 +37,56 @@ def test_the_espeak_server_renders_what_the_espeak_ng_program_does():
         assert samples.dtype == np.float32 and np.array_equal(samples, expected), (text, voice, variant)
 
 
-def test_a_lost_espeak_server_is_replaced_and_a_failed_rendering_is_an_error(monkeypatch):
+def test_a_failed_rendering_is_an_error_and_the_server_lives_on():
+    from voicelock.data import synth
+
+    speak("yes", "en-us", "m1", 50, 160)
+    server = synth._server
+    with pytest.raises(VoicelockError, match=r"espeak-ng failed for voice nonexistent\+m1 .*espeak-ng --voices"):
+        speak("yes", "nonexistent", "m1", 50, 160)
+    assert speak("yes", "en-us", "m1", 50, 160)[0].size > 0 and synth._server is server
+
+
+def test_a_lost_or_cut_short_espeak_server_is_an_error_never_a_shorter_take(monkeypatch):
     from voicelock.data import synth
 
     first = speak("yes", "en-us", "m1", 50, 160)[0]
     synth._server.proc.kill()
     synth._server.proc.wait()
-    assert np.array_equal(speak("yes", "en-us", "m1", 50, 160)[0], first)
-    monkeypatch.setattr(synth._server, "render", lambda *request: None)
-    with pytest.raises(VoicelockError, match=r"espeak-ng failed for voice en-us\+m1"):
+    assert np.array_equal(speak("yes", "en-us", "m1", 50, 160)[0], first)  # a dead server is replaced
+
+    class CutShort:  # the server died after promising 100 samples and sending 30
+        stdin, stdout = io.BytesIO(), io.BytesIO(struct.pack("<iI", 0, 200) + b"\0" * 60)
+
+        def poll(self):
+            return None
+
+    server = synth._server
+    real = server.proc
+    monkeypatch.setattr(server, "proc", CutShort())
+    monkeypatch.setattr(server, "close", lambda: None)
+    with pytest.raises(VoicelockError, match="synthesis server stopped .*cut short"):
         speak("yes", "en-us", "m1", 50, 160)
+    assert synth._server is None  # the next take starts a new server
+    monkeypatch.setattr(server, "proc", real)
+    server.close()
+
+
+def test_a_forked_worker_starts_its_own_espeak_server():
+    from voicelock.data import synth
+
+    speak("yes", "en-us", "m1", 50, 160)
+    pid = os.fork()
+    if pid == 0:  # the worker: it must not share its parent's pipes
+        code = 1
+        try:
+            inherited = synth._server is not None
+            code = 0 if not inherited and speak("no", "en-us", "m1", 50, 160)[0].size > 0 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert speak("yes", "en-us", "m1", 50, 160)[0].size > 0  # the parent's server still answers
 
 
 def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):

@@ -10,7 +10,7 @@ from exactly the state a fresh `espeak-ng` program has: the same samples byte fo
 
 Started by voicelock/data/synth.py as `python -S espeak_server.py`; standard library only, so the
 process stays small and forks fast. It exits when its stdin closes. Protocol: it first writes the
-library's sample rate (4 bytes, little-endian; 0 when the library cannot be loaded), then answers
+library's sample rate (4 bytes, little-endian; 0 when the library or its voice data cannot be loaded), then answers
 each request line on stdin — JSON `[text, voice, pitch, speed]` — with a status (4 bytes, 0 = ok), a
 byte count (4 bytes) and that many bytes of 16-bit mono PCM.
 """
@@ -20,10 +20,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import struct
 import sys
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
+INITIALIZE_DONT_EXIT = 0x8000  # missing voice data: return an error instead of exit(1) inside the library
 RATE, PITCH = 1, 3  # espeak_PARAMETER
 # The `espeak-ng` program's own flags: text in the locale's encoding (UTF-8), [[phonemes]] allowed,
 # a pause at the end.
@@ -74,10 +76,12 @@ def _read_all(fd: int) -> bytes:
 
 
 def serve() -> None:
+    # Ctrl-C reaches the whole process group: the client stops, and closing our stdin ends this loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout.buffer
     try:
         lib = ctypes.CDLL("libespeak-ng.so.1")
-        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, 0)
+        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_DONT_EXIT)
     except OSError:
         rate = 0
     out.write(struct.pack("<i", max(rate, 0)))
@@ -89,12 +93,16 @@ def serve() -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child speaks once, from the state of a process that never spoke
-            os.close(read_end)
-            pcm = render(lib, text, voice, int(pitch), int(speed))
-            view = memoryview(pcm or b"")
-            while view:
-                view = view[os.write(write_end, view):]
-            os._exit(0 if pcm else 1)
+            code = 1
+            try:
+                os.close(read_end)
+                pcm = render(lib, text, voice, int(pitch), int(speed))
+                view = memoryview(pcm or b"")
+                while view:
+                    view = view[os.write(write_end, view):]
+                code = 0 if pcm else 1
+            finally:  # never return into this loop: the child is not a server
+                os._exit(code)
         os.close(write_end)
         pcm = _read_all(read_end)
         os.close(read_end)

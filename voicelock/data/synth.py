@@ -9,6 +9,7 @@ so the corpus is identical whatever the number of workers or the order they fini
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -200,41 +201,76 @@ class _EspeakServer:
     """This process's connection to voicelock/data/espeak_server.py (see there for why it exists)."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.proc = subprocess.Popen([sys.executable, "-S", str(Path(__file__).with_name("espeak_server.py"))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         header = self.proc.stdout.read(4)
         self.rate = struct.unpack("<i", header)[0] if len(header) == 4 else 0
         if self.rate <= 0:
-            raise VoicelockError("espeak-ng: its library (libespeak-ng.so.1) does not load — run scripts/setup.sh "
-                                 "(or apt-get install espeak-ng)")
+            self.close()
+            raise VoicelockError("espeak-ng: its library (libespeak-ng.so.1) or its voice data does not load — "
+                                 "run scripts/setup.sh (or apt-get install espeak-ng)")
 
     def render(self, text: str, voice: str, pitch: int, speed: int) -> bytes | None:
-        self.proc.stdin.write(json.dumps([text, voice, pitch, speed]).encode() + b"\n")
-        self.proc.stdin.flush()
-        header = self.proc.stdout.read(8)
-        if len(header) != 8:
-            raise VoicelockError("espeak-ng: the synthesis server stopped — see the error above")
-        status, size = struct.unpack("<iI", header)
-        pcm = self.proc.stdout.read(size)
-        return pcm if status == 0 and pcm else None
+        """The take's 16-bit samples, None when espeak-ng could not render it; VoicelockError when the
+        server is gone or its answer is cut short (the caller must then start a new one)."""
+        try:
+            self.proc.stdin.write(json.dumps([text, voice, int(pitch), int(speed)]).encode() + b"\n")
+            self.proc.stdin.flush()
+            header = self.proc.stdout.read(8)
+            if len(header) == 8:
+                status, size = struct.unpack("<iI", header)
+                pcm = self.proc.stdout.read(size)
+                if len(pcm) == size:
+                    return pcm if status == 0 and pcm else None
+            problem = "its answer was cut short"
+        except OSError as exc:
+            problem = str(exc)
+        code = self.proc.poll()
+        self.close()
+        raise VoicelockError(f"espeak-ng: the synthesis server stopped ({problem}; exit code {code}) "
+                             f"— out of memory or killed? Run the stage again")
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):  # a dead server's pipe cannot take the unsent rest
+                pipe.close()
+        self.proc.kill()
+        self.proc.wait()
 
 
 _server: _EspeakServer | None = None
+
+
+def _forget_inherited_server() -> None:
+    """A forked worker must not talk to (or hold open) its parent's server: it starts its own."""
+    global _server
+    if _server is not None:
+        for pipe in (_server.proc.stdin, _server.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        _server.proc.returncode = 0  # not this process's child: nothing for it to wait for
+        _server = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_server)
 
 
 def speak(text: str, voice: str, variant: str, pitch: int, speed: int) -> tuple[np.ndarray, int]:
     """Render `text` with espeak-ng to float32 samples (22,050 Hz): the samples `espeak-ng -v voice+variant
     -p pitch -s speed --stdout text` writes, without starting that program each time."""
     global _server
-    # A forked worker needs a server of its own; one that has exited (killed, out of memory) is replaced.
-    if _server is None or _server.pid != os.getpid() or _server.proc.poll() is not None:
+    if _server is None or _server.proc.poll() is not None:  # one that has exited (killed, out of memory) is replaced
         _server = _EspeakServer()
-    pcm = _server.render(text, f"{voice}+{variant}", pitch, speed)
+    server = _server
+    try:
+        pcm = server.render(text, f"{voice}+{variant}", pitch, speed)
+    except VoicelockError:
+        _server = None
+        raise
     if pcm is None:
         raise VoicelockError(f"espeak-ng failed for voice {voice}+{variant} "
                              f"— check data.synth.voices / variants against `espeak-ng --voices`")
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, _server.rate
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, server.rate
 
 
 def check_timbres(params: SynthParams, probe: str = "seven") -> None:
