@@ -242,34 +242,54 @@ def test_warped_speaker_copies_are_new_speakers_with_formants_moved():
     assert abs(float(src[1, target]) - k) < 1.0  # the warped bin reads the source peak
 
 
+def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
+    return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
+
+
 def test_the_room_is_a_one_pole_smear_of_power_and_touches_only_the_clips_in_a_room():
-    """The room runs as a product with a matrix of decay powers (for speed): it must equal the
-    recursive filter y[t] = x[t] + decay·y[t-1] it stands for, and leave dry clips exactly as they were."""
-    hop, rt60 = 0.01, 0.5
-    feats = torch.randn(6, 64, 50, generator=torch.Generator().manual_seed(4)) * 10 - 50
-    fixed = PARAMS.augment.model_copy(update={"room_probability": 1.0, "rt60_range": [rt60, rt60],
-                                              "reverb_gain_db_range": [0.0, 0.0]})
-    out = FeatureAugmenter(fixed, hop, None, True, seed=1)._room(feats)
-    decay = 10 ** (-6 * hop / rt60)
+    """The room runs as a product with a matrix of decay powers (for speed): each clip in a room must
+    get the recursive filter y[t] = x[t] + decay·y[t-1] it stands for, at its own reverberation time
+    and level, and a dry clip must stay exactly as it was. The draws are replayed in the augmenter's
+    order (room or not, rt60, level) — the order is part of what makes training repeatable."""
+    hop, n = 0.01, 24
+    feats = torch.randn(n, 64, 50, generator=torch.Generator().manual_seed(4)) * 10 - 50
+    params = PARAMS.augment.model_copy(update={"room_probability": 0.5, "rt60_range": [0.2, 0.9],
+                                               "reverb_gain_db_range": [-12.0, 0.0]})
+    out = FeatureAugmenter(params, hop, None, True, seed=1)._room(feats)
+    gen = torch.Generator().manual_seed(1)
+    in_room = torch.rand(n, generator=gen) < params.room_probability
+    rt60 = _uniform(gen, n, params.rt60_range)
+    wet = 10 ** (_uniform(gen, n, params.reverb_gain_db_range) / 10)
+    assert 0 < int(in_room.sum()) < n
+    assert torch.equal(out[~in_room], feats[~in_room])
+    decay = (10 ** (-6 * hop / rt60))[:, None]
     power = 10 ** (feats / 10)
     smeared = power.clone()
     for t in range(1, feats.shape[-1]):
         smeared[..., t] = power[..., t] + decay * smeared[..., t - 1]
-    expected = 10 * torch.log10(power + (smeared - power) * (1 - decay) + 1e-10)
-    torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-4)
-    assert (out - feats).abs().max() > 1.0  # a real tail, not a no-op
-
-    some = PARAMS.augment.model_copy(update={"room_probability": 0.5})
-    out = FeatureAugmenter(some, hop, None, True, seed=1)._room(torch.cat([feats] * 4))
-    dry = (out == torch.cat([feats] * 4)).flatten(1).all(dim=1)
-    assert 0 < int(dry.sum()) < len(dry)
+    tail = (smeared - power) * (1 - decay)[..., None]
+    expected = 10 * torch.log10(power + wet[:, None, None] * tail + 1e-10)
+    torch.testing.assert_close(out[in_room], expected[in_room], atol=1e-3, rtol=1e-4)
+    assert (out - feats)[in_room].abs().amax() > 1.0  # a real tail, not a no-op
 
 
-def test_noise_touches_only_the_clips_that_draw_it():
-    feats = torch.randn(24, 64, 50, generator=torch.Generator().manual_seed(5)) * 10 - 50
+def test_noise_touches_only_the_clips_that_draw_it_at_their_own_snr():
+    n, t = 24, 50
+    feats = torch.randn(n, 64, t, generator=torch.Generator().manual_seed(5)) * 10 - 50
     noise = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(6)) * 5 - 60
-    some = PARAMS.augment.model_copy(update={"noise_probability": 0.5})
-    out = FeatureAugmenter(some, 0.01, noise, True, seed=2)._noise(feats, torch.full((24,), 50))
-    clean = (out == feats).flatten(1).all(dim=1)
-    assert 0 < int(clean.sum()) < len(clean)
-    assert ((out - feats)[~clean].flatten(1).abs().amax(dim=1) > 0.5).all()
+    frames = torch.randint(20, t + 1, (n,), generator=torch.Generator().manual_seed(7))
+    params = PARAMS.augment.model_copy(update={"noise_probability": 0.5})
+    out = FeatureAugmenter(params, 0.01, noise, True, seed=2)._noise(feats, frames)
+    gen = torch.Generator().manual_seed(2)  # replay: noisy or not, which noise, SNR
+    noisy = torch.rand(n, generator=gen) < params.noise_probability
+    pick = torch.randint(0, len(noise), (n,), generator=gen)
+    snr = _uniform(gen, n, params.noise_snr_db_range)
+    assert 0 < int(noisy.sum()) < n
+    assert torch.equal(out[~noisy], feats[~noisy])
+    for i in torch.nonzero(noisy).squeeze(1).tolist():
+        speech = 10 ** (feats[i, :, : frames[i]] / 10)
+        added = 10 ** (out[i] / 10) - 10 ** (feats[i] / 10)
+        # the added power is the picked noise, scaled so speech (its spoken frames) / noise = the SNR drawn
+        level = speech.mean() / (10 ** (noise[pick[i]][:, :t] / 10)).mean()
+        torch.testing.assert_close(added, 10 ** (noise[pick[i]][:, :t] / 10) * level / 10 ** (snr[i] / 10),
+                                   atol=1e-8, rtol=2e-3)  # float32 dB round trip

@@ -4,7 +4,7 @@ Each transform is the log-mel image of a waveform effect:
 - time shift, speed (time stretch) and pitch / vocal-tract warp (a stretch of the mel axis, as in
   VTLP) — one `grid_sample` for the whole batch;
 - a microphone: a smooth EQ curve across mel bands, added in dB (a linear filter is additive there);
-- a room: late reverberation as a decaying smear of power along time (a one-pole `lfilter` per band);
+- a room: late reverberation as a decaying smear of power along time (a one-pole filter per band);
 - background noise from `_background_noise_`, added in the power domain at a random SNR;
 - SpecAugment masks (torchaudio), filled with the clip's mean so they carry no level cue.
 Voices unlike the training voices differ exactly along these axes, which is why they are on by default.
@@ -170,7 +170,9 @@ class FeatureAugmenter:
         noise = 10 ** (self.noise[pick[rows]][..., :t] / 10)
         power = 10 ** (feats[rows] / 10)
         mask = (torch.arange(t)[None, :] < frames[rows][:, None])[:, None, :]
-        p_sig = (power * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+        # Mean power per (band, spoken frame), as the noise's is per (band, frame). Until this sitting the
+        # bands were summed, not averaged: noise n_mels times (64: 18 dB) louder than the SNR drawn.
+        p_sig = (power * mask).sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * power.shape[1]).clamp(min=1)
         p_noise = noise.mean(dim=(1, 2))
         scale = p_sig / (p_noise * 10 ** (snr[rows] / 10))
         out = feats.clone()

@@ -300,8 +300,8 @@ def start_training(tp: TrainParams, seed: int) -> torch.device:
     """The process-wide torch settings of a training run — deterministic kernels, the seed, the thread
     count — in one place, so `bench/training.py` times the step the stages run. Returns the device."""
     device = pick_device(tp.device)
-    # Same params, same model: without this, parallel CPU kernels (the backward of the embedding
-    # gathers) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
+    # Same params, same model: without this, parallel CPU kernels (then the backward of gathered
+    # triplet embeddings) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     torch.manual_seed(seed)
     if tp.threads:
