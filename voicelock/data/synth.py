@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import signal
 from tqdm import tqdm
 
+import voicelock.data.espeak_server as espeak_server
 from voicelock import effects
 from voicelock.audio import write_wav
 from voicelock.data.layout import BACKGROUND_DIR, split_for_speaker, write_split_lists
@@ -201,7 +202,9 @@ class _EspeakServer:
     """This process's connection to voicelock/data/espeak_server.py (see there for why it exists)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-S", str(Path(__file__).with_name("espeak_server.py"))],
+        # Run by its file (standard library only, `-S`: small and quick to fork); imported here so the
+        # stages that render takes list it as theirs (tests/test_dvc_deps.py).
+        self.proc = subprocess.Popen([sys.executable, "-S", espeak_server.__file__],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         header = self.proc.stdout.read(4)
         self.rate = struct.unpack("<i", header)[0] if len(header) == 4 else 0
@@ -230,10 +233,13 @@ class _EspeakServer:
         raise VoicelockError(f"espeak-ng: the synthesis server stopped ({problem}; exit code {code}) "
                              f"— out of memory or killed? Run the stage again")
 
-    def close(self) -> None:
+    def close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):  # a dead server's pipe cannot take the unsent rest
                 pipe.close()
+
+    def close(self) -> None:
+        self.close_pipes()
         self.proc.kill()
         self.proc.wait()
 
@@ -245,9 +251,7 @@ def _forget_inherited_server() -> None:
     """A forked worker must not talk to (or hold open) its parent's server: it starts its own."""
     global _server
     if _server is not None:
-        for pipe in (_server.proc.stdin, _server.proc.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()
+        _server.close_pipes()
         _server.proc.returncode = 0  # not this process's child: nothing for it to wait for
         _server = None
 
