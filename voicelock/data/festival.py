@@ -55,22 +55,29 @@ def _scheme_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float]]) -> list[tuple[np.ndarray, int]]:
-    """(word, F0 factor, stretch factor) per take → dry samples and rate, all in one festival process.
+def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
+    """(word, F0 factor, stretch factor, seed) per take → dry samples and rate, all in one festival process.
 
     F0 is set through the voice's linear-regression intonation targets, which diphone voices follow;
-    unit-selection voices keep their own melody and vary by tempo only."""
+    unit-selection voices keep their own melody and vary by tempo only. The Czech voices draw pause
+    lengths and melody contours from festival's one random stream (`czech.scm`: `czech-rand`), so
+    without a seed a take depends on every take the process rendered before it. Each take seeds that
+    stream itself (`srand`), so it is a function of its own seed only. (Found when one `dvc repro
+    --force` in CI gave the three first takes of a Czech speaker ~0.1 s shorter than the other run
+    did, with the same takes in the same order; that run has not recurred in 600 renders since.)"""
     with tempfile.TemporaryDirectory() as tmp:
-        lines = [f"(voice_{speaker.voice})"]
+        # One utterance spoken and thrown away first: a voice sets some state up on its first words (the
+        # Czech ones calibrate their random range off 100 draws), which would otherwise land in one take.
+        lines = [f"(voice_{speaker.voice})", "(utt.synth (Utterance Text \"a\"))"]
         outs = []
-        for i, (word, f0, stretch) in enumerate(takes):
+        for i, (word, f0, stretch, seed) in enumerate(takes):
             out = Path(tmp) / f"{i}.wav"
             outs.append(out)
             lines += [f"(Parameter.set 'Duration_Stretch {speaker.stretch * stretch:.3f})",
                       f"(set! int_lr_params (list (list 'target_f0_mean {speaker.f0 * f0:.1f}) "
                       f"(list 'target_f0_std {0.12 * speaker.f0 * f0:.1f}) (list 'model_f0_mean 170) "
                       f"(list 'model_f0_std 34)))",
-                      f"(set! utt (Utterance Text {_scheme_string(word)}))", "(utt.synth utt)",
+                      f"(set! utt (Utterance Text {_scheme_string(word)}))", f"(srand {int(seed)})", "(utt.synth utt)",
                       f"(utt.save.wave utt {_scheme_string(str(out))} 'riff)"]
         script = Path(tmp) / "render.scm"
         script.write_text("\n".join(lines) + "\n")
@@ -89,7 +96,9 @@ def render_festival_speaker(args: tuple[RecordedSpeaker, int, list[str], SynthPa
     plan = [(w, wi, t) for wi, w in enumerate(words) for t in range(params.takes_per_word)]
     rngs = [np.random.default_rng([seed, 12, index, wi, t]) for _, wi, t in plan]
     jitter = [(1 + rng.uniform(-0.06, 0.06), 1 + rng.uniform(-params.speed_jitter, params.speed_jitter)) for rng in rngs]
-    raws = festival_render(speaker, [(w, f0, st) for (w, _, _), (f0, st) in zip(plan, jitter)])
+    # A stream of their own, so adding the seeds left every other draw (and non-Czech takes) as they were.
+    seeds = [int(np.random.default_rng([seed, 13, index, wi, t]).integers(1, 2**31 - 1)) for _, wi, t in plan]
+    raws = festival_render(speaker, [(w, f0, st, s) for (w, _, _), (f0, st), s in zip(plan, jitter, seeds)])
     relatives = []
     for (word, _, take), (raw, raw_rate), rng in zip(plan, raws, rngs):
         if raw.ndim > 1:

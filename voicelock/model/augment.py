@@ -33,6 +33,19 @@ def _uniform(gen: torch.Generator, n: int, bounds: tuple[float, float]) -> torch
     return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
+def _spoken(frames: torch.Tensor, t: int) -> torch.Tensor:
+    """(B,) frame counts → (B, 1, T) mask of each clip's own frames (the rest is padding)."""
+    return (torch.arange(t)[None, :] < frames[:, None])[:, None, :]
+
+
+def _add_power(feats: torch.Tensor, rows: torch.Tensor, power: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
+    """`feats` with `added` power mixed into `rows` (whose power is `power`), back in dB; other rows as
+    they were. Room and noise are both sums in the power domain."""
+    out = feats.clone()
+    out[rows] = 10 * torch.log10(power + added + 1e-10)
+    return out
+
+
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
     return 2595.0 * torch.log10(1.0 + hz / 700.0)  # torchaudio's default ("htk") mel scale
 
@@ -98,8 +111,7 @@ class FeatureAugmenter:
             feats = self._room(feats)
             feats = self._noise(feats, frames)
         feats = self._masks(feats, frames)
-        pad = torch.arange(feats.shape[-1])[None, :] >= frames[:, None]
-        return torch.where(pad[:, None, :], floor, feats), frames
+        return torch.where(_spoken(frames, feats.shape[-1]), feats, floor), frames
 
     def _geometry(self, feats: torch.Tensor, frames: torch.Tensor,
                   speaker_warp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +164,7 @@ class FeatureAugmenter:
         smear = torch.where(lag >= 0, torch.exp(lag.clamp(min=0)[None] * log_decay[:, None, None]), 0.0)
         power = 10 ** (feats[rows] / 10)
         tail = (power @ smear - power) * (1 - torch.exp(log_decay))[:, None, None]
-        out = feats.clone()
-        out[rows] = 10 * torch.log10(power + 10 ** (wet_db[rows] / 10)[:, None, None] * tail + 1e-10)
-        return out
+        return _add_power(feats, rows, power, 10 ** (wet_db[rows] / 10)[:, None, None] * tail)
 
     def _noise(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Background noise, on the rows that draw it, at a random SNR over the clip's spoken frames."""
@@ -169,18 +179,16 @@ class FeatureAugmenter:
         rows = torch.nonzero(use).squeeze(1)
         noise = 10 ** (self.noise[pick[rows]][..., :t] / 10)
         power = 10 ** (feats[rows] / 10)
-        mask = (torch.arange(t)[None, :] < frames[rows][:, None])[:, None, :]
-        # Mean power per (band, spoken frame), as the noise's is per (band, frame). Until this sitting the
-        # bands were summed, not averaged: noise n_mels times (64: 18 dB) louder than the SNR drawn.
+        mask = _spoken(frames[rows], t)
+        # Mean power per (band, spoken frame), as the noise's is per (band, frame). Before commit 3a6e3cf
+        # the bands were summed, not averaged: noise n_mels times (64: 18 dB) louder than the SNR drawn.
         p_sig = (power * mask).sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * power.shape[1]).clamp(min=1)
         p_noise = noise.mean(dim=(1, 2))
         scale = p_sig / (p_noise * 10 ** (snr[rows] / 10))
-        out = feats.clone()
-        out[rows] = 10 * torch.log10(power + scale[:, None, None] * noise + 1e-10)
-        return out
+        return _add_power(feats, rows, power, scale[:, None, None] * noise)
 
     def _masks(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        mask = (torch.arange(feats.shape[-1])[None, :] < frames[:, None])[:, None, :]
+        mask = _spoken(frames, feats.shape[-1])
         mean = (feats * mask).sum(dim=(1, 2), keepdim=True) / (mask.sum(dim=(1, 2), keepdim=True) * feats.shape[1])
         centred = (feats - mean)[:, None]
         for _ in range(self.p.freq_masks):

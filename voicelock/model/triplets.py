@@ -32,8 +32,7 @@ def mine(labels: torch.Tensor, dist: torch.Tensor, margin: float, strategy: str,
          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchor, positive, negative) of the triplets to learn from, given the batch's labels and
     its distance matrix (`pairwise_distances`)."""
-    with torch.no_grad():
-        dist = dist.detach()
+    with torch.no_grad():  # indices only: no gradient flows through the choice
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(len(labels), dtype=torch.bool, device=dist.device)
         pos, neg = same & ~eye, ~same
