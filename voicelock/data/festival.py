@@ -7,9 +7,10 @@ unit-selection voices are recordings of real speakers — American English, Ital
 and Russian — reading the English words with their own language's rules. None of them is a voice
 of the unseen-voices corpus (flite's kal, awb, rms and slt; `params` refuses festival's kal and slt).
 
-A festival speaker is one voice at its own mean F0 and tempo, and (`data.synth.festival_speaker_scales`)
-more speakers per voice with other vocal tracts; takes jitter F0 and tempo and then go through the
-corpus's random rooms and microphones (`synth.place_in_room`). One festival process renders all of a
+A festival speaker is one voice at its own tempo (and mean F0 where the voice follows it: see
+`festival_render`), and (`data.synth.festival_speaker_scales`) more speakers per voice with other
+vocal tracts; takes jitter tempo (and F0) and then go through the corpus's random rooms and
+microphones (`synth.place_in_room`). One festival process renders all of a
 speaker's takes (a Scheme script), so start-up is paid once per speaker, not per take.
 """
 
@@ -58,16 +59,23 @@ def _scheme_string(text: str) -> str:
 def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
     """(word, F0 factor, stretch factor, seed) per take → dry samples and rate, all in one festival process.
 
-    F0 is set through the voice's linear-regression intonation targets, which diphone voices follow;
-    unit-selection voices keep their own melody and vary by tempo only. The Czech voices draw pause
-    lengths and melody contours from festival's one random stream (`czech.scm`: `czech-rand`), so
-    without a seed a take depends on every take the process rendered before it. Each take seeds that
-    stream itself (`srand`), so it is a function of its own seed only. (Found when one `dvc repro
-    --force` in CI gave the three first takes of a Czech speaker ~0.1 s shorter than the other run
-    did, with the same takes in the same order; that run has not recurred in 600 renders since.)"""
+    F0 is set through the linear-regression intonation targets (`int_lr_params`), which only
+    `ked_diphone` follows: the Italian, Finnish and Czech voices use intonation models of their own
+    and ignore them (measured: byte-identical takes at target means 100 and 300 Hz), so their speakers
+    differ by tempo and vocal tract, and unit-selection voices keep their own melody.
+
+    The Czech voices draw pause lengths and melody contours from festival's one random stream
+    (`czech.scm`: `czech-rand`), so unseeded, a take depended on every take rendered before it in that
+    process. Each take seeds the stream itself (`srand`, which takes 1 ≤ seed < 2³¹: glibc folds 0
+    into 1 and wraps larger ones), so it is a function of its own seed only. Looked for after one
+    CI `dvc repro --force` gave one Czech speaker's first three takes ~0.1 s shorter than the other run
+    did; that event had the same takes in the same order, so what moved it is not explained by this
+    and has not recurred (600 renders since, all identical)."""
+    if bad := [seed for *_, seed in takes if not 0 < int(seed) < 2**31]:
+        raise ValueError(f"festival seeds must lie in 1 .. 2**31-1 (srand folds others together): {bad[:3]}")
     with tempfile.TemporaryDirectory() as tmp:
-        # One utterance spoken and thrown away first: a voice sets some state up on its first words (the
-        # Czech ones calibrate their random range off 100 draws), which would otherwise land in one take.
+        # One utterance spoken and thrown away first: the Czech voices use up 100 random draws on their
+        # first word (calibrating a range that always comes out 1), which would otherwise land in one take.
         lines = [f"(voice_{speaker.voice})", "(utt.synth (Utterance Text \"a\"))"]
         outs = []
         for i, (word, f0, stretch, seed) in enumerate(takes):
