@@ -243,6 +243,8 @@ def test_warped_speaker_copies_are_new_speakers_with_formants_moved():
 
 
 def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
+    """The augmenter's draw, written out again on purpose: the replay tests check its draws against
+    their own reading of them, not against the code under test."""
     return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
