@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from voicelock.audio import read_wav
 from voicelock.data.manifest import build_manifest
 from voicelock.errors import VoicelockError
-from voicelock.features import FeatureExtractor, build_feature_cache, load_split, read_meta
+from voicelock.features import FeatureExtractor, build_feature_cache, load_split, read_meta, with_engines
 from voicelock.params import Params
 
 
@@ -85,3 +86,19 @@ def test_read_into_every_wav_flavour(tmp_path: Path, subtype: str, channels: int
     assert not out[x.size:].any()
     with pytest.raises(VoicelockError, match="c.wav: sample rate 16000 Hz, expected 8000 Hz"):
         read_into(tmp_path / "c.wav", out, 8000)
+
+
+def test_a_generated_corpus_s_engines_reach_the_cache(tiny_corpus: Path, tiny_params: Params, tmp_path: Path):
+    manifest = build_manifest(tiny_corpus, 20, 20, threads=2)
+    out = build_feature_cache(manifest, tiny_corpus, tiny_params.features, 16000, tmp_path / "features")
+    engines = pd.read_csv(tiny_corpus / "speakers.csv", dtype=str).set_index("id")["engine"]
+    train = load_split(out, "training").index
+    assert (train["engine"] == train["speaker"].map(engines)).all()
+
+
+def test_engines_are_optional_but_a_table_without_them_is_named(tmp_path: Path):
+    manifest = pd.DataFrame({"path": ["yes/a_nohash_0.wav"], "speaker": ["a"], "word": ["yes"]})
+    assert "engine" not in with_engines(manifest, tmp_path)  # no speakers.csv: e.g. real Speech Commands
+    (tmp_path / "speakers.csv").write_text("id,voice\na,en-us\n")
+    with pytest.raises(VoicelockError, match=r"speakers\.csv: needs columns id and engine"):
+        with_engines(manifest, tmp_path)

@@ -295,3 +295,38 @@ def test_noise_touches_only_the_clips_that_draw_it_at_their_own_snr():
         level = speech.mean() / (10 ** (noise[pick[i]][:, :t] / 10)).mean()
         torch.testing.assert_close(added, 10 ** (noise[pick[i]][:, :t] / 10) * level / 10 ** (snr[i] / 10),
                                    atol=1e-8, rtol=2e-3)  # float32 dB round trip
+
+
+def _speaker_index() -> pd.DataFrame:
+    rows = [(s, w, t) for s in "ABCDEFGH" for w in ("yes", "no", "up", "dog") for t in range(3)]
+    return pd.DataFrame(rows, columns=["speaker", "word", "utterance"])
+
+
+def test_a_heavier_speaker_is_drawn_that_much_more_often():
+    index = _speaker_index()
+    sampler = SpeakerWordBatches(index, speakers=2, words=3, takes=2, seed=0, weights={"A": 7.0})
+    picked = [set(index.iloc[sampler.batch()]["speaker"]) for _ in range(2000)]
+    share = {s: np.mean([s in p for p in picked]) for s in "ABCDEFGH"}
+    # Two of eight drawn without replacement: A (7 of 14 weight) is in ~3 of 4 batches, each other speaker
+    # in ~1 of 5; drawn evenly every speaker is in 1 of 4.
+    assert share["A"] > 0.65
+    assert all(share[s] < 0.3 for s in "BCDEFGH")
+
+
+def test_even_weights_draw_exactly_the_unweighted_batches():
+    index = _speaker_index()
+    plain = SpeakerWordBatches(index, speakers=4, words=3, takes=2, seed=5)
+    even = SpeakerWordBatches(index, speakers=4, words=3, takes=2, seed=5, weights=dict.fromkeys("ABCDEFGH", 1.0))
+    for _ in range(20):
+        np.testing.assert_array_equal(plain.batch(), even.batch())
+
+
+def test_speaker_weights_follow_the_engine_to_the_warped_copies():
+    from voicelock.model.augment import with_warped_speakers
+    from voicelock.model.train import speaker_weights
+
+    index = pd.DataFrame({"speaker": ["a", "a", "b"], "word": ["yes", "no", "yes"],
+                          "engine": ["festival", "festival", "espeak-ng"]})
+    weights = speaker_weights(with_warped_speakers(index, [0.9]), {"festival": 3.0})
+    assert weights == {"a": 3.0, "b": 1.0, "a~0.9": 3.0, "b~0.9": 1.0}
+    assert speaker_weights(index.drop(columns="engine"), {"festival": 3.0}) == {}  # e.g. real Speech Commands

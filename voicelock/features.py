@@ -29,6 +29,7 @@ from voicelock.params import FeatureParams
 CACHE_DTYPE = np.float16  # halves disk and RAM, dB values keep ~0.03 dB resolution; write_split casts to it
 META_FILE = "meta.json"
 NOISE_FILE = "noise.npy"
+SPEAKERS_FILE = "speakers.csv"  # a generated corpus's speaker table (id, engine, ...): train.py weighs by engine
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -120,7 +121,8 @@ def load_split(cache_dir: str | Path, split: str) -> FeatureSet:
     npy, csv = cache_dir / f"{split}.npy", cache_dir / f"{split}.csv"
     if not npy.exists() or not csv.exists():
         raise VoicelockError(f"{npy}: feature cache not found — run the features stage (dvc repro features)")
-    return FeatureSet(np.load(npy, mmap_mode="r"), pd.read_csv(csv, dtype={"speaker": str, "word": str}))
+    return FeatureSet(np.load(npy, mmap_mode="r"),
+                      pd.read_csv(csv, dtype={"speaker": str, "word": str, "engine": str}))
 
 
 def read_meta(cache_dir: str | Path) -> dict:
@@ -165,7 +167,8 @@ def write_split(extractor: FeatureExtractor, root: Path, rows: pd.DataFrame, out
             bar.update(len(batch))
     store.flush()
     del store
-    index = rows[["path", "word", "speaker", "utterance"]].reset_index(drop=True).assign(frames=frames)
+    columns = ["path", "word", "speaker", "utterance"] + (["engine"] if "engine" in rows else [])
+    index = rows[columns].reset_index(drop=True).assign(frames=frames)
     index.to_csv(out_dir / f"{split}.csv", index=False)
 
 
@@ -195,11 +198,25 @@ def load_noise(cache_dir: str | Path) -> torch.Tensor | None:
     return noise if len(noise) else None
 
 
+def with_engines(manifest: pd.DataFrame, raw_root: Path) -> pd.DataFrame:
+    """The manifest plus each clip's `engine` (the synthesizer that made its speaker), when the corpus
+    has a speaker table (the generated one does; real Speech Commands does not: unchanged)."""
+    table = raw_root / SPEAKERS_FILE
+    if not table.exists():
+        return manifest
+    engines = pd.read_csv(table, dtype=str)
+    if not {"id", "engine"} <= set(engines.columns):
+        raise VoicelockError(f"{table}: needs columns id and engine — regenerate the corpus (dvc repro download)")
+    engine = manifest["speaker"].astype(str).map(engines.set_index("id")["engine"])
+    return manifest.assign(engine=engine.fillna("unknown"))
+
+
 def build_feature_cache(manifest: pd.DataFrame, raw_root: str | Path, params: FeatureParams, sample_rate: int,
                         out_dir: str | Path) -> Path:
     """Compute and cache features for every split of the manifest (atomically into `out_dir`)."""
     raw_root = Path(raw_root)
     extractor = FeatureExtractor(params, sample_rate)
+    manifest = with_engines(manifest, raw_root)
     with atomic_dir(out_dir) as staging, ThreadPoolExecutor(1) as pool:
         counts = {}
         for split in SPLITS:

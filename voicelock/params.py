@@ -209,6 +209,16 @@ class TrainParams(_Section):
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     class_centres: Literal["random", "class_means"] = Field(
         "random", description="start of the margin-softmax centres: random, or each class's mean embedding")
+    engine_weights: dict[str, float] = Field(
+        default_factory=dict, description="speakers of these engines (the corpus's speakers.csv) are drawn "
+        "into a batch this many times as often as the others")
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> "TrainParams":
+        bad = {engine: w for engine, w in self.engine_weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"engine_weights {bad}: a weight must be above 0 (1 = drawn as often as any speaker)")
+        return self
 
     @model_validator(mode="after")
     def _validated_at_least_once(self) -> "TrainParams":

@@ -220,6 +220,19 @@ def fit_speaker_backend(model: VoiceLockNet, split: Split, val_split: Split, dev
     return scores
 
 
+def speaker_weights(index: pd.DataFrame, engine_weights: dict[str, float]) -> dict[str, float]:
+    """Each speaker's draw weight from the engine that made its clips (`engine_weights`, default 1).
+
+    Why: the corpus's few speakers from recorded people (festival) are the nearest it has to a real
+    user, and drawn evenly they are 1 in 25 of a batch's speakers (docs/decisions.md measures it).
+    A corpus without an engine column (real Speech Commands) weighs every speaker the same.
+    """
+    if not engine_weights or "engine" not in index:
+        return {}
+    engines = index.drop_duplicates("speaker").set_index("speaker")["engine"]
+    return {str(s): float(engine_weights.get(e, 1.0)) for s, e in engines.items()}
+
+
 class TrainingBatches:
     """Where a training step's clips come from: P×W×K batches of the training split (its speakers and
     their warped copies as new speakers), the owner's clips mixed in when fine-tuning, augmented."""
@@ -230,7 +243,7 @@ class TrainingBatches:
         # Speaker augmentation: warped copies of the training speakers join as new identities.
         self.index = with_warped_speakers(split.index, augmenter.speaker_warps)
         self.sampler = SpeakerWordBatches(self.index, tp.speakers_per_batch, tp.words_per_batch, tp.takes_per_pair,
-                                          seed)
+                                          seed, speaker_weights(self.index, tp.engine_weights))
         self.owner_rng = np.random.default_rng(seed + 1)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
