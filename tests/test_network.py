@@ -321,7 +321,7 @@ def test_even_weights_draw_exactly_the_unweighted_batches():
         np.testing.assert_array_equal(plain.batch(), even.batch())
 
 
-def test_speaker_weights_follow_the_engine_to_the_warped_copies():
+def test_speaker_weights_follow_the_engine_to_the_warped_copies(caplog: pytest.LogCaptureFixture):
     from voicelock.model.augment import with_warped_speakers
     from voicelock.model.train import speaker_weights
 
@@ -329,4 +329,21 @@ def test_speaker_weights_follow_the_engine_to_the_warped_copies():
                           "engine": ["festival", "festival", "espeak-ng"]})
     weights = speaker_weights(with_warped_speakers(index, [0.9]), {"festival": 3.0})
     assert weights == {"a": 3.0, "b": 1.0, "a~0.9": 3.0, "b~0.9": 1.0}
-    assert speaker_weights(index.drop(columns="engine"), {"festival": 3.0}) == {}  # e.g. real Speech Commands
+    # A corpus without engines (real Speech Commands) or a misspelt engine: even weights, said out loud.
+    assert speaker_weights(index.drop(columns="engine"), {"festival": 3.0}) == {}
+    assert set(speaker_weights(index, {"Festival": 3.0}).values()) == {1.0}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("no engine column" in w for w in warnings) and any("['Festival']" in w for w in warnings)
+
+
+def test_training_batches_draw_by_the_params_engine_weights():
+    from voicelock.model.train import Split, TrainingBatches
+
+    index = _speaker_index().assign(engine=lambda d: np.where(d["speaker"] == "A", "festival", "espeak-ng"),
+                                    frames=50)
+    split = Split(np.zeros((len(index), 64, 60), dtype=np.float16), index["frames"].to_numpy(), index)
+    augmenter = FeatureAugmenter(PARAMS.augment, 0.01, None, True, seed=1)
+    tp = PARAMS.pretrain.model_copy(update={"engine_weights": {"festival": 3.0}})
+    weights = TrainingBatches(split, tp, augmenter, seed=0).sampler.weights
+    assert weights["A"] == 3.0 and all(weights[f"A~{w:g}"] == 3.0 for w in augmenter.speaker_warps)
+    assert {weights[s] for s in weights if not s.startswith("A")} == {1.0}

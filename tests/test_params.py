@@ -30,6 +30,7 @@ def test_repository_params_are_valid():
         ("model", "backend_dims", 17, "backend_dims"),  # more than speaker_embedding (16)
         ("pretrain", "validate_from_epoch", 3, "validate_from_epoch"),  # after max_epochs (2): nothing kept
         ("pretrain", "engine_weights", {"festival": 0}, "engine_weights"),
+        ("finetune", "engine_weights", {"festival": float("inf")}, "engine_weights"),  # would make p NaN
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

@@ -10,6 +10,7 @@ features without decoding audio again.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from voicelock.data.layout import BACKGROUND_DIR, SPLITS
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import FeatureParams
+
+log = logging.getLogger(__name__)
 
 CACHE_DTYPE = np.float16  # halves disk and RAM, dB values keep ~0.03 dB resolution; write_split casts to it
 META_FILE = "meta.json"
@@ -208,6 +211,9 @@ def with_engines(manifest: pd.DataFrame, raw_root: Path) -> pd.DataFrame:
     if not {"id", "engine"} <= set(engines.columns):
         raise VoicelockError(f"{table}: needs columns id and engine — regenerate the corpus (dvc repro download)")
     engine = manifest["speaker"].astype(str).map(engines.set_index("id")["engine"])
+    if engine.isna().any():
+        log.warning("%s: %d clips' speakers are not in the table; their engine is 'unknown'", table,
+                    int(engine.isna().sum()))
     return manifest.assign(engine=engine.fillna("unknown"))
 
 

@@ -7,6 +7,7 @@ deep inside a stage.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -211,13 +212,14 @@ class TrainParams(_Section):
         "random", description="start of the margin-softmax centres: random, or each class's mean embedding")
     engine_weights: dict[str, float] = Field(
         default_factory=dict, description="speakers of these engines (the corpus's speakers.csv) are drawn "
-        "into a batch this many times as often as the others")
+        "with this weight (others 1): about this many times as often while a batch holds few speakers")
 
     @model_validator(mode="after")
     def _positive_weights(self) -> "TrainParams":
-        bad = {engine: w for engine, w in self.engine_weights.items() if not w > 0}
+        bad = {engine: w for engine, w in self.engine_weights.items() if not (math.isfinite(w) and w > 0)}
         if bad:
-            raise ValueError(f"engine_weights {bad}: a weight must be above 0 (1 = drawn as often as any speaker)")
+            raise ValueError(f"engine_weights {bad}: a weight must be a finite number above 0 "
+                             "(1 = drawn as often as any other speaker)")
         return self
 
     @model_validator(mode="after")

@@ -5,8 +5,9 @@ many positives and negatives for both heads at once. With several words per spea
 speakers per word, every speaker positive is a different word and every word positive a different
 speaker: each head is pushed to ignore what the other one encodes.
 
-Speakers can be drawn unevenly: a speaker's weight makes it that many times as likely to be in a
-batch (voicelock/model/train.py weights speakers by the engine that made them).
+Speakers can be drawn unevenly: each pick of a batch's speakers is proportional to their weights,
+so a speaker of weight 3 is in about 3 times as many batches while a batch holds few of all the
+speakers (voicelock/model/train.py weights speakers by the engine that made them).
 """
 
 from __future__ import annotations

@@ -227,10 +227,20 @@ def speaker_weights(index: pd.DataFrame, engine_weights: dict[str, float]) -> di
     user, and drawn evenly they are 1 in 25 of a batch's speakers (docs/decisions.md measures it).
     A corpus without an engine column (real Speech Commands) weighs every speaker the same.
     """
-    if not engine_weights or "engine" not in index:
+    if not engine_weights:
+        return {}
+    if "engine" not in index:
+        log.warning("engine_weights %s ignored: the feature cache has no engine column (a corpus without "
+                    "speakers.csv, or a cache from before engines; dvc repro features rebuilds it)", engine_weights)
         return {}
     engines = index.drop_duplicates("speaker").set_index("speaker")["engine"]
-    return {str(s): float(engine_weights.get(e, 1.0)) for s, e in engines.items()}
+    missing = sorted(set(engine_weights) - set(engines))
+    if missing:
+        log.warning("engine_weights: no training speaker is from %s (engines here: %s)", missing,
+                    sorted(set(engines)))
+    weights = {str(s): float(engine_weights.get(e, 1.0)) for s, e in engines.items()}
+    log.info("speakers drawn by weight: %s", pd.Series(weights).value_counts().sort_index().to_dict())
+    return weights
 
 
 class TrainingBatches:
