@@ -94,8 +94,7 @@ def test_triplet_loss_is_torchs_triplet_margin_loss_on_the_mined_triplets():
 
 
 def test_batches_are_speakers_by_words_by_takes():
-    rows = [(s, w, t) for s in "ABCDEFGH" for w in ("yes", "no", "up", "dog") for t in range(3)]
-    index = pd.DataFrame(rows, columns=["speaker", "word", "utterance"])
+    index = _speaker_index()
     batch = SpeakerWordBatches(index, speakers=4, words=3, takes=2, seed=0).batch()
     picked = index.iloc[batch]
     assert len(batch) == 4 * 3 * 2

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from voicelock.data.layout import Clip, scan_corpus
+from voicelock.data.layout import SPEAKERS_FILE, Clip, scan_corpus
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, load_split
 from voicelock.liveness import challenge_word_trials, template_scores, word_templates
@@ -282,7 +282,7 @@ def evaluate_unseen(params: Params) -> dict:
     result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, embedded)
     metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, embedded),
                **liveness_metrics(embedded, split, thresholds, templates), "thresholds": thresholds}
-    speakers = pd.read_csv(Path(params.ood.out_dir) / "speakers.csv", dtype=str).set_index("id")["engine"]
+    speakers = pd.read_csv(Path(params.ood.out_dir) / SPEAKERS_FILE, dtype=str).set_index("id")["engine"]
     engines = split.index["speaker"].map(speakers).to_numpy()
     metrics["by_engine"] = {}
     for engine in sorted(set(engines.tolist())):

@@ -22,7 +22,7 @@ import torchaudio
 from tqdm import tqdm
 
 from voicelock.audio import read_into, read_wav
-from voicelock.data.layout import BACKGROUND_DIR, SPLITS
+from voicelock.data.layout import BACKGROUND_DIR, SPEAKERS_FILE, SPLITS
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import FeatureParams
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 CACHE_DTYPE = np.float16  # halves disk and RAM, dB values keep ~0.03 dB resolution; write_split casts to it
 META_FILE = "meta.json"
 NOISE_FILE = "noise.npy"
-SPEAKERS_FILE = "speakers.csv"  # a generated corpus's speaker table (id, engine, ...): train.py weighs by engine
 
 
 class FeatureExtractor(torch.nn.Module):

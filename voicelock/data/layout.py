@@ -16,6 +16,8 @@ from voicelock.errors import VoicelockError
 BACKGROUND_DIR = "_background_noise_"
 VALIDATION_LIST = "validation_list.txt"
 TESTING_LIST = "testing_list.txt"
+# A generated corpus's speaker table (id, engine, voice, …); a downloaded corpus has none.
+SPEAKERS_FILE = "speakers.csv"
 SPLITS = ("training", "validation", "testing")
 _MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant in TensorFlow's speech_commands input_data.py
 _CLIP_NAME = re.compile(r"^(?P<speaker>[0-9A-Za-z]+)_nohash_(?P<utterance>\d+)\.wav$")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 import voicelock.data.espeak_server as espeak_server
 from voicelock import effects
 from voicelock.audio import write_wav
-from voicelock.data.layout import BACKGROUND_DIR, split_for_speaker, write_split_lists
+from voicelock.data.layout import BACKGROUND_DIR, SPEAKERS_FILE, split_for_speaker, write_split_lists
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
 from voicelock.params import SynthParams
@@ -432,7 +432,7 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
                   "formant_scale": sp.formant_scale, "engine": "festival"} for sp in festival]
         pd.DataFrame(rows).assign(
             split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
-        ).to_csv(staging / "speakers.csv", index=False)
+        ).to_csv(staging / SPEAKERS_FILE, index=False)
     return out_dir
 
 
@@ -451,5 +451,5 @@ def synthesize_owner(params: SynthParams, out_dir: str | Path, seed: int, rate: 
              for t in range(takes_password if w == password else takes_other)]
     with atomic_dir(out_dir) as staging:
         render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize owner")
-        pd.DataFrame([owner.__dict__]).to_csv(staging / "speakers.csv", index=False)
+        pd.DataFrame([owner.__dict__]).to_csv(staging / SPEAKERS_FILE, index=False)
     return owner

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from voicelock import effects
 from voicelock.audio import write_wav
-from voicelock.data.layout import write_split_lists
+from voicelock.data.layout import SPEAKERS_FILE, write_split_lists
 from voicelock.data.synth import (
     RecordedSpeaker,
     Take,
@@ -140,5 +140,5 @@ def synthesize_unseen(synth: SynthParams, ood: OodParams, seed: int, rate: int, 
                  "speed": s.speed} for s in espeak_speakers]
         rows += [{"id": s.id, "engine": "flite", "voice": s.voice, "variant": "", "pitch": round(s.f0, 1),
                   "speed": round(s.stretch, 3)} for s in flite_speakers]
-        pd.DataFrame(rows).to_csv(staging / "speakers.csv", index=False)
+        pd.DataFrame(rows).to_csv(staging / SPEAKERS_FILE, index=False)
     return out
