@@ -224,6 +224,60 @@ def test_a_festival_take_depends_on_its_own_seed_not_on_the_takes_before_it(tiny
         festival_render(dita, [("yes", 1.0, 1.0, 0)])
 
 
+def _f0(x: np.ndarray, rate: int) -> float:
+    """Median autocorrelation F0 (Hz, 60–400) over five 40 ms windows around the loudest part of a take."""
+    i = int(np.argmax(np.convolve(x**2, np.ones(640), "same")))
+    lo, hi, f0s = rate // 400, rate // 60, []
+    for centre in range(i - 640, i + 641, 320):
+        seg = x[max(centre - 320, 0): centre + 320]
+        ac = np.correlate(seg, seg, "full")[seg.size - 1:]
+        f0s.append(rate / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(f0s))
+
+
+def test_extra_festival_speakers_are_their_voice_at_another_f0_and_vocal_tract(tiny_params: Params, tmp_path: Path):
+    """data.synth.festival_extra_speakers: ked_diphone (a man's recordings) also speaks at F0 ~170 Hz asked
+    of festival and every frequency × 1.18 — a woman's range, about twice the natural voice's F0 in the
+    take the corpus keeps. The natural voices stay exactly as they were planned without extras."""
+    from voicelock.data.festival import plan_festival_speakers, render_festival_speaker
+
+    voices = dict(tiny_params.data.synth.festival_voices)
+    plain = plan_festival_speakers(voices, seed=3)
+    both = plan_festival_speakers(voices, seed=3, extra=(("ked_diphone", 170.0, 1.18), ("ked_diphone", 90.0, 0.92)))
+    assert both[: len(plain)] == plain and len(both) == len(plain) + 2 and len({s.id for s in both}) == len(both)
+    woman, low = both[-2:]
+    assert (woman.voice, woman.formant_scale, low.formant_scale) == ("ked_diphone", 1.18, 0.92)
+    assert 170 * 0.92 <= woman.f0 <= 170 * 1.08 and 90 * 0.92 <= low.f0 <= 90 * 1.08
+
+    synth = tiny_params.data.synth.model_copy(update={"takes_per_word": 1, "room_probability": 0.0})
+
+    def take_f0(speaker) -> float:
+        root = tmp_path / speaker.id
+        (root / "seven").mkdir(parents=True)
+        [relative] = render_festival_speaker((speaker, 0, ["seven"], synth, 3, 16000, 16000, root))
+        x, rate = sf.read(root / relative)
+        return _f0(x, rate)
+
+    natural = take_f0(plain[0])  # measured: 112 Hz, the woman 211, the low voice 80
+    assert take_f0(woman) > 1.5 * natural  # 170 × 1.18 / 105 ≈ 1.9, less the takes' jitter
+    assert take_f0(low) < 0.85 * natural
+
+
+def test_params_refuse_extra_festival_speakers_of_flite_people(tiny_params_path: Path, tmp_path: Path):
+    import yaml
+
+    from tests.conftest import write_params
+    from voicelock.params import load_params
+
+    raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["data"]["synth"]["festival_extra_speakers"] = [{"voice": "cmu_us_slt_arctic_hts", "f0": 180, "scale": 1.0}]
+    with pytest.raises(VoicelockError, match=r"festival_extra_speakers: \['cmu_us_slt_arctic_hts'\] record the same"):
+        load_params(write_params(tmp_path, raw))
+    raw["data"]["synth"]["festival_extra_speakers"] = [{"voice": "ked_diphone", "f0": 180, "scale": 1.6}]
+    with pytest.raises(VoicelockError, match="festival_extra_speakers"):
+        load_params(write_params(tmp_path, raw))
+
+
 def test_params_refuse_festival_voices_of_flite_people(tiny_params_path: Path, tmp_path: Path):
     import yaml
 

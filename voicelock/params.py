@@ -35,6 +35,14 @@ class FolderParams(_Section):
     path: str
 
 
+class ExtraRecordedSpeaker(_Section):
+    """One more speaker from a festival voice: its recording at another mean F0 and vocal tract."""
+
+    voice: str
+    f0: float = Field(gt=40, lt=400, description="mean F0 asked of festival (Hz), before the vocal tract scales it")
+    scale: float = Field(ge=0.7, le=1.4, description="every frequency × this: the vocal tract (and F0 with it)")
+
+
 class SynthParams(_Section):
     words: list[str] = Field(min_length=2)
     n_speakers: int = Field(ge=3)
@@ -44,6 +52,8 @@ class SynthParams(_Section):
     festival_voices: dict[str, float] = Field(default_factory=dict, description="festival voice → mean F0 (Hz)")
     festival_speaker_scales: list[float] = Field(
         default_factory=list, description="one more speaker per festival voice and factor: all frequencies × it")
+    festival_extra_speakers: list[ExtraRecordedSpeaker] = Field(
+        default_factory=list, description="more festival speakers, each a voice at its own F0 and vocal tract")
     pitch_range: tuple[int, int]
     formant_scale_range: tuple[float, float] = Field(
         default=(1.0, 1.0), description="each espeak-ng speaker's vocal tract: all frequencies times this")
@@ -414,10 +424,12 @@ class Params(BaseModel):
                 raise ValueError(f"ood.{key}: {shared} also in data.synth.{key.removeprefix('espeak_')} — an unseen "
                                  f"voice must share neither accent nor timbre with training; remove them from one list")
         # Festival ships some of flite's people (kal_diphone, cmu_us_slt_*): they must not train.
-        same = [v for v in self.data.synth.festival_voices if set(v.lower().split("_")) & set(self.ood.flite_voices)]
-        if same:
-            raise ValueError(f"data.synth.festival_voices: {same} record the same people as ood.flite_voices — an "
-                             f"unseen voice must not train; remove them")
+        synth = self.data.synth
+        for key, voices in (("festival_voices", list(synth.festival_voices)),
+                            ("festival_extra_speakers", [e.voice for e in synth.festival_extra_speakers])):
+            if same := sorted({v for v in voices if set(v.lower().split("_")) & set(self.ood.flite_voices)}):
+                raise ValueError(f"data.synth.{key}: {same} record the same people as ood.flite_voices — an "
+                                 f"unseen voice must not train; remove them")
         return self
 
     def under(self, root: str | Path) -> "Params":

@@ -48,8 +48,9 @@ def require_festival(voices: list[str]) -> None:
                              f"{sorted(installed)}) — run scripts/setup.sh or remove them")
 
 
-def plan_festival_speakers(voices: dict[str, float], seed: int, scales: tuple[float, ...] = ()) -> list[RecordedSpeaker]:
-    return plan_recorded_speakers("festival", voices, seed, stream=11, scales=scales)
+def plan_festival_speakers(voices: dict[str, float], seed: int, scales: tuple[float, ...] = (),
+                           extra: tuple[tuple[str, float, float], ...] = ()) -> list[RecordedSpeaker]:
+    return plan_recorded_speakers("festival", voices, seed, stream=11, scales=scales, extra=extra)
 
 
 def _scheme_string(text: str) -> str:

@@ -70,12 +70,15 @@ class RecordedSpeaker:
 
 
 def plan_recorded_speakers(engine: str, voices: dict[str, float], seed: int, stream: int,
-                           scales: tuple[float, ...] = ()) -> list[RecordedSpeaker]:
+                           scales: tuple[float, ...] = (),
+                           extra: tuple[tuple[str, float, float], ...] = ()) -> list[RecordedSpeaker]:
     """One speaker per voice (voice → its natural mean F0): two F0s of one recording would be
     pitch-only twins, not two people. Each of `scales` adds one more speaker per voice with that
     vocal tract (every frequency × scale: another person, as speed-perturbed copies are in speaker
-    recognition recipes), drawn from a stream of its own so the natural voices stay as they were.
-    Ids are 8 hex digits; `stream` keeps each engine's draws apart."""
+    recognition recipes), and each of `extra` (voice, F0, scale) one speaker of that voice at that F0
+    and vocal tract (a recording moved to another F0 *and* vocal tract is no pitch-only twin: how the
+    one English recorded voice also speaks as a woman). Each group draws from a stream of its own, so
+    the natural voices stay as they were. Ids are 8 hex digits; `stream` keeps each engine's draws apart."""
     def draw(rng: np.random.Generator, voice: str, f0: float, scale: float) -> RecordedSpeaker:
         sp_f0, stretch = f0 * rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.15)
         name = f"{engine}:{voice}/{sp_f0:.1f}/{stretch:.3f}" + ("" if scale == 1.0 else f"/x{scale:.3f}")
@@ -83,8 +86,10 @@ def plan_recorded_speakers(engine: str, voices: dict[str, float], seed: int, str
                                float(scale))
 
     rng, copies = np.random.default_rng([seed, stream]), np.random.default_rng([seed, stream, 1])
+    others = np.random.default_rng([seed, stream, 2])
     return ([draw(rng, voice, f0, 1.0) for voice, f0 in voices.items()]
-            + [draw(copies, voice, f0, scale) for scale in scales for voice, f0 in voices.items()])
+            + [draw(copies, voice, f0, scale) for scale in scales for voice, f0 in voices.items()]
+            + [draw(others, voice, f0, scale) for voice, f0, scale in extra])
 
 
 @dataclass(frozen=True)
@@ -403,9 +408,10 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
 
     require_espeak()
     check_timbres(params)
-    require_festival(list(params.festival_voices))
+    require_festival(sorted(set(params.festival_voices) | {e.voice for e in params.festival_extra_speakers}))
     speakers = plan_speakers(params, seed)
-    festival = plan_festival_speakers(dict(params.festival_voices), seed, tuple(params.festival_speaker_scales))
+    festival = plan_festival_speakers(dict(params.festival_voices), seed, tuple(params.festival_speaker_scales),
+                                      tuple((e.voice, e.f0, e.scale) for e in params.festival_extra_speakers))
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
     out_dir = Path(out_dir)
