@@ -100,11 +100,21 @@ def tiny_corpus(tiny_params: Params) -> Path:
     return root
 
 
+def unseen_corpus_of(params: Params) -> Path:
+    """The unseen-voices corpus of `params` (the unseen stage), generated once per location."""
+    from voicelock.data.unseen import synthesize_unseen
+
+    if (Path(params.ood.out_dir) / "speakers.csv").exists():
+        return Path(params.ood.out_dir)
+    return synthesize_unseen(params.data.synth, params.ood, params.seed, params.data.sample_rate,
+                             params.features.clip_seconds)
+
+
 def run_model_stages(params: Params, corpus: Path) -> Params:
-    """Every stage from features to evaluate, in-process, on a generated corpus; returns `params`."""
+    """Every stage from features to evaluate_unseen, in-process, on a generated corpus; returns `params`."""
     from voicelock.data.acquire import acquire_owner
     from voicelock.data.manifest import build_manifest
-    from voicelock.evaluation import run_evaluation
+    from voicelock.evaluation import evaluate_unseen, run_evaluation
     from voicelock.features import build_feature_cache
     from voicelock.model.finetune import finetune
     from voicelock.model.pretrain import pretrain
@@ -116,6 +126,8 @@ def run_model_stages(params: Params, corpus: Path) -> Params:
     pretrain(params)
     finetune(params)
     run_evaluation(params, params.evaluate.metrics_file, params.evaluate.plots_dir)
+    unseen_corpus_of(params)
+    evaluate_unseen(params)  # the package stage and the promotion gate weigh these figures
     return params
 
 
@@ -156,18 +168,21 @@ def lenient_params_path(trained: Params, tiny_params_path: Path, tmp_path_factor
     """The tiny trained model re-evaluated at FAR 0.3 into a release of its own, so that some genuine
     takes unlock — the security tests need real unlocks (tokens, replays) from a model trained in a
     minute. Only the evaluate stage runs again."""
-    from voicelock.evaluation import run_evaluation
+    from voicelock.evaluation import evaluate_unseen, run_evaluation
 
     root = tmp_path_factory.mktemp("lenient")
     raw = yaml.safe_load(tiny_params_path.read_text())
     raw["evaluate"].update(target_far=0.3, raw_floor_far=0.6, out_dir=str(root / "release"),
                            metrics_file=str(root / "metrics.json"), details_file=str(root / "details.json"),
                            plots_dir=str(root / "plots"))
+    raw["ood"].update(metrics_file=str(root / "ood.json"), details_file=str(root / "ood.details.json"),
+                      plots_dir=str(root / "plots_ood"))  # the tiny unseen corpus, judged at these thresholds
     raw["service"].update(database_url=f"sqlite:///{root / 'service' / 'enrollments.db'}",
                           package_record=str(root / "package.json"))
     path = write_params(root, raw)
     params = load_params(path)
     run_evaluation(params, params.evaluate.metrics_file, params.evaluate.plots_dir)
+    evaluate_unseen(params)
     return path
 
 

@@ -31,6 +31,9 @@ def test_repository_params_are_valid():
         ("pretrain", "validate_from_epoch", 3, "validate_from_epoch"),  # after max_epochs (2): nothing kept
         ("pretrain", "engine_weights", {"festival": 0}, "engine_weights"),
         ("finetune", "engine_weights", {"festival": float("inf")}, "engine_weights"),  # would make p NaN
+        ("promotion", "ood_tolerance", {"keyword": 0.01}, r"ood_tolerance: unknown metrics \['keyword'\]"),
+        ("promotion", "ood_tolerance", {"far": float("inf")}, "ood_tolerance: .'far'. must be finite"),
+        ("promotion", "tolerance", {"frr": float("nan")}, "tolerance: .'frr'. must be finite"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

@@ -64,11 +64,16 @@ def test_retrain_promotes_then_gates_then_survives_a_failing_stage(harness, proj
     assert (project / "dvc.lock").read_text() == lock
     assert _production_tags() == after_first
 
-    # A new candidate held to an impossible rule is not promoted, and production stays as it was.
-    _set(project, "promotion", tolerance={"keyword_accuracy": -1.0}, candidate_name="voicelock-candidate-b")
+    # A new candidate held to an impossible rule is not promoted, and production stays as it was. The
+    # rule on the unseen voices fires too: production was measured on them (a rule without a
+    # production figure is skipped, so its reason proves the measurement).
+    _set(project, "promotion", tolerance={"keyword_accuracy": -1.0}, ood_tolerance={"keyword_accuracy": -1.0},
+         candidate_name="voicelock-candidate-b")
     state = retrain(repo=str(project), return_state=True)
     assert state.is_completed() and state.name == "Not promoted"
-    assert "keyword_accuracy" in state.message
+    reasons = state.message.split("; ")
+    assert any(r.startswith("keyword_accuracy: ") and "vs production" in r for r in reasons), reasons
+    assert any(r.startswith("ood.keyword_accuracy: ") and "vs production" in r for r in reasons), reasons
     assert _production_tags() == after_first
 
     # A stage that fails fails the flow and never touches production.

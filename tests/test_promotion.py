@@ -2,7 +2,7 @@
 
 import math
 
-from voicelock.promotion import compare
+from voicelock.promotion import OOD, compare, gated_metrics
 
 GOOD = {"keyword_accuracy": 0.99, "speaker_eer": 0.02, "speaker_eer_all_trials": 0.05, "frr": 0.10,
         "far_other_speaker_password": 0.001, "far_owner_other_word": 0.0, "far_other_speaker_other_word": 0.0}
@@ -33,3 +33,25 @@ def test_better_everywhere_is_promoted_and_missing_or_nan_is_worse():
     missing = dict(GOOD)
     del missing["speaker_eer"]
     assert compare(missing, GOOD, TOL)[0] is False
+
+
+def test_the_unseen_voices_are_gated_with_their_own_tolerance():
+    """A candidate better in-domain but worse on the unseen voices beyond `ood_tolerance` is refused;
+    within it, promoted; an unseen figure the candidate lacks counts as worse."""
+    ood_tol = {**TOL, "keyword_accuracy": 0.015, "far": 0.0012}
+    prod = {**GOOD, **{OOD + k: v for k, v in GOOD.items()}}
+    better_in_domain = {**prod, "keyword_accuracy": 0.999}
+    assert compare(better_in_domain, prod, TOL, ood_tol)[0] is True
+    ok, reasons = compare({**better_in_domain, "ood.keyword_accuracy": 0.97}, prod, TOL, ood_tol)
+    assert ok is False and reasons == ["ood.keyword_accuracy: 0.9700 vs production 0.9900 (worse by 0.0200 > "
+                                       "tolerance 0.015)"]
+    assert compare({**prod, "ood.keyword_accuracy": 0.98}, prod, TOL, ood_tol)[0] is True  # a draw, not a step back
+    ok, reasons = compare({**prod, "ood.far_owner_other_word": 0.0015}, prod, TOL, ood_tol)
+    assert ok is False and reasons[0].startswith("ood.far_owner_other_word")
+    missing = dict(prod)
+    del missing["ood.frr"]
+    ok, reasons = compare(missing, prod, TOL, ood_tol)
+    assert ok is False and reasons == ["ood.frr: candidate has no value"]
+    # Without ood_tolerance only the in-domain rules count (and the decision table lists what was gated).
+    assert compare({**prod, "ood.keyword_accuracy": 0.5}, prod, TOL)[0] is True
+    assert gated_metrics() == list(GOOD) + [OOD + k for k in GOOD]

@@ -33,10 +33,9 @@ def test_params_refuse_an_unseen_voice_that_training_has(tiny_params_path: Path,
 
 @pytest.fixture(scope="session")
 def unseen_corpus(tiny_params: Params) -> Path:
-    from voicelock.data.unseen import synthesize_unseen
+    from tests.conftest import unseen_corpus_of
 
-    p = tiny_params
-    return synthesize_unseen(p.data.synth, p.ood, p.seed, p.data.sample_rate, p.features.clip_seconds)
+    return unseen_corpus_of(tiny_params)
 
 
 def test_unseen_corpus_is_all_test_speakers_of_both_engines(unseen_corpus: Path, tiny_params: Params):

@@ -274,10 +274,23 @@ def evaluate_unseen(params: Params) -> dict:
     what a new user unlike the training voices meets. Writes `ood.metrics_file` (the keys of the
     in-domain metrics, plus `by_engine`; counts and thresholds beside it, `write_metrics`) and DET /
     confusion plots under `ood.plots_dir`."""
+    release = Release.load(params.evaluate.out_dir)
+    metrics, result = unseen_metrics(release.model, release.extractor(), release.thresholds, release.scorer,
+                                     release.word_templates, params)
+    write_metrics(metrics, params.ood.metrics_file, params.ood.details_file)
+    _write_plots(result, Path(params.ood.plots_dir))
+    return metrics
+
+
+def unseen_metrics(model: VoiceLockNet, extractor: FeatureExtractor, thresholds: dict[str, float],
+                   scorer: SpeakerScorer, templates: dict[str, np.ndarray],
+                   params: Params) -> tuple[dict, SplitEvaluation]:
+    """Every figure of `model` on the unseen-voices corpus at the given thresholds, overall and by engine.
+
+    The evaluate_unseen stage passes the release's shipped thresholds; the promotion gate passes the
+    production model's, calibrated on the same validation speakers, so both models meet the same voices."""
     ep = params.evaluate
-    release = Release.load(ep.out_dir)
-    model, thresholds, scorer, templates = release.model, release.thresholds, release.scorer, release.word_templates
-    split = folder_split(params.ood.out_dir, release.extractor(), "unseen voices")
+    split = folder_split(params.ood.out_dir, extractor, "unseen voices")
     embedded = embed_split(model, split)
     result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, embedded)
     metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, embedded),
@@ -291,6 +304,4 @@ def evaluate_unseen(params: Params) -> dict:
         sub = evaluate_split(model, part, thresholds, ep, params.seed, scorer,
                              (embedded[0][rows], embedded[1][rows]))
         metrics["by_engine"][engine] = sub.metrics
-    write_metrics(metrics, params.ood.metrics_file, params.ood.details_file)
-    _write_plots(result, Path(params.ood.plots_dir))
-    return metrics
+    return metrics, result

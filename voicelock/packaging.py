@@ -1,8 +1,9 @@
 """Put the evaluated model into the BentoML model store, with where it came from.
 
 The stored model carries the network, its calibrated thresholds and feature parameters (inside
-model.pt), the evaluation metrics, and the code and data versions as metadata, so a served model
-can always be traced to the commit and corpus that made it.
+model.pt), the evaluation metrics (in-domain, and on the unseen voices: the promotion gate weighs
+both), and the code and data versions as metadata, so a served model can always be traced to the
+commit and corpus that made it.
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
     if "thresholds" not in meta:
         raise VoicelockError(f"{checkpoint}: model has no calibrated thresholds — re-run the evaluate stage")
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
-    # The version is the release file's digest, not BentoML's random one: packaging the same release
-    # again (a fresh clone's `dvc repro`) names the same candidate, so models/package.json and dvc.lock
-    # come out identical, and an already stored candidate is reused.
-    tag = f"{params.promotion.candidate_name}:{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:20]}"
+    ood_file = Path(params.ood.metrics_file)
+    if not ood_file.exists():
+        raise VoicelockError(f"{ood_file}: no unseen-voices figures for this release — run the evaluate_unseen stage "
+                             f"first (the promotion gate weighs them)")
+    ood_metrics = {k: v for k, v in json.loads(ood_file.read_text()).items() if isinstance(v, (int, float))}
+    # The version is the digest of the release file and its unseen-voices figures, not BentoML's random
+    # one: packaging the same release again (a fresh clone's `dvc repro`) names the same candidate, so
+    # models/package.json and dvc.lock come out identical, and an already stored candidate is reused.
+    digest = hashlib.sha256(checkpoint.read_bytes() + ood_file.read_bytes()).hexdigest()[:20]
+    tag = f"{params.promotion.candidate_name}:{digest}"
     try:
         bentoml.models.get(tag)
     except BentoNotFound:
@@ -68,7 +75,7 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
             tag,
             labels={"stage": "candidate", "password": str(meta.get("password", ""))},
             metadata={"code_version": code_version(), "data_version": data_version(),
-                      "thresholds": meta["thresholds"], "metrics": metrics,
+                      "thresholds": meta["thresholds"], "metrics": metrics, "ood_metrics": ood_metrics,
                       "sample_rate": meta["sample_rate"], "feature_kind": meta["feature_params"]["kind"]},
         ) as model:
             shutil.copy2(checkpoint, model.path_of(MODEL_FILE))
@@ -76,5 +83,5 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
                 shutil.copy2(extra, model.path_of(extra.name))
     if record is not None:
         Path(record).parent.mkdir(parents=True, exist_ok=True)
-        Path(record).write_text(json.dumps({"tag": tag, "metrics": metrics}, indent=1))
+        Path(record).write_text(json.dumps({"tag": tag, "metrics": metrics, "ood_metrics": ood_metrics}, indent=1))
     return tag

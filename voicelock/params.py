@@ -376,6 +376,7 @@ class PageParams(_Section):
 class PromotionParams(_Section):
     candidate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     tolerance: dict[str, float]
+    ood_tolerance: dict[str, float]
     schedule_cron: str
     schedule_timezone: str = "UTC"
     enroll_data_interval_s: int = Field(ge=10)
@@ -386,9 +387,12 @@ class PromotionParams(_Section):
 
     @model_validator(mode="after")
     def _known_rules(self) -> "PromotionParams":
-        unknown = set(self.tolerance) - {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far"}
-        if unknown:
-            raise ValueError(f"tolerance: unknown metrics {sorted(unknown)}")
+        rules = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far"}
+        for key, tolerances in (("tolerance", self.tolerance), ("ood_tolerance", self.ood_tolerance)):
+            if unknown := set(tolerances) - rules:
+                raise ValueError(f"{key}: unknown metrics {sorted(unknown)} — the rules are {sorted(rules)}")
+            if bad := [k for k, v in tolerances.items() if not math.isfinite(v)]:
+                raise ValueError(f"{key}: {bad} must be finite numbers (an infinite tolerance gates nothing)")
         return self
 
 

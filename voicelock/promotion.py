@@ -1,9 +1,12 @@
 """The promotion gate: a candidate becomes the production model only if it is not worse.
 
 Production is re-evaluated on the candidate's validation and test splits (thresholds calibrated the
-same way), so the comparison is always on the same speakers, whatever data production was trained
-on. Each rule allows a small tolerance from params.yaml; a metric that is missing or not a number
-counts as worse. Promotion copies the candidate into the production model name, which is what the
+same way), and at those thresholds on the unseen-voices corpus, so the comparison is always on the
+same speakers, whatever data production was trained on. The unseen voices are gated too: a model
+that gains a point in-domain by fitting the training voices tighter can lose more on voices it never
+met (docs/decisions.md has such changes), and those are the voices of real users. Each rule allows
+a tolerance from params.yaml (`tolerance`, `ood_tolerance`); a metric that is missing or not a
+number counts as worse. Promotion copies the candidate into the production model name, which is what the
 service loads (`service.model_tag`, e.g. `voicelock:latest`).
 """
 
@@ -26,6 +29,13 @@ log = logging.getLogger(__name__)
 # metric → True when higher is better
 RULES = {"keyword_accuracy": True, "speaker_eer": False, "speaker_eer_all_trials": False, "frr": False,
          "far_other_speaker_password": False, "far_owner_other_word": False, "far_other_speaker_other_word": False}
+# The unseen-voices figures carry this prefix in the gate's metric dicts and table.
+OOD = "ood."
+
+
+def gated_metrics(ood: bool = True) -> list[str]:
+    """Every metric the gate compares: the in-domain rules, then (with `ood`) the same on the unseen voices."""
+    return list(RULES) + ([OOD + metric for metric in RULES] if ood else [])
 
 
 @dataclass
@@ -36,7 +46,7 @@ class GateDecision:
     production: dict[str, float] | None
     candidate_tag: str = ""
     production_tag: str | None = None
-    compared: list[str] = field(default_factory=lambda: list(RULES))
+    compared: list[str] = field(default_factory=gated_metrics)
 
     def table(self) -> list[dict]:
         """One row per gated metric (candidate next to production), for the Prefect artifact."""
@@ -45,14 +55,21 @@ class GateDecision:
                 for metric in self.compared]
 
 
-def compare(candidate: dict, production: dict | None, tolerance: dict[str, float]) -> tuple[bool, list[str]]:
-    """Is `candidate` not worse than `production` on every rule (within tolerance)? With reasons."""
+def compare(candidate: dict, production: dict | None, tolerance: dict[str, float],
+            ood_tolerance: dict[str, float] | None = None) -> tuple[bool, list[str]]:
+    """Is `candidate` not worse than `production` on every rule (within tolerance)? With reasons.
+
+    With `ood_tolerance`, the unseen-voices figures (keys `ood.<metric>`) are rules too, each with
+    its tolerance from there; without it, only the in-domain figures are compared."""
     if production is None:
         return True, ["no production model yet"]
     reasons, ok = [], True
-    for metric, higher_is_better in RULES.items():
+    for metric in gated_metrics(ood_tolerance is not None):
+        base = metric.removeprefix(OOD)
+        higher_is_better = RULES[base]
+        tolerances = ood_tolerance if metric.startswith(OOD) else tolerance
         c, p = candidate.get(metric), production.get(metric)
-        tol = tolerance.get("far" if metric.startswith("far_") else metric, 0.0)  # one tolerance for every FAR
+        tol = tolerances.get("far" if base.startswith("far_") else base, 0.0)  # one tolerance for every FAR
         if c is None or not isinstance(c, (int, float)) or math.isnan(c):
             ok = False
             reasons.append(f"{metric}: candidate has no value")
@@ -112,22 +129,32 @@ def candidate_model(params: Params):
     return bentoml.models.get(tag)
 
 
-def decide(params: Params) -> GateDecision:
-    """Compare the packaged candidate with production, both evaluated on the current splits."""
-    from voicelock.evaluation import evaluate_model
+def production_metrics(model_dir: str | Path, params: Params) -> dict[str, float]:
+    """Production's figures on the current splits: thresholds calibrated on the validation speakers,
+    measured on the test speakers and (keys `ood.<metric>`) on the unseen voices at those thresholds —
+    what the candidate's own evaluate and evaluate_unseen stages measured of it."""
+    from voicelock.evaluation import evaluate_model, unseen_metrics
+    from voicelock.features import FeatureExtractor
     from voicelock.model.checkpoint import load_checkpoint
 
+    model, _ = load_checkpoint(model_dir)
+    metrics, _, scorer, templates = evaluate_model(model, params)
+    ood, _ = unseen_metrics(model, FeatureExtractor(params.features, params.data.sample_rate), metrics["thresholds"],
+                            scorer, templates, params)
+    return {**metrics, **{OOD + k: v for k, v in ood.items() if isinstance(v, (int, float))}}
+
+
+def decide(params: Params) -> GateDecision:
+    """Compare the packaged candidate with production, both evaluated on the current splits."""
     candidate = candidate_model(params)
     cand_metrics = dict(candidate.info.metadata.get("metrics", {}))
+    cand_metrics.update({OOD + k: v for k, v in candidate.info.metadata.get("ood_metrics", {}).items()})
     production = production_model(params.service.model_name)
     if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
         return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
                             None, str(candidate.tag), str(production.tag))
-    prod_metrics = None
-    if production is not None:
-        model, _ = load_checkpoint(production.path)
-        prod_metrics, *_ = evaluate_model(model, params)
-    ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance)
+    prod_metrics = None if production is None else production_metrics(production.path, params)
+    ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance, params.promotion.ood_tolerance)
     return GateDecision(ok, reasons, cand_metrics, prod_metrics, str(candidate.tag),
                         None if production is None else str(production.tag))
 
