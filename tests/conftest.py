@@ -102,9 +102,10 @@ def tiny_corpus(tiny_params: Params) -> Path:
 
 def unseen_corpus_of(params: Params) -> Path:
     """The unseen-voices corpus of `params` (the unseen stage), generated once per location."""
+    from voicelock.data.layout import SPEAKERS_FILE
     from voicelock.data.unseen import synthesize_unseen
 
-    if (Path(params.ood.out_dir) / "speakers.csv").exists():
+    if (Path(params.ood.out_dir) / SPEAKERS_FILE).exists():
         return Path(params.ood.out_dir)
     return synthesize_unseen(params.data.synth, params.ood, params.seed, params.data.sample_rate,
                              params.features.clip_seconds)

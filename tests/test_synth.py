@@ -276,6 +276,9 @@ def test_params_refuse_extra_festival_speakers_of_flite_people(tiny_params_path:
     raw["data"]["synth"]["festival_extra_speakers"] = [{"voice": "ked_diphone", "f0": 180, "scale": 1.6}]
     with pytest.raises(VoicelockError, match="festival_extra_speakers"):
         load_params(write_params(tmp_path, raw))
+    raw["data"]["synth"]["festival_extra_speakers"] = [{"voice": "ked_diphone", "f0": 180, "scale": 1.01}]
+    with pytest.raises(VoicelockError, match=r"festival_extra_speakers: \['ked_diphone'\] at scale ~1.0"):
+        load_params(write_params(tmp_path, raw))
 
 
 def test_params_refuse_festival_voices_of_flite_people(tiny_params_path: Path, tmp_path: Path):

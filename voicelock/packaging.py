@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,6 +43,29 @@ def data_version(lock_file: str | Path = "dvc.lock") -> str:
         return "unknown"
 
 
+def unseen_figures(metrics_file: Path, details_file: Path, thresholds: dict) -> dict[str, float]:
+    """The release's unseen-voices figures (evaluate_unseen stage), which the promotion gate weighs.
+
+    Refused unless every gated figure is there as a finite number and the details file records the
+    release's own thresholds: figures of another release (a stale file) would let the gate judge
+    the wrong model."""
+    from voicelock.promotion import RULES
+
+    fix = "run the evaluate_unseen stage for this release (dvc repro evaluate_unseen)"
+    try:
+        figures = json.loads(metrics_file.read_text())
+        measured_at = json.loads(details_file.read_text()).get("thresholds")
+    except FileNotFoundError as err:
+        raise VoicelockError(f"{err.filename}: no unseen-voices figures for this release — {fix}") from None
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise VoicelockError(f"{metrics_file} / {details_file}: not an evaluate_unseen result ({err}) — {fix}") from None
+    if bad := [k for k in RULES if not (isinstance(figures.get(k), (int, float)) and math.isfinite(figures[k]))]:
+        raise VoicelockError(f"{metrics_file}: {bad} missing or not finite numbers — {fix}")
+    if measured_at != thresholds:
+        raise VoicelockError(f"{details_file}: measured at other thresholds than this release's — {fix}")
+    return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
+
+
 def package_model(params: Params, record: str | Path | None = None) -> str:
     """Save models/release into the BentoML store as a candidate (<promotion.candidate_name>:<version>).
 
@@ -59,10 +83,7 @@ def package_model(params: Params, record: str | Path | None = None) -> str:
         raise VoicelockError(f"{checkpoint}: model has no calibrated thresholds — re-run the evaluate stage")
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}
     ood_file = Path(params.ood.metrics_file)
-    if not ood_file.exists():
-        raise VoicelockError(f"{ood_file}: no unseen-voices figures for this release — run the evaluate_unseen stage "
-                             f"first (the promotion gate weighs them)")
-    ood_metrics = {k: v for k, v in json.loads(ood_file.read_text()).items() if isinstance(v, (int, float))}
+    ood_metrics = unseen_figures(ood_file, Path(params.ood.details_file), meta["thresholds"])
     # The version is the digest of the release file and its unseen-voices figures, not BentoML's random
     # one: packaging the same release again (a fresh clone's `dvc repro`) names the same candidate, so
     # models/package.json and dvc.lock come out identical, and an already stored candidate is reused.

@@ -81,6 +81,10 @@ class SynthParams(_Section):
         if any(not 0.7 <= s <= 1.4 or s == 1.0 for s in self.festival_speaker_scales):
             raise ValueError(f"festival_speaker_scales: {self.festival_speaker_scales} — each factor within "
                              f"[0.7, 1.4] and not 1.0 (the voice itself is always a speaker)")
+        if twins := [e.voice for e in self.festival_extra_speakers
+                     if e.voice in self.festival_voices and abs(e.scale - 1.0) < 0.03]:
+            raise ValueError(f"festival_extra_speakers: {twins} at scale ~1.0 — the voice at its own vocal tract is "
+                             f"a pitch-only twin of its festival_voices speaker; give it a scale beyond ±3%")
         if not 0.7 <= self.formant_scale_range[0] <= self.formant_scale_range[1] <= 1.4:
             raise ValueError(f"formant_scale_range: {list(self.formant_scale_range)} must lie within [0.7, 1.4] "
                              f"(1.0 = the voice as espeak-ng renders it; beyond ±30% it no longer sounds human)")
@@ -377,6 +381,7 @@ class PromotionParams(_Section):
     candidate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     tolerance: dict[str, float]
     ood_tolerance: dict[str, float]
+    max_unseen_far: float = Field(gt=0, le=1)
     schedule_cron: str
     schedule_timezone: str = "UTC"
     enroll_data_interval_s: int = Field(ge=10)
@@ -387,7 +392,9 @@ class PromotionParams(_Section):
 
     @model_validator(mode="after")
     def _known_rules(self) -> "PromotionParams":
-        rules = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far"}
+        # The gate's rules (voicelock/promotion.py RULES); `far` stands for every FAR without its own.
+        rules = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far",
+                 "far_other_speaker_password", "far_owner_other_word", "far_other_speaker_other_word"}
         for key, tolerances in (("tolerance", self.tolerance), ("ood_tolerance", self.ood_tolerance)):
             if unknown := set(tolerances) - rules:
                 raise ValueError(f"{key}: unknown metrics {sorted(unknown)} — the rules are {sorted(rules)}")

@@ -55,34 +55,57 @@ class GateDecision:
                 for metric in self.compared]
 
 
+def _number(value: object) -> float | None:
+    """A finite number, or None (missing, NaN, infinite, not a number: none of them can be compared)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def tolerance_of(metric: str, tolerances: dict[str, float]) -> float:
+    """A FAR's own tolerance when set (e.g. `far_other_speaker_password`), else the one for every FAR
+    (`far`); other metrics by name; 0 when unset."""
+    if metric.startswith("far_") and metric not in tolerances:
+        return tolerances.get("far", 0.0)
+    return tolerances.get(metric, 0.0)
+
+
 def compare(candidate: dict, production: dict | None, tolerance: dict[str, float],
-            ood_tolerance: dict[str, float] | None = None) -> tuple[bool, list[str]]:
+            ood_tolerance: dict[str, float] | None, max_unseen_far: float | None = None) -> tuple[bool, list[str]]:
     """Is `candidate` not worse than `production` on every rule (within tolerance)? With reasons.
 
-    With `ood_tolerance`, the unseen-voices figures (keys `ood.<metric>`) are rules too, each with
-    its tolerance from there; without it, only the in-domain figures are compared."""
+    With `ood_tolerance` (callers must say: None compares the in-domain figures only), the
+    unseen-voices figures (keys `ood.<metric>`) are rules too, each with its tolerance from there,
+    and with `max_unseen_far` no unseen FAR of the candidate may exceed it — so tolerated steps back
+    cannot add up, promotion after promotion, past the promise. A candidate figure that is missing or
+    not a finite number fails its rule; a production figure like that is named and not compared."""
     if production is None:
         return True, ["no production model yet"]
     reasons, ok = [], True
     for metric in gated_metrics(ood_tolerance is not None):
         base = metric.removeprefix(OOD)
-        higher_is_better = RULES[base]
-        tolerances = ood_tolerance if metric.startswith(OOD) else tolerance
-        c, p = candidate.get(metric), production.get(metric)
-        tol = tolerances.get("far" if base.startswith("far_") else base, 0.0)  # one tolerance for every FAR
-        if c is None or not isinstance(c, (int, float)) or math.isnan(c):
+        tol = tolerance_of(base, ood_tolerance if metric.startswith(OOD) else tolerance)
+        c, p = _number(candidate.get(metric)), _number(production.get(metric))
+        if c is None:
             ok = False
             reasons.append(f"{metric}: candidate has no value")
             continue
-        if p is None or (isinstance(p, float) and math.isnan(p)):
+        if metric.startswith(OOD + "far_") and max_unseen_far is not None and c > max_unseen_far:
+            ok = False
+            reasons.append(f"{metric}: {c:.4f} above promotion.max_unseen_far {max_unseen_far}")
+        if p is None:
+            reasons.append(f"{metric}: production has no value (not compared)")
             continue
-        worse = (p - c) if higher_is_better else (c - p)
+        worse = (p - c) if RULES[base] else (c - p)
         if worse > tol:
             ok = False
             reasons.append(f"{metric}: {c:.4f} vs production {p:.4f} (worse by {worse:.4f} > tolerance {tol})")
     if ok:
-        reasons.append("not worse than production on any rule")
+        reasons.append("not worse than production on any rule compared")
     return ok, reasons
+
+
+def with_prefix(metrics: dict, prefix: str = OOD) -> dict[str, float]:
+    """The numbers of an unseen-voices metrics dict under `ood.<metric>` keys (nested sections left out)."""
+    return {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def production_model(name: str):
@@ -134,27 +157,27 @@ def production_metrics(model_dir: str | Path, params: Params) -> dict[str, float
     measured on the test speakers and (keys `ood.<metric>`) on the unseen voices at those thresholds —
     what the candidate's own evaluate and evaluate_unseen stages measured of it."""
     from voicelock.evaluation import evaluate_model, unseen_metrics
-    from voicelock.features import FeatureExtractor
-    from voicelock.model.checkpoint import load_checkpoint
+    from voicelock.release import Release
 
-    model, _ = load_checkpoint(model_dir)
-    metrics, _, scorer, templates = evaluate_model(model, params)
-    ood, _ = unseen_metrics(model, FeatureExtractor(params.features, params.data.sample_rate), metrics["thresholds"],
-                            scorer, templates, params)
-    return {**metrics, **{OOD + k: v for k, v in ood.items() if isinstance(v, (int, float))}}
+    release = Release.load(model_dir)
+    metrics, _, scorer, templates = evaluate_model(release.model, params)
+    # The unseen clips go through production's own feature settings, as its release was measured.
+    ood, _ = unseen_metrics(release.model, release.extractor(), metrics["thresholds"], scorer, templates, params)
+    return {**metrics, **with_prefix(ood)}
 
 
 def decide(params: Params) -> GateDecision:
     """Compare the packaged candidate with production, both evaluated on the current splits."""
     candidate = candidate_model(params)
     cand_metrics = dict(candidate.info.metadata.get("metrics", {}))
-    cand_metrics.update({OOD + k: v for k, v in candidate.info.metadata.get("ood_metrics", {}).items()})
+    cand_metrics.update(with_prefix(candidate.info.metadata.get("ood_metrics", {})))
     production = production_model(params.service.model_name)
     if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
         return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
                             None, str(candidate.tag), str(production.tag))
     prod_metrics = None if production is None else production_metrics(production.path, params)
-    ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance, params.promotion.ood_tolerance)
+    ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance, params.promotion.ood_tolerance,
+                          params.promotion.max_unseen_far)
     return GateDecision(ok, reasons, cand_metrics, prod_metrics, str(candidate.tag),
                         None if production is None else str(production.tag))
 
