@@ -21,6 +21,7 @@ import yaml
 from voicelock.errors import VoicelockError
 from voicelock.model.checkpoint import MODEL_FILE
 from voicelock.params import Params
+from voicelock.promotion_rules import RULES
 
 
 def code_version() -> str:
@@ -49,8 +50,6 @@ def unseen_figures(metrics_file: Path, details_file: Path, thresholds: dict) -> 
     Refused unless every gated figure is there as a finite number and the details file records the
     release's own thresholds: figures of another release (a stale file) would let the gate judge
     the wrong model."""
-    from voicelock.promotion import RULES
-
     fix = "run the evaluate_unseen stage for this release (dvc repro evaluate_unseen)"
     try:
         figures = json.loads(metrics_file.read_text())

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voicelock.errors import VoicelockError
+from voicelock.promotion_rules import TOLERANCE_KEYS
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -392,9 +393,7 @@ class PromotionParams(_Section):
 
     @model_validator(mode="after")
     def _known_rules(self) -> "PromotionParams":
-        # The gate's rules (voicelock/promotion.py RULES); `far` stands for every FAR without its own.
-        rules = {"keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far",
-                 "far_other_speaker_password", "far_owner_other_word", "far_other_speaker_other_word"}
+        rules = TOLERANCE_KEYS
         for key, tolerances in (("tolerance", self.tolerance), ("ood_tolerance", self.ood_tolerance)):
             if unknown := set(tolerances) - rules:
                 raise ValueError(f"{key}: unknown metrics {sorted(unknown)} — the rules are {sorted(rules)}")

@@ -23,12 +23,10 @@ from pathlib import Path
 
 from voicelock.errors import VoicelockError
 from voicelock.params import Params
+from voicelock.promotion_rules import RULES
 
 log = logging.getLogger(__name__)
 
-# metric → True when higher is better
-RULES = {"keyword_accuracy": True, "speaker_eer": False, "speaker_eer_all_trials": False, "frr": False,
-         "far_other_speaker_password": False, "far_owner_other_word": False, "far_other_speaker_other_word": False}
 # The unseen-voices figures carry this prefix in the gate's metric dicts and table.
 OOD = "ood."
 
