@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from voicelock.errors import VoicelockError
 from voicelock.model.checkpoint import MODEL_FILE
 from voicelock.params import Params
-from voicelock.promotion_rules import RULES
+from voicelock.promotion_rules import RULES, finite_number
 
 
 def code_version() -> str:
@@ -58,7 +57,7 @@ def unseen_figures(metrics_file: Path, details_file: Path, thresholds: dict) -> 
         raise VoicelockError(f"{err.filename}: no unseen-voices figures for this release — {fix}") from None
     except (json.JSONDecodeError, AttributeError) as err:
         raise VoicelockError(f"{metrics_file} / {details_file}: not an evaluate_unseen result ({err}) — {fix}") from None
-    if bad := [k for k in RULES if not (isinstance(figures.get(k), (int, float)) and math.isfinite(figures[k]))]:
+    if bad := [k for k in RULES if finite_number(figures.get(k)) is None]:
         raise VoicelockError(f"{metrics_file}: {bad} missing or not finite numbers — {fix}")
     if measured_at != thresholds:
         raise VoicelockError(f"{details_file}: measured at other thresholds than this release's — {fix}")

@@ -393,10 +393,9 @@ class PromotionParams(_Section):
 
     @model_validator(mode="after")
     def _known_rules(self) -> "PromotionParams":
-        rules = TOLERANCE_KEYS
         for key, tolerances in (("tolerance", self.tolerance), ("ood_tolerance", self.ood_tolerance)):
-            if unknown := set(tolerances) - rules:
-                raise ValueError(f"{key}: unknown metrics {sorted(unknown)} — the rules are {sorted(rules)}")
+            if unknown := set(tolerances) - TOLERANCE_KEYS:
+                raise ValueError(f"{key}: unknown metrics {sorted(unknown)} — the rules are {sorted(TOLERANCE_KEYS)}")
             if bad := [k for k, v in tolerances.items() if not math.isfinite(v)]:
                 raise ValueError(f"{key}: {bad} must be finite numbers (an infinite tolerance gates nothing)")
         return self

@@ -5,16 +5,15 @@ same way), and at those thresholds on the unseen-voices corpus, so the compariso
 same speakers, whatever data production was trained on. The unseen voices are gated too: a model
 that gains a point in-domain by fitting the training voices tighter can lose more on voices it never
 met (docs/decisions.md has such changes), and those are the voices of real users. Each rule allows
-a tolerance from params.yaml (`tolerance`, `ood_tolerance`); a metric that is missing or not a
-number counts as worse. Promotion copies the candidate into the production model name, which is what the
-service loads (`service.model_tag`, e.g. `voicelock:latest`).
+a tolerance from params.yaml (`tolerance`, `ood_tolerance`); a candidate metric that is missing or
+not a finite number counts as worse. Promotion copies the candidate into the production model name,
+which is what the service loads (`service.model_tag`, e.g. `voicelock:latest`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from voicelock.errors import VoicelockError
 from voicelock.params import Params
-from voicelock.promotion_rules import RULES
+from voicelock.promotion_rules import RULES, finite_number
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +52,6 @@ class GateDecision:
                 for metric in self.compared]
 
 
-def _number(value: object) -> float | None:
-    """A finite number, or None (missing, NaN, infinite, not a number: none of them can be compared)."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 def tolerance_of(metric: str, tolerances: dict[str, float]) -> float:
     """A FAR's own tolerance when set (e.g. `far_other_speaker_password`), else the one for every FAR
     (`far`); other metrics by name; 0 when unset."""
@@ -81,7 +75,7 @@ def compare(candidate: dict, production: dict | None, tolerance: dict[str, float
     for metric in gated_metrics(ood_tolerance is not None):
         base = metric.removeprefix(OOD)
         tol = tolerance_of(base, ood_tolerance if metric.startswith(OOD) else tolerance)
-        c, p = _number(candidate.get(metric)), _number(production.get(metric))
+        c, p = finite_number(candidate.get(metric)), finite_number(production.get(metric))
         if c is None:
             ok = False
             reasons.append(f"{metric}: candidate has no value")
