@@ -23,11 +23,10 @@ from pathlib import Path
 from voicelock.data.unseen import synthesize_unseen
 from voicelock.evaluation import unseen_metrics
 from voicelock.params import Params, load_params
+from voicelock.promotion_rules import RULES
 from voicelock.release import Release
 
 QUIET_SNR_DB = 300.0  # finite, so the corpus's random draws (and with them every take) stay the same
-FIGURES = ("keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far_other_speaker_password",
-           "far_owner_other_word")
 
 
 def judged(release: Release, params: Params, corpus: str) -> dict:
@@ -60,7 +59,7 @@ def main() -> None:
     for scope, a, b in [("all", noisy, clean)] + [(e, noisy["by_engine"][e], clean["by_engine"][e])
                                                    for e in sorted(noisy["by_engine"])]:
         print(f"  {scope}")
-        for key in FIGURES:
+        for key in RULES:  # the figures the promotion gate weighs
             print(f"    {key:28s} {a[key]:.4f} → {b[key]:.4f}")
 
 
