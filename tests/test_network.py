@@ -11,7 +11,7 @@ from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.model.sampling import SpeakerWordBatches
-from voicelock.model.triplets import mine, pairwise_distances, triplet_loss
+from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
 from voicelock.params import load_params
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -70,6 +70,25 @@ def test_mining_finds_exactly_the_triplets_of_its_definition(strategy):
     a, p, n = mine(labels, pairwise_distances(emb), margin, strategy, max_triplets=10**6)
     assert len(expected) > 100
     assert list(zip(a.tolist(), p.tolist(), n.tolist())) == expected
+
+
+@pytest.mark.parametrize("n", [20, 5_000])  # n <= 4k permutes; above, draws with repeats dropped
+def test_the_triplet_cap_draws_distinct_triplets_uniformly(n):
+    """The cap keeps k of n active triplets: distinct, repeatable from the generator, and each triplet
+    as likely as any other (a bias towards early indices would favour some anchors over the rest)."""
+    k = 7 if n == 20 else 1_000
+    first = distinct_sample(n, k, torch.Generator().manual_seed(4))
+    assert first.numel() == k == first.unique().numel()
+    assert 0 <= int(first.min()) and int(first.max()) < n
+    assert torch.equal(first, distinct_sample(n, k, torch.Generator().manual_seed(4)))
+    gen, rounds = torch.Generator().manual_seed(5), 400
+    hits = torch.zeros(n)
+    for _ in range(rounds):
+        hits[distinct_sample(n, k, gen)] += 1
+    expected = rounds * k / n  # 140 (n = 20) or 80 (n = 5000) per index
+    assert abs(hits[: n // 2].mean() - expected) < 0.05 * expected  # early and late indices alike
+    assert abs(hits[n // 2:].mean() - expected) < 0.05 * expected
+    assert hits.std() < 1.3 * (expected * (1 - k / n)) ** 0.5  # no more spread than a fair draw's
 
 
 def test_triplet_loss_is_torchs_triplet_margin_loss_on_the_mined_triplets():

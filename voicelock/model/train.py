@@ -326,6 +326,10 @@ def start_training(tp: TrainParams, seed: int) -> torch.device:
     # Same params, same model: without this, parallel CPU kernels (then the backward of gathered
     # triplet embeddings) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    # Deterministic mode also fills every new tensor with NaN, in case code reads memory it never
+    # wrote; nothing here does (the same weights come out either way), and the fills were ~3% of a
+    # pre-training batch on CPU (docs/decisions.md).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.manual_seed(seed)
     if tp.threads:
         torch.set_num_threads(tp.threads)
