@@ -327,7 +327,7 @@ def start_training(tp: TrainParams, seed: int) -> torch.device:
     # triplet embeddings) summed in varying order and two runs drifted apart (tests/test_model_stages.py).
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     # Deterministic mode also fills every new tensor with NaN, in case code reads memory it never
-    # wrote; nothing here does (the same weights come out either way), and the fills were ~3% of a
+    # wrote; nothing here does (the same weights come out either way), and the fills were ~1.5% of a
     # pre-training batch on CPU (docs/decisions.md).
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.manual_seed(seed)

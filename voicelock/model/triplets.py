@@ -64,7 +64,8 @@ def distinct_sample(n: int, k: int, generator: torch.Generator | None = None) ->
     Why not `randperm(n)[:k]`: early in pre-training a head has ~10⁶ active triplets for 10⁴ kept,
     and permuting all of them was ~10 ms a head and batch on CPU. Drawing with replacement and keeping
     each index's first draw is the same distribution (every new distinct index is uniform over those
-    not yet drawn) at O(k) cost; for n near k, where repeats would need many draws, it permutes.
+    not yet drawn) at a cost that grows with k alone (O(k log k), a sort of the draws); for n near k,
+    where repeats would need many draws, it permutes.
     """
     if n <= 4 * k:
         return torch.randperm(n, generator=generator)[:k]
