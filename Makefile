@@ -6,12 +6,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup repro test bench serve
+.PHONY: setup setup-pipeline repro test bench serve
 
 setup:
 	@bash scripts/setup.sh
 
-repro: setup
+setup-pipeline:  # what the pipeline needs, without the test-only chromium and postgresql
+	@bash scripts/setup.sh pipeline
+
+repro: setup-pipeline
 	dvc repro
 	voicelock promote
 	dvc push  # to the default remote (.dvc/config: ~/.cache/voicelock/dvc-remote); a fresh clone: dvc pull
