@@ -224,6 +224,48 @@ def test_a_festival_take_depends_on_its_own_seed_not_on_the_takes_before_it(tiny
         festival_render(dita, [("yes", 1.0, 1.0, 0)])
 
 
+def test_a_festival_take_that_one_process_renders_otherwise_is_outvoted(tiny_params: Params, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    """festival once in a while renders a take otherwise (see festival.agreed_render): each speaker is
+    rendered in two processes, and a take they disagree on goes to a third. Whichever render is the odd
+    one, the files written are those of a run where none was; a take with three versions stops the stage."""
+    from voicelock.data import festival
+
+    synth = tiny_params.data.synth
+    [dita] = festival.plan_festival_speakers({"czech_dita": 200.0}, seed=4)
+    real, words = festival.festival_render, ["yes", "dog"]
+
+    def speaker_files(root: Path) -> dict[str, bytes]:
+        for word in words:
+            (root / word).mkdir(parents=True)
+        done = festival.render_festival_speaker((dita, 0, words, synth, 4, 16000, 16000, root))
+        return {r: (root / r).read_bytes() for r in done}
+
+    calls: list[int] = []
+
+    def flaky(odd: set[int]):
+        def render(speaker, takes):  # type: ignore[no-untyped-def]
+            out = real(speaker, takes)
+            calls.append(len(calls) + 1)
+            if len(calls) in odd:  # this render's second take gets another trailing pause
+                x, rate = out[1]
+                out[1] = (np.concatenate([x, np.full(len(calls) * 800, 1e-3, np.float32)]), rate)
+            return out
+        return render
+
+    expected = speaker_files(tmp_path / "steady")
+    for odd in ({1}, {2}):
+        calls.clear()
+        monkeypatch.setattr(festival, "festival_render", flaky(odd))
+        assert speaker_files(tmp_path / f"odd{min(odd)}") == expected
+        assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(festival, "festival_render", flaky({1, 2}))  # the third render is the steady one
+    with pytest.raises(VoicelockError, match="renders 'yes' differently every time"):
+        speaker_files(tmp_path / "chaos")
+    assert len(calls) == 3
+
+
 def _f0(x: np.ndarray, rate: int) -> float:
     """Median autocorrelation F0 (Hz, 60–400) over five 40 ms windows around the loudest part of a take."""
     i = int(np.argmax(np.convolve(x**2, np.ones(640), "same")))
