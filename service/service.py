@@ -32,6 +32,7 @@ from service.settings import SETTINGS
 from service.traffic_timeout import install as install_traffic_timeout
 from voicelock import package_version
 from voicelock.api import UnlockApi
+from voicelock.audio import resample
 from voicelock.enrollment import Unlocker
 from voicelock.errors import Busy, LockedOut, VoicelockError
 from voicelock.runtime import limit_threads
@@ -125,6 +126,9 @@ class VoiceLock:
                               model_since=stored.info.creation_time.timestamp())
         p = PARAMS.service
         self.compute = BoundedCompute(p.compute_threads, p.max_queued, p.request_timeout_s)
+        # scipy's resampler takes ~1 s to import (more on a busy machine): paid now, not by the worker's
+        # first upload at another rate than 16 kHz (3.1 s in CI when it was).
+        resample(np.zeros(441, dtype=np.float32), 44100, 16000)
         # Everything loaded so far (torch, the model, BentoML, pydantic schemas) lives as long as the
         # worker: out of the garbage collector's sight, a full collection no longer walks it, which
         # otherwise paused the event loop (and /healthz) for tens of milliseconds at a time.
