@@ -24,8 +24,10 @@ from voicelock.params import Params
 def test_the_espeak_server_renders_what_the_espeak_ng_program_does():
     """The corpus renders through voicelock/data/espeak_server.py, not the `espeak-ng` program: the
     samples must be the program's, byte for byte, whatever was rendered before (espeak-ng carries
-    state between utterances in one process; the server forks a fresh child per request)."""
-    requests = [("seven", "en-us", "m1", 50, 160), ("dog", "de", "Alex", 20, 130), ("yes", "fr", "klatt", 80, 185),
+    state between utterances in one process; the server forks a fresh child per request, from a process
+    that has selected the voice: several requests in one voice, then others, then all again reversed)."""
+    requests = [("seven", "en-us", "m1", 50, 160), ("no", "en-us", "m1", 20, 190), ("seven", "en-us", "m1", 51, 160),
+                ("dog", "de", "Alex", 20, 130), ("yes", "fr", "klatt", 80, 185),
                 ("off", "en-gb-scotland", "f2", 60, 140), ("go", "sw", "Nguyen", 10, 125),
                 ("the meeting moved to thursday", "en", "steph", 45, 170)]
     for text, voice, variant, pitch, speed in requests + requests[::-1]:  # again, after the others
@@ -45,6 +47,22 @@ def test_a_failed_rendering_is_an_error_and_the_server_lives_on():
     with pytest.raises(VoicelockError, match=r"espeak-ng failed for voice nonexistent\+m1 .*espeak-ng --voices"):
         speak("yes", "nonexistent", "m1", 50, 160)
     assert speak("yes", "en-us", "m1", 50, 160)[0].size > 0 and synth._server is server
+
+
+def test_a_killed_voice_process_is_replaced_and_the_take_comes_out_the_same():
+    """The server renders through a process per voice (espeak_server.py); one killed (out of memory, an
+    operator) costs its take a second try from a fresh voice process, not an error or other samples."""
+    import signal
+
+    from voicelock.data import synth
+
+    first = speak("yes", "en-us", "m1", 50, 160)[0]
+    server = synth._server.proc.pid
+    [voice_process] = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    os.kill(int(voice_process), signal.SIGKILL)
+    assert np.array_equal(speak("yes", "en-us", "m1", 50, 160)[0], first)
+    assert synth._server.proc.pid == server  # the server lived on
+    assert Path(f"/proc/{server}/task/{server}/children").read_text().split() != [voice_process]
 
 
 def test_a_lost_or_cut_short_espeak_server_is_an_error_never_a_shorter_take(monkeypatch):
