@@ -123,10 +123,10 @@ def server_rss_mb(srv: Server) -> float:
 
 
 def test_5_every_worker_loads_the_resampler_before_its_first_upload(server: Server, params: Params):
-    """scipy.s resample_poly (voicelock.audio.resample) takes ~1 s to import. A worker that imported it in its first upload at
-    another rate than 16 kHz answered that upload in 3.1 s in CI (test_5_odd_rates… allows 3). So each
-    worker loads it while it starts: scipy.signal's upfirdn extension is mapped into every worker
-    before any request has asked for another rate (this runs first in the module)."""
+    """scipy's resample_poly (voicelock.audio.resample) takes ~1 s to import. A worker that imported it in
+    its first upload at another rate than 16 kHz answered that upload in 3.1 s in CI (test_5_odd_rates…
+    allows 3). So each worker loads it while it starts: scipy.signal's upfirdn extension is mapped into
+    every worker before any request has asked for another rate (this runs first in the module)."""
     def mapped(pid: str) -> bool:
         try:
             return "scipy/signal/_upfirdn_apply" in Path(f"/proc/{pid}/maps").read_text()

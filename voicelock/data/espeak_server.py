@@ -99,8 +99,8 @@ def _read_exactly(fd: int, n: int) -> bytes:
 
 
 def _voice_process(lib: ctypes.CDLL, voice: str, requests: int, answers: int) -> None:
-    """Select `voice`, then answer each request (`pitch speed text` lines on fd `requests`) with a
-    status, a byte count and the PCM on fd `answers`, each take spoken by a child of its own."""
+    """Select `voice`, then answer each request (JSON `[text, pitch, speed]` lines on fd `requests`) with
+    a status, a byte count and the PCM on fd `answers`, each take spoken by a child of its own."""
     selected = select_voice(lib, voice)
     with os.fdopen(requests, "rb") as lines:
         for line in lines:
@@ -190,9 +190,7 @@ def serve() -> None:
             current.close()
             current = _VoiceProcess(lib, voice)
             status, pcm = current.speak(text, pitch, speed)
-        out.write(struct.pack("<iI", 0 if status == 0 and pcm else 1, len(pcm) if status == 0 else 0))
-        if status == 0:
-            out.write(pcm)
+        out.write(struct.pack("<iI", status, len(pcm)) + pcm)  # a failure (status 1) carries no samples
         out.flush()
     if current is not None:
         current.close()

@@ -21,7 +21,6 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ from voicelock.params import SynthParams
 
 FESTIVAL = "festival"
 log = logging.getLogger(__name__)
-Rendered = list[tuple[np.ndarray, int]]
 
 
 def require_festival(voices: list[str]) -> None:
@@ -102,11 +100,13 @@ def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, floa
         return [sf.read(o, dtype="float32") for o in outs]
 
 
-def agreed_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float, int]],
-                  render: Callable[[RecordedSpeaker, list[tuple[str, float, float, int]]], Rendered] | None = None
-                  ) -> Rendered:
-    """`render` run twice (two festival processes) and, where they differ, a third time: each take is
-    the version two renders agree on.
+def _same(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> bool:
+    return a[1] == b[1] and np.array_equal(a[0], b[0])
+
+
+def agreed_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
+    """`festival_render` run twice (two festival processes) and, where they differ, a third time: each
+    take is the version two renders agree on.
 
     Why: festival's output is not always a function of its input. Twice in CI (a `dvc repro --force`
     of the tiny project) a Czech speaker's first takes came out with other pause lengths (czech.scm
@@ -114,20 +114,18 @@ def agreed_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float,
     hundreds of renders of the same script since, quiet or under load, with any MALLOC_PERTURB_,
     OMP_NUM_THREADS or environment size, were all identical. Valgrind finds one read past a track's end in
     festival's C code, which may be it. Whatever the cause, a corpus that changes from run to run
-    changes every stage after it, so the take two processes agree on is kept (festival is ~9 s of
-    the corpus: the second render costs about that)."""
-    render = render or festival_render
-    first, second = render(speaker, takes), render(speaker, takes)
-    same = [a[1] == b[1] and np.array_equal(a[0], b[0]) for a, b in zip(first, second)]
+    changes every stage after it, so the take two processes agree on is kept (festival took 9 s of
+    the corpus on 2 cores, 11–14 s with the second render)."""
+    first, second = festival_render(speaker, takes), festival_render(speaker, takes)
+    same = [_same(a, b) for a, b in zip(first, second)]
     if all(same):
         return first
     log.warning("festival rendered %d of voice %s's %d takes differently in two processes; a third render "
                 "decides", same.count(False), speaker.voice, len(takes))
-    third = render(speaker, takes)
+    third = festival_render(speaker, takes)
     kept = []
     for (word, *_), versions in zip(takes, zip(first, second, third)):
-        pair = next((a for a, b in itertools.combinations(versions, 2)
-                     if a[1] == b[1] and np.array_equal(a[0], b[0])), None)
+        pair = next((a for a, b in itertools.combinations(versions, 2) if _same(a, b)), None)
         if pair is None:
             raise VoicelockError(f"festival: voice {speaker.voice} renders '{word}' differently every time "
                                  f"(3 renders) — remove it from data.synth.festival_voices")
