@@ -284,6 +284,48 @@ def test_a_festival_take_that_one_process_renders_otherwise_is_outvoted(tiny_par
     assert len(calls) == 3
 
 
+def test_a_babble_sentence_that_one_render_gives_otherwise_is_outvoted(tiny_params: Params,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """The babble background (espeak-ng sentences) once came out otherwise on a fresh machine: each
+    sentence is rendered twice and, where the two differ, a third time (voicelock/data/agreement.py).
+    Whichever render is the odd one, the file is that of a run where none was; a sentence with three
+    versions stops the stage."""
+    from voicelock.data import synth
+
+    params = tiny_params.data.synth.model_copy(update={"background_seconds": 3.0})
+    real, calls = synth.speak, []
+
+    def babble() -> np.ndarray:
+        return synth.background_noise("babble", np.random.default_rng([7, 3, 3]), params, 16000)
+
+    def flaky(odd: set[int]):
+        def speak(*args):  # type: ignore[no-untyped-def]
+            x, rate = real(*args)
+            calls.append(len(calls) + 1)
+            if len(calls) in odd:  # a longer tail: survives the sentence's loudness normalisation
+                x = np.concatenate([x, np.full(len(calls) * 800, 1e-3, np.float32)])
+            return x, rate
+        return speak
+
+    monkeypatch.setattr(synth, "speak", flaky(set()))
+    expected = babble()
+    steady = len(calls)
+    assert steady == 2 * 6  # 6 talkers' sentences, each rendered twice
+    for odd in ({1}, {2}, {steady - 1}):
+        calls.clear()
+        monkeypatch.setattr(synth, "speak", flaky(odd))
+        assert np.array_equal(babble(), expected)
+        assert len(calls) == steady + 1  # one third render, for the disputed sentence only
+    def every_time_another(*args):  # type: ignore[no-untyped-def]
+        x, rate = real(*args)
+        calls.append(len(calls) + 1)
+        return np.concatenate([x, np.full(len(calls) * 800, 1e-3, np.float32)]), rate
+
+    monkeypatch.setattr(synth, "speak", every_time_another)
+    with pytest.raises(VoicelockError, match="differently every time"):
+        babble()
+
+
 def _f0(x: np.ndarray, rate: int) -> float:
     """Median autocorrelation F0 (Hz, 60–400) over five 40 ms windows around the loudest part of a take."""
     i = int(np.argmax(np.convolve(x**2, np.ones(640), "same")))

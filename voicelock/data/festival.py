@@ -16,8 +16,6 @@ speaker's takes (a Scheme script), so start-up is paid once per speaker, not per
 
 from __future__ import annotations
 
-import itertools
-import logging
 import shutil
 import subprocess
 import tempfile
@@ -27,12 +25,12 @@ import numpy as np
 import soundfile as sf
 
 from voicelock.audio import write_wav
+from voicelock.data.agreement import agreed
 from voicelock.data.synth import RecordedSpeaker, place_in_room, plan_recorded_speakers, scaled_rate
 from voicelock.errors import VoicelockError
 from voicelock.params import SynthParams
 
 FESTIVAL = "festival"
-log = logging.getLogger(__name__)
 
 
 def require_festival(voices: list[str]) -> None:
@@ -100,37 +98,19 @@ def festival_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, floa
         return [sf.read(o, dtype="float32") for o in outs]
 
 
-def _same(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> bool:
-    return a[1] == b[1] and np.array_equal(a[0], b[0])
-
-
 def agreed_render(speaker: RecordedSpeaker, takes: list[tuple[str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
-    """`festival_render` run twice (two festival processes) and, where they differ, a third time: each
-    take is the version two renders agree on.
+    """`festival_render` run in two festival processes, a take they disagree on in a third: each take is
+    the version two renders agree on (voicelock/data/agreement.py).
 
     Why: festival's output is not always a function of its input. Twice in CI (a `dvc repro --force`
     of the tiny project) a Czech speaker's first takes came out with other pause lengths (czech.scm
     draws pauses from festival's random stream), though each take seeds that stream;
     hundreds of renders of the same script since, quiet or under load, with any MALLOC_PERTURB_,
     OMP_NUM_THREADS or environment size, were all identical. Valgrind finds one read past a track's end in
-    festival's C code, which may be it. Whatever the cause, a corpus that changes from run to run
-    changes every stage after it, so the take two processes agree on is kept (festival took 9 s of
-    the corpus on 2 cores, 11–14 s with the second render)."""
-    first, second = festival_render(speaker, takes), festival_render(speaker, takes)
-    same = [_same(a, b) for a, b in zip(first, second)]
-    if all(same):
-        return first
-    log.warning("festival rendered %d of voice %s's %d takes differently in two processes; a third render "
-                "decides", same.count(False), speaker.voice, len(takes))
-    third = festival_render(speaker, takes)
-    kept = []
-    for (word, *_), versions in zip(takes, zip(first, second, third)):
-        pair = next((a for a, b in itertools.combinations(versions, 2) if _same(a, b)), None)
-        if pair is None:
-            raise VoicelockError(f"festival: voice {speaker.voice} renders '{word}' differently every time "
-                                 f"(3 renders) — remove it from data.synth.festival_voices")
-        kept.append(pair)
-    return kept
+    festival's C code, which may be it. Festival took 9 s of the corpus on 2 cores, 11–14 s with the
+    second render."""
+    return agreed(lambda: festival_render(speaker, takes), [word for word, *_ in takes],
+                  f"festival: voice {speaker.voice}", "remove it from data.synth.festival_voices")
 
 
 def render_festival_speaker(args: tuple[RecordedSpeaker, int, list[str], SynthParams, int, int, int, Path]) -> list[str]:
