@@ -10,7 +10,8 @@ moves these figures little) and is scored with the validation trials (`validatio
 accuracy with templates from other speakers, same-word and all-trials speaker EER) on the test
 speakers and on the unseen voices (`data/ood`), overall and by engine. Needs the features and unseen
 stages' outputs. A pre-training run is ~15 min on 2 CPU cores; on a GPU machine with many cores,
-`--jobs` runs them side by side (docs/decisions.md's table of the seventeenth sitting: 10 at once).
+`--jobs` runs them side by side (docs/decisions.md's table of the seventeenth sitting came from an ad-hoc
+copy of this method, 10 runs at a time, with the features quantised to 8 bits for the transfer).
 """
 
 from __future__ import annotations
@@ -33,27 +34,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from voicelock.data.layout import SPEAKERS_FILE  # noqa: E402
 from voicelock.errors import VoicelockError  # noqa: E402
-from voicelock.params import Params, load_params  # noqa: E402
+from voicelock.params import Params, _format_validation_error, load_params  # noqa: E402
 
 FIGURES = ("keyword_accuracy", "speaker_eer", "speaker_eer_all_trials")
 
 
-def merged(base: dict, override: dict) -> dict:
-    """`base` with `override`'s keys replaced, section by section (a new dict)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
+# What a pre-training run reads. The feature cache and the corpora are the stages' outputs, read as
+# they are: overriding `features`, `data` or `ood` here would change nothing, so it is refused.
+SECTIONS = ("model", "augment", "pretrain", "evaluate")
 
 
 def recipe_params(params_file: Path, override: dict, seed: int) -> Params:
-    """params.yaml with `override` and `seed`; a key it does not know is an error naming the key."""
-    raw = merged(yaml.safe_load(params_file.read_text()), override)
+    """params.yaml with each `override` section's keys replaced (a key's value whole, dicts too), at
+    `seed`, made absolute under the checkout; an unknown section or key is an error naming it."""
+    raw = yaml.safe_load(params_file.read_text())
+    for section, keys in override.items():
+        if section not in SECTIONS or not isinstance(keys, dict):
+            raise VoicelockError(f"recipe {json.dumps(override)}: '{section}' — a recipe overrides keys of "
+                                 f"{', '.join(SECTIONS)}, as {{\"section\": {{\"key\": value}}}}")
+        raw[section] = {**raw[section], **keys}
     try:
-        return Params.model_validate({**raw, "seed": seed})
+        return Params.model_validate({**raw, "seed": seed}).under(params_file.parent)
     except ValidationError as e:
-        keys = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise VoicelockError(f"recipe {json.dumps(override)}: {keys}") from None
+        raise VoicelockError(_format_validation_error(params_file, e).replace(
+            " — fix these keys and re-run", f" (recipe {json.dumps(override)})")) from None
 
 
 def unseen_split(params: Params, cache: Path):
@@ -74,31 +78,29 @@ def unseen_split(params: Params, cache: Path):
 
 
 def run_one(params_file: Path, name: str, override: dict, seed: int, cache: Path, threads: int) -> dict:
-    """Pre-train one recipe at one seed; its figures on the test speakers and the unseen voices."""
+    """Pre-train one recipe at one seed (the pretrain stage's own function, into a folder of its own);
+    its figures on the test speakers and the unseen voices, overall and by engine."""
     import torch
 
-    from voicelock.features import load_split, read_meta
-    from voicelock.model.augment import make_augmenter
-    from voicelock.model.network import VoiceLockNet
-    from voicelock.model.train import Split, pick_device, train, validation_scores
+    from voicelock.features import load_split
+    from voicelock.model.checkpoint import load_checkpoint
+    from voicelock.model.pretrain import pretrain
+    from voicelock.model.train import Split, pick_device, validation_scores
 
     logging.basicConfig(level=logging.WARNING)
     if threads:
         torch.set_num_threads(threads)
     params = recipe_params(params_file, override, seed)
-    features = params.features.out_dir
-    splits = {s: Split.from_feature_set(load_split(features, s)) for s in ("training", "validation", "testing")}
-    unseen = unseen_split(params, cache)
-    torch.manual_seed(seed)
-    model = VoiceLockNet(read_meta(features)["n_features"], params.model)
+    params = params.model_copy(update={"pretrain": params.pretrain.model_copy(
+        update={"out_dir": str(cache / f"{name}-{seed}")})})
     started = time.perf_counter()
-    result = train(model, splits["training"], splits["validation"], params.pretrain, make_augmenter(params, seed),
-                   seed, f"{name}@{seed}", params.evaluate)
     device = pick_device(params.pretrain.device)
-    row: dict = {"recipe": name, "seed": seed, "best_epoch": result.best_epoch,
+    model, meta = load_checkpoint(pretrain(params), device)
+    row: dict = {"recipe": name, "seed": seed, "best_epoch": meta["best_epoch"],
                  "train_min": round((time.perf_counter() - started) / 60, 1)}
+    unseen = unseen_split(params, cache)
     engines = unseen.index["engine"].to_numpy()
-    parts = {"test": splits["testing"], "unseen": unseen}
+    parts = {"test": Split.from_feature_set(load_split(params.features.out_dir, "testing")), "unseen": unseen}
     for engine in sorted(set(engines.tolist())):
         rows = np.flatnonzero(engines == engine)
         parts[f"unseen {engine}"] = Split(unseen.features[rows], unseen.frames[rows],
@@ -114,9 +116,9 @@ def table(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     figures = [c for c in frame.columns if any(c.endswith(f) for f in FIGURES)]
     grouped = frame.groupby("recipe", sort=False)[figures]
-    out = grouped.mean().round(4).T
-    spread = (grouped.max() - grouped.min()).round(4).T
-    return out.astype(str) + " ±" + (spread / 2).round(4).astype(str)
+    mean = grouped.mean().round(4).T
+    half_spread = ((grouped.max() - grouped.min()) / 2).round(4).T
+    return mean.astype(str) + " ±" + half_spread.astype(str)
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -132,7 +134,8 @@ def parse_recipe(text: str) -> tuple[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml",
+                        help="its relative paths are relative to its folder (the checkout)")
     parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of params.yaml overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: params.yaml's seed and 11")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each in its own process)")
@@ -140,7 +143,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write one JSON line per run here")
     args = parser.parse_args()
     try:
-        base = load_params(args.params)  # validates params.yaml before any run starts
+        args.params = args.params.resolve()
+        base = load_params(args.params).under(args.params.parent)  # validated before any run starts
         recipes = dict([("base", {})] + [parse_recipe(r) for r in args.recipe])
         for name, override in recipes.items():
             recipe_params(args.params, override, base.seed)  # a bad key fails here, not after an hour
@@ -153,8 +157,12 @@ def main() -> None:
         unseen_split(base, Path(tmp))  # once, before the runs share it
         with ProcessPoolExecutor(max(args.jobs, 1)) as pool:
             futures = [pool.submit(run_one, args.params, n, o, s, Path(tmp), args.threads) for n, o, s in runs]
-            for future in futures:
-                rows.append(future.result())
+            for (name, _, seed), future in zip(runs, futures):
+                try:
+                    rows.append(future.result())
+                except Exception as e:  # one failed run: the others' queue is dropped, not waited for
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    sys.exit(f"error: {name} at seed {seed}: {e}")
                 print(json.dumps(rows[-1]), flush=True)
                 if args.out:
                     with args.out.open("a") as fh:
