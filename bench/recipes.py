@@ -112,7 +112,7 @@ def run_one(params_file: Path, name: str, override: dict, seed: int, cache: Path
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
-    """Per recipe and figure: the mean over seeds, and the seeds' spread (max − min)."""
+    """Per recipe and figure: the mean over seeds ± half the seeds' spread ((max − min) / 2)."""
     frame = pd.DataFrame(rows)
     figures = [c for c in frame.columns if any(c.endswith(f) for f in FIGURES)]
     grouped = frame.groupby("recipe", sort=False)[figures]
