@@ -17,8 +17,10 @@ from voicelock.params import load_params
 PARAMS = load_params(REPO / "params.yaml")
 
 
-def test_default_network_is_small_and_length_independent():
-    model = VoiceLockNet(64, PARAMS.model).eval()
+@pytest.mark.parametrize("variant", [{}, {"pooled_blocks": 3}, {"front_channels": 4, "stem_kernel": 1, "stem_stride": 1}],
+                         ids=["shipped", "pooled_blocks", "front"])
+def test_default_network_is_small_and_length_independent(variant: dict):
+    model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant)).eval()
     assert count_parameters(model) <= 1_500_000
     x = torch.randn(3, 64, 101) * 10 - 40
     frames = torch.tensor([101, 60, 30])

@@ -160,6 +160,9 @@ class ModelParams(_Section):
     attention_hidden: int = Field(ge=4)
     word_embedding: int = Field(ge=8)
     speaker_embedding: int = Field(ge=8)
+    pooled_blocks: int = Field(1, ge=1, description="the heads pool the last N blocks' outputs, side by side")
+    front_channels: int = Field(0, ge=0, description="0: none; else two 2-D convolutions (frequency × time) "
+                                                     "with this many channels before the stem")
     speaker_backend: Literal["none", "lda"] = Field(
         "none", description="linear map fitted on the training speakers after training (voicelock/model/backend.py)")
     backend_dims: int = Field(48, ge=1)
@@ -167,6 +170,8 @@ class ModelParams(_Section):
 
     @model_validator(mode="after")
     def _backend_fits(self) -> "ModelParams":
+        if self.pooled_blocks > len(self.dilations):
+            raise ValueError(f"pooled_blocks {self.pooled_blocks} exceeds the {len(self.dilations)} blocks of dilations")
         if self.speaker_backend != "none" and self.backend_dims > self.speaker_embedding:
             raise ValueError(f"backend_dims {self.backend_dims} exceeds speaker_embedding {self.speaker_embedding}: "
                              "the back-end can only keep or reduce dimensions")

@@ -1,10 +1,11 @@
-"""One shared 1-D convolutional backbone over log-mel frames, two L2-normalised embedding heads.
+"""A small 2-D front, one shared 1-D convolutional backbone over its frames, two L2-normalised heads.
 
-Mel bands are the channels and convolutions run over time (a 2-D CNN of similar size was far slower
-on CPU). Each head pools the backbone's frames with its own attentive statistics pooling, over the
-spoken frames only, so the embedding size does not depend on clip length and the padding written by
-the features stage never leaks into an embedding. Two binary outputs (owner, password) sit on the
-embeddings for fine-tuning on the owner's recordings.
+In the backbone, channels stand for frequencies and convolutions run over time (a 2-D CNN of similar
+size was far slower on CPU); the 2-D front before it (`front_channels`) shares its filters across
+frequency, which the backbone cannot (FrequencyFront). Each head pools the backbone's frames with its
+own attentive statistics pooling, over the spoken frames only, so the embedding size does not depend
+on clip length and the padding written by the features stage never leaks into an embedding. Two
+binary outputs (owner, password) sit on the embeddings for fine-tuning on the owner's recordings.
 """
 
 from __future__ import annotations
@@ -52,6 +53,31 @@ class ResidualBlock(nn.Module):
         return F.relu(x + y) * mask
 
 
+class FrequencyFront(nn.Module):
+    """Two 2-D convolutions over (frequency, time) in front of the 1-D backbone.
+
+    The 1-D backbone treats each mel band as its own channel, so the same formant pattern a few
+    bands higher (another vocal tract saying the same word) is, to it, a different input. A small
+    2-D front shares its filters across frequency (CNN-TDNN, Thienpondt et al. 2021), then hands the
+    backbone its channels × frequencies as channels. Halves both axes.
+    """
+
+    def __init__(self, n_features: int, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.out_features = channels * ((n_features + 1) // 2)
+
+    def forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = F.relu(self.bn1(self.conv1(x[:, None])))
+        frames = torch.div(frames + 1, 2, rounding_mode="floor")
+        mask = frame_mask(frames, y.shape[-1])[:, :, None, :]
+        y = F.relu(self.bn2(self.conv2(y * mask))) * mask
+        return y.flatten(1, 2), frames
+
+
 class AttentiveStatsPool(nn.Module):
     """Attention-weighted mean and standard deviation over the spoken frames."""
 
@@ -97,12 +123,15 @@ class VoiceLockNet(nn.Module):
         self.cmn = params.input_norm == "cmn"
         self.input_bn = nn.BatchNorm1d(n_features)
         self.stride = params.stem_stride
-        self.stem = nn.Sequential(nn.Conv1d(n_features, c, params.stem_kernel, stride=params.stem_stride,
+        self.front = FrequencyFront(n_features, params.front_channels) if params.front_channels else None
+        stem_in = self.front.out_features if self.front is not None else n_features
+        self.stem = nn.Sequential(nn.Conv1d(stem_in, c, params.stem_kernel, stride=params.stem_stride,
                                             padding=params.stem_kernel // 2),
                                   nn.BatchNorm1d(c), nn.ReLU())
         self.blocks = nn.ModuleList(ResidualBlock(c, params.kernel_size, d) for d in params.dilations)
-        self.word_head = Head(c, params.attention_hidden, params.word_embedding)
-        self.speaker_head = Head(c, params.attention_hidden, params.speaker_embedding)
+        self.pooled_blocks = params.pooled_blocks
+        self.word_head = Head(c * self.pooled_blocks, params.attention_hidden, params.word_embedding)
+        self.speaker_head = Head(c * self.pooled_blocks, params.attention_hidden, params.speaker_embedding)
         # Logits on cosine-like scores: a scale and a bias per decision, learned in fine-tuning.
         self.password_out = nn.Linear(self.word_dim, 1)
         self.owner_out = nn.Linear(self.speaker_dim, 1)
@@ -112,12 +141,18 @@ class VoiceLockNet(nn.Module):
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
         mask = frame_mask(frames, feats.shape[-1])
         x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
+        if self.front is not None:
+            x, frames = self.front(x, frames)
         x = self.stem(x)
         frames = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
         mask = frame_mask(frames, x.shape[-1])
         x = x * mask
+        outputs = []
         for block in self.blocks:
             x = block(x, mask)
+            outputs.append(x)
+        if self.pooled_blocks > 1:
+            x = torch.cat(outputs[-self.pooled_blocks:], dim=1)
         word, speaker = self.word_head(x, mask), self.speaker_head(x, mask)
         # The owner decision was trained on the raw embedding (training runs with the back-end unfitted).
         scored = speaker if self.speaker_backend is None else self.speaker_backend(speaker)
