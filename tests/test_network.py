@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
+from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
@@ -17,8 +18,10 @@ from voicelock.params import load_params
 PARAMS = load_params(REPO / "params.yaml")
 
 
-@pytest.mark.parametrize("variant", [{}, {"pooled_blocks": 3}, {"front_channels": 4, "stem_kernel": 1, "stem_stride": 1}],
-                         ids=["shipped", "pooled_blocks", "front"])
+# The shipped network (a 2-D front), the one before it (no front: checkpoints from before the front
+# load as it), and heads pooling several blocks.
+@pytest.mark.parametrize("variant", [{}, {"front_channels": 0, "stem_kernel": 5, "stem_stride": 2},
+                                     {"pooled_blocks": 3}], ids=["shipped", "no-front", "pooled-blocks"])
 def test_default_network_is_small_and_length_independent(variant: dict):
     model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant)).eval()
     assert count_parameters(model) <= 1_500_000
@@ -34,6 +37,22 @@ def test_default_network_is_small_and_length_independent(variant: dict):
     again = model(longer, frames)
     torch.testing.assert_close(again.speaker[1:], out.speaker[1:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(again.word[1:], out.word[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpoint_from_before_the_front_loads_as_the_network_it_was(tmp_path):
+    """Releases in the BentoML store predate `front_channels` and `pooled_blocks`: their params lack
+    the keys, and must load as the network they were trained as (no front, last block pooled)."""
+    old_params = PARAMS.model.model_copy(update={"front_channels": 0, "stem_kernel": 5, "stem_stride": 2})
+    old = VoiceLockNet(64, old_params).eval()
+    path = save_checkpoint(tmp_path / "model.pt", old, old_params, PARAMS.features, 16000, 64)
+    payload = torch.load(path, weights_only=False)
+    for key in ("front_channels", "pooled_blocks"):
+        del payload["model_params"][key]
+    torch.save(payload, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.front is None and loaded.pooled_blocks == 1
+    x, frames = torch.randn(2, 64, 101) * 10 - 40, torch.tensor([101, 70])
+    torch.testing.assert_close(loaded(x, frames).speaker, old(x, frames).speaker)
 
 
 def test_mining_keeps_only_valid_triplets():
