@@ -41,11 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=500, help="single-clip unlocks to time")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--model", type=Path, help="a release folder to time instead of evaluate.out_dir "
+                                                   "(compare two networks in one sitting, as a ratio)")
     args = parser.parse_args()
     params = load_params()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        lock = Unlocker(_model_dir(params, Path(tmp)), params.enroll)
+        lock = Unlocker(args.model or _model_dir(params, Path(tmp)), params.enroll)
         rate = lock.sample_rate
         clips = [(0.1 * rng.standard_normal(rate)).astype(np.float32) for _ in range(16)]
         # A template straight from the embeddings: noise clips are no enrollment the checks would take
