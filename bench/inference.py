@@ -4,7 +4,8 @@ Prints p50/p99 of `Unlocker.verify` for a 1 s clip (feature extraction + both em
 and batch throughput of features + embeddings. Target: p50 <= 5 ms.
 
 Uses the evaluated model at evaluate.out_dir (run `dvc repro` first), or an untrained network of the
-same size when there is none (latency does not depend on the weights).
+same size when there is none (latency does not depend on the weights). `--model DIR` times another
+release folder: run two alternately to compare networks as a ratio (this host's speed wanders).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
@@ -13,7 +14,7 @@ from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
 from voicelock.model.network import VoiceLockNet, count_parameters
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
-from voicelock.params import load_params
+from voicelock.params import ModelParams, load_params
 
 PARAMS = load_params(REPO / "params.yaml")
 
@@ -26,17 +27,33 @@ def test_default_network_is_small_and_length_independent(variant: dict):
     model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant)).eval()
     assert count_parameters(model) <= 1_500_000
     x = torch.randn(3, 64, 101) * 10 - 40
-    frames = torch.tensor([101, 60, 30])
+    frames = torch.tensor([101, 61, 30])  # odd and even: the front and the stem halve them
     out = model(x, frames)
     assert out.word.shape == (3, PARAMS.model.word_embedding)
     assert out.speaker.shape == (3, PARAMS.model.speaker_embedding)
     torch.testing.assert_close(out.word.norm(dim=1), torch.ones(3))
     # Padding past the spoken frames, whatever its value or length, does not change the embedding.
     longer = torch.cat([x, torch.full((3, 64, 40), -80.0)], dim=2)
-    longer[1, :, 60:] = 123.0
+    longer[1, :, 61:] = 123.0
     again = model(longer, frames)
-    torch.testing.assert_close(again.speaker[1:], out.speaker[1:], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(again.word[1:], out.word[1:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again.speaker, out.speaker, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again.word, out.word, atol=1e-5, rtol=1e-4)
+    for i, n in enumerate(frames.tolist()):
+        # Each clip alone, cut to its spoken frames, embeds as it does padded in the batch: a frame
+        # count that ran past the spoken frames anywhere would pool a padding frame here and not there.
+        alone = model(x[i:i + 1, :, :n], frames[i:i + 1])
+        torch.testing.assert_close(alone.speaker, out.speaker[i:i + 1], atol=1e-5, rtol=1e-4)
+        # …and the last spoken frame counts: a count that fell short would ignore it.
+        changed = x[i:i + 1, :, :n].clone()
+        changed[..., n - 1] += 30.0
+        assert not torch.allclose(model(changed, frames[i:i + 1]).speaker, alone.speaker, atol=1e-4)
+
+
+def test_params_refuse_pooling_more_blocks_than_there_are():
+    raw = PARAMS.model.model_dump()
+    with pytest.raises(ValidationError, match="pooled_blocks 5 exceeds the 4 blocks"):
+        ModelParams(**{**raw, "pooled_blocks": 5})
+    assert ModelParams(**{**raw, "pooled_blocks": 4}).pooled_blocks == 4
 
 
 def test_a_checkpoint_from_before_the_front_loads_as_the_network_it_was(tmp_path):
