@@ -169,9 +169,14 @@ class ModelParams(_Section):
     backend_shrinkage: float = Field(0.6, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _backend_fits(self) -> "ModelParams":
+    def _pooled_blocks_exist(self) -> "ModelParams":
         if self.pooled_blocks > len(self.dilations):
-            raise ValueError(f"pooled_blocks {self.pooled_blocks} exceeds the {len(self.dilations)} blocks of dilations")
+            raise ValueError(f"pooled_blocks {self.pooled_blocks} exceeds the {len(self.dilations)} blocks of dilations: "
+                             "pool at most one block per dilation")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> "ModelParams":
         if self.speaker_backend != "none" and self.backend_dims > self.speaker_embedding:
             raise ValueError(f"backend_dims {self.backend_dims} exceeds speaker_embedding {self.speaker_embedding}: "
                              "the back-end can only keep or reduce dimensions")

@@ -29,6 +29,12 @@ def frame_mask(frames: torch.Tensor, length: int) -> torch.Tensor:
     return (torch.arange(length, device=frames.device)[None, :] < frames[:, None])[:, None, :]
 
 
+def strided_frames(frames: torch.Tensor, stride: int) -> torch.Tensor:
+    """Spoken-frame counts after a convolution of this stride (padding kernel // 2): a partly spoken
+    output frame counts as spoken, so the count rounds up."""
+    return torch.div(frames + stride - 1, stride, rounding_mode="floor")
+
+
 def normalise_input(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Cepstral mean normalisation over the spoken frames, then silence set to zero.
 
@@ -72,7 +78,7 @@ class FrequencyFront(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = F.relu(self.bn1(self.conv1(x[:, None])))
-        frames = torch.div(frames + 1, 2, rounding_mode="floor")
+        frames = strided_frames(frames, 2)
         mask = frame_mask(frames, y.shape[-1])[:, :, None, :]
         y = F.relu(self.bn2(self.conv2(y * mask))) * mask
         return y.flatten(1, 2), frames
@@ -144,15 +150,15 @@ class VoiceLockNet(nn.Module):
         if self.front is not None:
             x, frames = self.front(x, frames)
         x = self.stem(x)
-        frames = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
+        frames = strided_frames(frames, self.stride)
         mask = frame_mask(frames, x.shape[-1])
         x = x * mask
-        outputs = []
-        for block in self.blocks:
+        pooled = []  # the last pooled_blocks outputs only: earlier ones need not outlive their block
+        for i, block in enumerate(self.blocks):
             x = block(x, mask)
-            outputs.append(x)
-        if self.pooled_blocks > 1:
-            x = torch.cat(outputs[-self.pooled_blocks:], dim=1)
+            if i >= len(self.blocks) - self.pooled_blocks:
+                pooled.append(x)
+        x = torch.cat(pooled, dim=1) if len(pooled) > 1 else x
         word, speaker = self.word_head(x, mask), self.speaker_head(x, mask)
         # The owner decision was trained on the raw embedding (training runs with the back-end unfitted).
         scored = speaker if self.speaker_backend is None else self.speaker_backend(speaker)
