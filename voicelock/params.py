@@ -196,9 +196,6 @@ class AugmentParams(_Section):
     mic_ripple_db: float = Field(ge=0)
     noise_probability: float = Field(ge=0, le=1)
     noise_snr_db_range: tuple[float, float]
-    noise_context_probability: float = Field(
-        0.0, ge=0, le=1, description="of the noisy clips, the share whose word sits anywhere in a clip of noise, "
-                                     "all of it counted as spoken (voicelock/model/augment.py _noise)")
     freq_masks: int = Field(ge=0)
     freq_mask_width: int = Field(ge=1)
     time_masks: int = Field(ge=0)

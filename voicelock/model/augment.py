@@ -38,16 +38,6 @@ def _spoken(frames: torch.Tensor, t: int) -> torch.Tensor:
     return (torch.arange(t)[None, :] < frames[:, None])[:, None, :]
 
 
-def _move_words(feats: torch.Tensor, frames: torch.Tensor, start: torch.Tensor,
-                floor: torch.Tensor) -> torch.Tensor:
-    """Each row's spoken frames moved to begin at frame `start`, every frame around them silent (`floor`)."""
-    t = feats.shape[-1]
-    source = torch.arange(t)[None, :] - start[:, None]  # (B, T): the input frame each output frame shows
-    inside = ((source >= 0) & (source < frames[:, None]))[:, None, :]
-    moved = feats.gather(2, source.clamp(0, t - 1)[:, None, :].expand_as(feats))
-    return torch.where(inside, moved, floor)
-
-
 def _add_power(feats: torch.Tensor, rows: torch.Tensor, power: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
     """`feats` with `added` power mixed into `rows` (whose power is `power`), back in dB; other rows as
     they were. Room and noise are both sums in the power domain."""
@@ -119,7 +109,7 @@ class FeatureAugmenter:
         feats = self._microphone(feats)
         if self.logmel:
             feats = self._room(feats)
-            feats, frames = self._noise(feats, frames, floor)
+            feats = self._noise(feats, frames)
         feats = self._masks(feats, frames)
         return torch.where(_spoken(frames, feats.shape[-1]), feats, floor), frames
 
@@ -176,42 +166,26 @@ class FeatureAugmenter:
         tail = (power @ smear - power) * (1 - torch.exp(log_decay))[:, None, None]
         return _add_power(feats, rows, power, 10 ** (wet_db[rows] / 10)[:, None, None] * tail)
 
-    def _noise(self, feats: torch.Tensor, frames: torch.Tensor,
-               floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Background noise, on the rows that draw it, at a random SNR over the clip's spoken frames.
-
-        Of those rows, `noise_context_probability` also keep the noise around the word: the word moves
-        to a random place in the clip and every frame counts as spoken. That is what a noisy recording
-        looks like to the network, because the features stage's trim (`trim_top_db` below the loudest
-        frame) finds no silence in a clip whose noise is within that of the voice. A training clip,
-        trimmed while clean, never showed it noise-only frames to pool over. `floor` (B, 1, 1) is
-        each row's silence level. Returns the features and the new spoken-frame counts."""
+    def _noise(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Background noise, on the rows that draw it, at a random SNR over the clip's spoken frames."""
         if self.noise is None:
-            return feats, frames
+            return feats
         b, _, t = feats.shape
         use = torch.rand(b, generator=self.gen) < self.p.noise_probability
         if not use.any():
-            return feats, frames
+            return feats
         pick = torch.randint(0, len(self.noise), (b,), generator=self.gen)
         snr = _uniform(self.gen, b, self.p.noise_snr_db_range)
-        start = torch.zeros(b, dtype=torch.long)
-        context = torch.zeros(b, dtype=torch.bool)
-        if self.p.noise_context_probability > 0:  # drawn only when on: off, every other draw stays as it was
-            context = use & (torch.rand(b, generator=self.gen) < self.p.noise_context_probability)
-            room = (t - frames).clamp(min=0)
-            start = torch.where(context, (torch.rand(b, generator=self.gen) * (room + 1)).long().clamp(max=room), 0)
-            feats = _move_words(feats, frames, start, floor)
         rows = torch.nonzero(use).squeeze(1)
         noise = 10 ** (self.noise[pick[rows]][..., :t] / 10)
         power = 10 ** (feats[rows] / 10)
-        steps = torch.arange(t)[None, :]
-        mask = ((steps >= start[rows, None]) & (steps < (start + frames)[rows, None]))[:, None, :]  # the word
+        mask = _spoken(frames[rows], t)
         # Mean power per (band, spoken frame), as the noise's is per (band, frame). Before commit 3a6e3cf
         # the bands were summed, not averaged: noise n_mels times (64: 18 dB) louder than the SNR drawn.
         p_sig = (power * mask).sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * power.shape[1]).clamp(min=1)
         p_noise = noise.mean(dim=(1, 2))
         scale = p_sig / (p_noise * 10 ** (snr[rows] / 10))
-        return _add_power(feats, rows, power, scale[:, None, None] * noise), torch.where(context, t, frames)
+        return _add_power(feats, rows, power, scale[:, None, None] * noise)
 
     def _masks(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         mask = _spoken(frames, feats.shape[-1])
