@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
-from voicelock.model.network import VoiceLockNet, count_parameters
+from voicelock.model.network import PCEN, VoiceLockNet, count_parameters
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
 from voicelock.params import ModelParams, load_params
@@ -22,7 +22,8 @@ PARAMS = load_params(REPO / "params.yaml")
 # The shipped network (a 2-D front), the one before it (no front: checkpoints from before the front
 # load as it), and heads pooling several blocks.
 @pytest.mark.parametrize("variant", [{}, {"front_channels": 0, "stem_kernel": 5, "stem_stride": 2},
-                                     {"pooled_blocks": 3}], ids=["shipped", "no-front", "pooled-blocks"])
+                                     {"pooled_blocks": 3}, {"input_norm": "pcen"}],
+                         ids=["shipped", "no-front", "pooled-blocks", "pcen-input"])
 def test_default_network_is_small_and_length_independent(variant: dict):
     model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant)).eval()
     assert count_parameters(model) <= 1_500_000
@@ -47,6 +48,22 @@ def test_default_network_is_small_and_length_independent(variant: dict):
         changed = x[i:i + 1, :, :n].clone()
         changed[..., n - 1] += 30.0
         assert not torch.allclose(model(changed, frames[i:i + 1]).speaker, alone.speaker, atol=1e-4)
+
+
+def test_pcen_flattens_a_steady_background_and_keeps_the_voice_above_it():
+    """What PCEN is for: a steady background at any level comes out as (nearly) the same small constant,
+    where the log-mel keeps it as a level; a voice over it still stands out."""
+    pcen = PCEN(64).eval()
+    gen = torch.Generator().manual_seed(3)
+    hum = torch.randn(1, 64, 101, generator=gen)  # ±1 dB of flicker on a steady background
+    with torch.no_grad():
+        quiet, loud = pcen(hum - 45), pcen(hum - 5)  # the same background 40 dB apart: 4.0 apart as log-mel / 10
+        settled = slice(10, None)  # once the smoother has followed the level
+        assert abs(float(loud[..., settled].mean() - quiet[..., settled].mean())) < 0.1
+        voice = hum - 25
+        voice[..., 50:60] += 25  # a word 25 dB over the background
+        out = pcen(voice)
+    assert out[..., 50:60].mean() > 5 * out[..., 20:45].mean()
 
 
 def test_params_refuse_pooling_more_blocks_than_there_are():

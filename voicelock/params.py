@@ -151,7 +151,7 @@ class FeatureParams(_Section):
 
 
 class ModelParams(_Section):
-    input_norm: Literal["cmn", "batchnorm"]
+    input_norm: Literal["cmn", "batchnorm", "pcen"]
     channels: int = Field(ge=8)
     stem_kernel: int = Field(ge=1)
     stem_stride: int = Field(ge=1, le=4)

@@ -10,6 +10,7 @@ binary outputs (owner, password) sit on the embeddings for fine-tuning on the ow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,38 @@ def normalise_input(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     mask = frame_mask(frames, feats.shape[-1]).to(feats.dtype)
     mean = (feats * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
     return (feats - mean) * mask / 10.0  # dB / 10: unit-ish scale for the first BatchNorm
+
+
+class PCEN(nn.Module):
+    """Per-channel energy normalisation (Wang et al., 2017) of the log-mel input, trainable per band.
+
+    Why: each band's power is divided by its own running average — a gain control per band — and
+    then root-compressed, so a steady background flattens to a constant while onsets stand out; the
+    log keeps the same background as a level under the voice. Background noise is what costs the
+    unseen voices most of their refusals and words (`bench/unseen_noise.py`). The smoother runs
+    forward in time only, so the padding after a clip's spoken frames changes none of them.
+    """
+
+    def __init__(self, n_bands: int, smoothing: float = 0.025, alpha: float = 0.98, delta: float = 2.0,
+                 root: float = 0.5, eps: float = 1e-6):
+        super().__init__()
+        self.smoothing, self.eps = smoothing, eps  # 0.025 a 10 ms frame: a 0.4 s time constant (librosa's)
+        self.log_alpha = nn.Parameter(torch.full((n_bands, 1), math.log(alpha)))
+        self.log_delta = nn.Parameter(torch.full((n_bands, 1), math.log(delta)))
+        self.log_root = nn.Parameter(torch.full((n_bands, 1), math.log(root)))
+
+    def forward(self, db: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(db.device.type, enabled=False):  # powers span 1e-10..1e3: float32 throughout
+            power = torch.pow(10.0, db.float() / 10)  # (B, F, T)
+            t = power.shape[-1]
+            steps = torch.arange(t, device=db.device, dtype=torch.float32)
+            lag = steps[None, :] - steps[:, None]  # [from, to]: how far `to` lies after `from`
+            keep = 1 - self.smoothing
+            kernel = torch.where(lag >= 0, self.smoothing * keep ** lag.clamp(min=0), 0.0)  # (T, T)
+            # M[t] = (1 - s) M[t-1] + s E[t], started at M[-1] = E[0] (librosa's steady state)
+            smooth = power @ kernel + power[..., :1] * keep ** (steps + 1)
+            alpha, delta, root = self.log_alpha.exp(), self.log_delta.exp(), self.log_root.exp()
+            return (power / (self.eps + smooth) ** alpha + delta) ** root - delta ** root
 
 
 class ResidualBlock(nn.Module):
@@ -127,6 +160,7 @@ class VoiceLockNet(nn.Module):
         # Embedding sizes, named: the speaker's is the head's own, before any back-end projection.
         self.word_dim, self.speaker_dim = params.word_embedding, params.speaker_embedding
         self.cmn = params.input_norm == "cmn"
+        self.pcen = PCEN(n_features) if params.input_norm == "pcen" else None
         self.input_bn = nn.BatchNorm1d(n_features)
         self.stride = params.stem_stride
         self.front = FrequencyFront(n_features, params.front_channels) if params.front_channels else None
@@ -146,7 +180,10 @@ class VoiceLockNet(nn.Module):
 
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
         mask = frame_mask(frames, feats.shape[-1])
-        x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
+        if self.pcen is not None:
+            x = self.input_bn(self.pcen(feats)) * mask
+        else:
+            x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
         if self.front is not None:
             x, frames = self.front(x, frames)
         x = self.stem(x)
