@@ -57,13 +57,46 @@ def test_pcen_flattens_a_steady_background_and_keeps_the_voice_above_it():
     gen = torch.Generator().manual_seed(3)
     hum = torch.randn(1, 64, 101, generator=gen)  # ±1 dB of flicker on a steady background
     with torch.no_grad():
-        quiet, loud = pcen(hum - 45), pcen(hum - 5)  # the same background 40 dB apart: 4.0 apart as log-mel / 10
+        quiet, loud = pcen(hum - 25), pcen(hum + 15)  # the same background 40 dB apart: 4.0 apart as log-mel / 10
         settled = slice(10, None)  # once the smoother has followed the level
         assert abs(float(loud[..., settled].mean() - quiet[..., settled].mean())) < 0.1
         voice = hum - 25
         voice[..., 50:60] += 25  # a word 25 dB over the background
         out = pcen(voice)
     assert out[..., 50:60].mean() > 5 * out[..., 20:45].mean()
+
+
+def test_pcen_smoother_is_the_recursion_it_stands_for():
+    """The matrix product is M[t] = (1 - s) M[t-1] + s E[t] from M[-1] = E[0], written as a loop here."""
+    pcen = PCEN(8).eval()
+    db = torch.randn(2, 8, 30, generator=torch.Generator().manual_seed(4)) * 15 - 30
+    power, s = 10 ** (db / 10), pcen.smoothing
+    smooth, state = torch.empty_like(power), power[..., 0]
+    for t in range(power.shape[-1]):
+        state = (1 - s) * state + s * power[..., t]
+        smooth[..., t] = state
+    alpha, delta, root = pcen.log_alpha.exp(), pcen.log_delta.exp(), pcen.log_root.exp()
+    expected = (power / (pcen.eps + smooth) ** alpha + delta) ** root - delta ** root
+    with torch.no_grad():
+        torch.testing.assert_close(pcen(db), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_params_refuse_a_stem_that_misses_spoken_frames():
+    raw = PARAMS.model.model_dump()
+    for kernel, stride in ((2, 2), (3, 3), (1, 2), (4, 1)):
+        with pytest.raises(ValidationError, match=f"stem_kernel {kernel} at stem_stride {stride}"):
+            ModelParams(**{**raw, "stem_kernel": kernel, "stem_stride": stride})
+    for kernel, stride in ((1, 1), (3, 2), (5, 2), (5, 3)):
+        assert ModelParams(**{**raw, "stem_kernel": kernel, "stem_stride": stride}).stem_kernel == kernel
+
+
+def test_params_refuse_pcen_on_mfccs():
+    raw = PARAMS.model_dump()
+    raw["model"]["input_norm"], raw["features"]["kind"] = "pcen", "mfcc"
+    with pytest.raises(ValidationError, match="pcen needs features.kind: logmel"):
+        type(PARAMS)(**raw)
+    raw["features"]["kind"] = "logmel"
+    assert type(PARAMS)(**raw).model.input_norm == "pcen"
 
 
 def test_params_refuse_pooling_more_blocks_than_there_are():

@@ -169,6 +169,16 @@ class ModelParams(_Section):
     backend_shrinkage: float = Field(0.6, ge=0, le=1)
 
     @model_validator(mode="after")
+    def _stem_sees_every_spoken_frame(self) -> "ModelParams":
+        # network.strided_frames counts the outputs centred on spoken frames; with an even kernel, or
+        # one narrower than its stride, a clip's last spoken frames would reach none of them.
+        if self.stem_kernel % 2 == 0 or self.stem_kernel < 2 * self.stem_stride - 1:
+            raise ValueError(f"stem_kernel {self.stem_kernel} at stem_stride {self.stem_stride}: the kernel must be odd "
+                             f"and at least 2 × stride − 1 ({2 * self.stem_stride - 1}), or the clip's last spoken "
+                             "frames reach no output")
+        return self
+
+    @model_validator(mode="after")
     def _pooled_blocks_exist(self) -> "ModelParams":
         if self.pooled_blocks > len(self.dilations):
             raise ValueError(f"pooled_blocks {self.pooled_blocks} exceeds the {len(self.dilations)} blocks of dilations: "
@@ -431,6 +441,14 @@ class Params(BaseModel):
     service: ServiceParams
     page: PageParams
     promotion: PromotionParams
+
+    @model_validator(mode="after")
+    def _pcen_reads_log_mel(self) -> "Params":
+        # PCEN turns its input back into mel power (10^(dB / 10)): meaningless for MFCCs.
+        if self.model.input_norm == "pcen" and self.features.kind != "logmel":
+            raise ValueError(f"model.input_norm: pcen needs features.kind: logmel (it is {self.features.kind}) — "
+                             "choose batchnorm or cmn for MFCCs")
+        return self
 
     @model_validator(mode="after")
     def _unseen_voices_unseen(self) -> "Params":

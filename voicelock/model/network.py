@@ -31,8 +31,10 @@ def frame_mask(frames: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def strided_frames(frames: torch.Tensor, stride: int) -> torch.Tensor:
-    """Spoken-frame counts after a convolution of this stride (padding kernel // 2): a partly spoken
-    output frame counts as spoken, so the count rounds up."""
+    """Spoken-frame counts after a convolution of this stride with an odd kernel padded by kernel // 2:
+    the outputs centred on a spoken frame, ceil(frames / stride) — the length the convolution gives
+    the clip cut to its spoken frames. (That every spoken frame reaches a counted output needs
+    kernel ≥ 2 · stride − 1: `ModelParams` refuses a stem without it; the front is 3 at stride 2.)"""
     return torch.div(frames + stride - 1, stride, rounding_mode="floor")
 
 
@@ -53,8 +55,11 @@ class PCEN(nn.Module):
     Why: each band's power is divided by its own running average — a gain control per band — and
     then root-compressed, so a steady background flattens to a constant while onsets stand out; the
     log keeps the same background as a level under the voice. Background noise is what costs the
-    unseen voices most of their refusals and words (`bench/unseen_noise.py`). The smoother runs
-    forward in time only, so the padding after a clip's spoken frames changes none of them.
+    unseen voices most of their refusals (`bench/unseen_noise.py`). The smoother runs forward in
+    time only, so the padding after a clip's spoken frames changes none of them. `eps` (1e-6, −60 dB
+    on the features' scale, whose floor is −100 dB) keeps quieter backgrounds from being lifted: the
+    gain control acts above about −55 dB. `smoothing` is per 10 ms frame (`features.hop_length` 160 at
+    16 kHz); another hop wants another value.
     """
 
     def __init__(self, n_bands: int, smoothing: float = 0.025, alpha: float = 0.98, delta: float = 2.0,
@@ -190,7 +195,7 @@ class VoiceLockNet(nn.Module):
         frames = strided_frames(frames, self.stride)
         mask = frame_mask(frames, x.shape[-1])
         x = x * mask
-        pooled = []  # the last pooled_blocks outputs only: earlier ones need not outlive their block
+        pooled = []  # the last pooled_blocks outputs only: in eval, earlier ones are freed once read
         for i, block in enumerate(self.blocks):
             x = block(x, mask)
             if i >= len(self.blocks) - self.pooled_blocks:
