@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
 from voicelock.model.network import PCEN, VoiceLockNet, count_parameters
+from voicelock.model.one_pole import decay_matrix
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
 from voicelock.params import ModelParams, load_params
@@ -22,8 +25,10 @@ PARAMS = load_params(REPO / "params.yaml")
 # The shipped network (a 2-D front), the one before it (no front: checkpoints from before the front
 # load as it), and heads pooling several blocks.
 @pytest.mark.parametrize("variant", [{}, {"front_channels": 0, "stem_kernel": 5, "stem_stride": 2},
-                                     {"pooled_blocks": 3}, {"input_norm": "pcen"}],
-                         ids=["shipped", "no-front", "pooled-blocks", "pcen-input"])
+                                     {"pooled_blocks": 3}, {"input_norm": "pcen"}, {"input_norm": "log+pcen"},
+                                     {"input_norm": "log+pcen", "front_channels": 0}],
+                         ids=["shipped", "no-front", "pooled-blocks", "pcen-input", "log-and-pcen-input",
+                              "log-and-pcen-no-front"])
 def test_default_network_is_small_and_length_independent(variant: dict):
     model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant)).eval()
     assert count_parameters(model) <= 1_500_000
@@ -90,13 +95,52 @@ def test_params_refuse_a_stem_that_misses_spoken_frames():
         assert ModelParams(**{**raw, "stem_kernel": kernel, "stem_stride": stride}).stem_kernel == kernel
 
 
-def test_params_refuse_pcen_on_mfccs():
+@pytest.mark.parametrize("norm", ["pcen", "log+pcen"])
+def test_params_refuse_pcen_on_mfccs(norm: str):
     raw = PARAMS.model_dump()
-    raw["model"]["input_norm"], raw["features"]["kind"] = "pcen", "mfcc"
-    with pytest.raises(ValidationError, match="pcen needs features.kind: logmel"):
+    raw["model"]["input_norm"], raw["features"]["kind"] = norm, "mfcc"
+    with pytest.raises(ValidationError, match=f"{re.escape(norm)} needs features.kind: logmel"):
         type(PARAMS)(**raw)
     raw["features"]["kind"] = "logmel"
-    assert type(PARAMS)(**raw).model.input_norm == "pcen"
+    assert type(PARAMS)(**raw).model.input_norm == norm
+
+
+def test_decay_matrix_is_the_one_pole_recursion():
+    """`power @ decay_matrix` must be y[t] = x[t] + d·y[t-1] from rest, row by row, each with its decay."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 17)
+    log_decay = torch.tensor([-0.1, -0.7])
+    y, prev = torch.zeros_like(x), torch.zeros(2, 3)
+    for t in range(x.shape[-1]):
+        prev = x[..., t] + log_decay.exp()[:, None] * prev
+        y[..., t] = prev
+    torch.testing.assert_close(x @ decay_matrix(17, log_decay), y)
+
+
+def test_pcen_smoother_kept_per_length_is_built_afresh_for_each_and_bounded():
+    pcen = PCEN(4).eval()
+    db = torch.randn(1, 4, 40) * 10 - 40
+    with torch.no_grad():
+        full = pcen(db)
+        assert (40, "cpu") in pcen._smoothers
+        # A shorter clip after a longer one uses its own smoother, not a slice of a wrong one.
+        torch.testing.assert_close(pcen(db[..., :25]), full[..., :25])
+        for t in range(2, 2 + 2 * PCEN.MAX_KEPT):
+            pcen(db[..., :t])
+    assert len(pcen._smoothers) <= PCEN.MAX_KEPT
+
+
+def test_pcen_smoother_built_under_inference_mode_trains_afterwards():
+    pcen = PCEN(4)
+    db = torch.randn(2, 4, 30) * 10 - 40
+    with torch.inference_mode():
+        pcen(db)
+    # A gradient through the input (as an attack search takes) saves the kept kernel for backward:
+    # an inference tensor there would raise.
+    db.requires_grad_()
+    pcen(db).sum().backward()
+    assert pcen.log_alpha.grad is not None and torch.isfinite(pcen.log_alpha.grad).all()
+    assert db.grad is not None and torch.isfinite(db.grad).all()
 
 
 def test_params_refuse_pooling_more_blocks_than_there_are():

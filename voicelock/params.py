@@ -151,7 +151,7 @@ class FeatureParams(_Section):
 
 
 class ModelParams(_Section):
-    input_norm: Literal["cmn", "batchnorm", "pcen"]
+    input_norm: Literal["cmn", "batchnorm", "pcen", "log+pcen"]
     channels: int = Field(ge=8)
     stem_kernel: int = Field(ge=1)
     stem_stride: int = Field(ge=1, le=4)
@@ -445,8 +445,9 @@ class Params(BaseModel):
     @model_validator(mode="after")
     def _pcen_reads_log_mel(self) -> "Params":
         # PCEN turns its input back into mel power (10^(dB / 10)): meaningless for MFCCs.
-        if self.model.input_norm == "pcen" and self.features.kind != "logmel":
-            raise ValueError(f"model.input_norm: pcen needs features.kind: logmel (it is {self.features.kind}) — "
+        norm = self.model.input_norm
+        if "pcen" in norm and self.features.kind != "logmel":
+            raise ValueError(f"model.input_norm: {norm} needs features.kind: logmel (it is {self.features.kind}) — "
                              "choose batchnorm or cmn for MFCCs")
         return self
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from voicelock.features import load_noise
+from voicelock.model.one_pole import decay_matrix
 from voicelock.params import AugmentParams, Params
 
 
@@ -148,9 +149,8 @@ class FeatureAugmenter:
 
     def _room(self, feats: torch.Tensor) -> torch.Tensor:
         """Late reverberation on the rows that draw a room: each band's power smeared along time by a
-        one-pole decay, y[t] = x[t] + decay·y[t-1], computed as one product with a (T × T) matrix of
-        decay powers per row — the same filter as a recursive `lfilter`, 6× faster here because only the
-        rows in a room are filtered and T is short (~100 frames)."""
+        one-pole decay, y[t] = x[t] + decay·y[t-1] (`one_pole.decay_matrix`); only the rows in a room
+        are filtered."""
         b, _, t = feats.shape
         use = torch.rand(b, generator=self.gen) < self.p.room_probability
         if not use.any():
@@ -159,9 +159,7 @@ class FeatureAugmenter:
         wet_db = _uniform(self.gen, b, self.p.reverb_gain_db_range)
         rows = torch.nonzero(use).squeeze(1)
         log_decay = -6 * self.hop / rt60[rows] * math.log(10)  # power falls 60 dB over rt60
-        steps = torch.arange(t, dtype=torch.float32)
-        lag = steps[None, :] - steps[:, None]  # [s, t] = t - s: how far output frame t lies after input s
-        smear = torch.where(lag >= 0, torch.exp(lag.clamp(min=0)[None] * log_decay[:, None, None]), 0.0)
+        smear = decay_matrix(t, log_decay)
         power = 10 ** (feats[rows] / 10)
         tail = (power @ smear - power) * (1 - torch.exp(log_decay))[:, None, None]
         return _add_power(feats, rows, power, 10 ** (wet_db[rows] / 10)[:, None, None] * tail)

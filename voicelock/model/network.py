@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voicelock.model.backend import SpeakerBackend
+from voicelock.model.one_pole import decay_matrix
 from voicelock.params import ModelParams
 
 # The decision outputs read unit-length embeddings; scaled up, their logits can reach confident values
@@ -62,6 +63,8 @@ class PCEN(nn.Module):
     16 kHz); another hop wants another value.
     """
 
+    MAX_KEPT = 8  # smoother matrices kept, one per clip length and device
+
     def __init__(self, n_bands: int, smoothing: float = 0.025, alpha: float = 0.98, delta: float = 2.0,
                  root: float = 0.5, eps: float = 1e-6):
         super().__init__()
@@ -69,17 +72,33 @@ class PCEN(nn.Module):
         self.log_alpha = nn.Parameter(torch.full((n_bands, 1), math.log(alpha)))
         self.log_delta = nn.Parameter(torch.full((n_bands, 1), math.log(delta)))
         self.log_root = nn.Parameter(torch.full((n_bands, 1), math.log(root)))
+        self._smoothers: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _smoother(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The smoother's (T, T) kernel and the decay of its start value, kept per clip length and device.
+
+        Why kept: they depend on T alone (the smoothing is a constant), and rebuilding two (T × T)
+        matrices on every forward pass cost more than the product itself at inference's batch of one.
+        At most `MAX_KEPT` lengths are kept (clips are padded to one length, so one is the rule).
+        """
+        key = (t, str(device))
+        if key not in self._smoothers:
+            if len(self._smoothers) >= self.MAX_KEPT:
+                self._smoothers.clear()
+            keep = 1 - self.smoothing
+            # Built as ordinary tensors even under inference_mode, so a later training step may use them.
+            with torch.inference_mode(False):
+                kernel = self.smoothing * decay_matrix(t, torch.tensor([math.log(keep)], device=device))[0]
+                start = keep ** (torch.arange(t, device=device, dtype=torch.float32) + 1)
+            self._smoothers[key] = (kernel, start)
+        return self._smoothers[key]
 
     def forward(self, db: torch.Tensor) -> torch.Tensor:
         with torch.autocast(db.device.type, enabled=False):  # powers span 1e-10..1e3: float32 throughout
             power = torch.pow(10.0, db.float() / 10)  # (B, F, T)
-            t = power.shape[-1]
-            steps = torch.arange(t, device=db.device, dtype=torch.float32)
-            lag = steps[None, :] - steps[:, None]  # [from, to]: how far `to` lies after `from`
-            keep = 1 - self.smoothing
-            kernel = torch.where(lag >= 0, self.smoothing * keep ** lag.clamp(min=0), 0.0)  # (T, T)
+            kernel, start = self._smoother(power.shape[-1], power.device)
             # M[t] = (1 - s) M[t-1] + s E[t], started at M[-1] = E[0] (librosa's steady state)
-            smooth = power @ kernel + power[..., :1] * keep ** (steps + 1)
+            smooth = power @ kernel + power[..., :1] * start
             alpha, delta, root = self.log_alpha.exp(), self.log_delta.exp(), self.log_root.exp()
             return (power / (self.eps + smooth) ** alpha + delta) ** root - delta ** root
 
@@ -103,19 +122,21 @@ class FrequencyFront(nn.Module):
     The 1-D backbone treats each mel band as its own channel, so the same formant pattern a few
     bands higher (another vocal tract saying the same word) is, to it, a different input. A small
     2-D front shares its filters across frequency (CNN-TDNN, Thienpondt et al. 2021), then hands the
-    backbone its channels × frequencies as channels. Halves both axes.
+    backbone its channels × frequencies as channels. Halves both axes. Its input channels are the
+    views of the input (`VoiceLockNet.input_views`: log-mel, PCEN, or both).
     """
 
-    def __init__(self, n_features: int, channels: int):
+    def __init__(self, n_features: int, channels: int, views: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(views, channels, 3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(channels)
         self.out_features = channels * ((n_features + 1) // 2)
 
     def forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = F.relu(self.bn1(self.conv1(x[:, None])))
+        """(B, views, F, T) → (B, channels · F/2, T/2) and the halved frame counts."""
+        y = F.relu(self.bn1(self.conv1(x)))
         frames = strided_frames(frames, 2)
         mask = frame_mask(frames, y.shape[-1])[:, :, None, :]
         y = F.relu(self.bn2(self.conv2(y * mask))) * mask
@@ -164,12 +185,16 @@ class VoiceLockNet(nn.Module):
         c = params.channels
         # Embedding sizes, named: the speaker's is the head's own, before any back-end projection.
         self.word_dim, self.speaker_dim = params.word_embedding, params.speaker_embedding
-        self.cmn = params.input_norm == "cmn"
-        self.pcen = PCEN(n_features) if params.input_norm == "pcen" else None
-        self.input_bn = nn.BatchNorm1d(n_features)
+        self.input_norm = params.input_norm
+        self.views = 2 if params.input_norm == "log+pcen" else 1
+        self.pcen = PCEN(n_features) if "pcen" in params.input_norm else None
+        self.input_bn = nn.BatchNorm1d(n_features)  # the first view's: log-mel, or PCEN alone
+        # log+pcen: PCEN's own normalisation, as its values sit on another scale than log-mel's
+        self.pcen_bn = nn.BatchNorm1d(n_features) if self.views == 2 else None
         self.stride = params.stem_stride
-        self.front = FrequencyFront(n_features, params.front_channels) if params.front_channels else None
-        stem_in = self.front.out_features if self.front is not None else n_features
+        self.front = (FrequencyFront(n_features, params.front_channels, self.views)
+                      if params.front_channels else None)
+        stem_in = self.front.out_features if self.front is not None else n_features * self.views
         self.stem = nn.Sequential(nn.Conv1d(stem_in, c, params.stem_kernel, stride=params.stem_stride,
                                             padding=params.stem_kernel // 2),
                                   nn.BatchNorm1d(c), nn.ReLU())
@@ -183,14 +208,30 @@ class VoiceLockNet(nn.Module):
         self.speaker_backend = (SpeakerBackend(params.speaker_embedding, params.backend_dims, params.backend_shrinkage)
                                 if params.speaker_backend == "lda" else None)
 
+    def input_views(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) log-mel → (B, views, F, T), each view normalised, silence set to zero.
+
+        Why two views (`input_norm: log+pcen`): the log keeps a steady background as a level under the
+        voice, PCEN's per-band gain control flattens it and lifts onsets; each alone lost something
+        the other kept on the unseen voices (docs/decisions.md), so the front reads both.
+        """
+        mask = frame_mask(frames, feats.shape[-1])[:, None]  # (B, 1, 1, T)
+        if self.input_norm == "log+pcen":
+            views = [self.input_bn(feats / 10.0), self.pcen_bn(self.pcen(feats))]
+        elif self.input_norm == "pcen":
+            views = [self.input_bn(self.pcen(feats))]
+        elif self.input_norm == "cmn":
+            views = [self.input_bn(normalise_input(feats, frames))]
+        else:  # batchnorm
+            views = [self.input_bn(feats / 10.0)]  # dB / 10: unit-ish scale for the BatchNorm
+        return torch.stack(views, dim=1) * mask
+
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> Outputs:
-        mask = frame_mask(frames, feats.shape[-1])
-        if self.pcen is not None:
-            x = self.input_bn(self.pcen(feats)) * mask
-        else:
-            x = self.input_bn(normalise_input(feats, frames) if self.cmn else feats / 10.0) * mask
+        x = self.input_views(feats, frames)
         if self.front is not None:
             x, frames = self.front(x, frames)
+        else:
+            x = x.flatten(1, 2)  # (B, views · F, T): each view's bands as channels of the stem
         x = self.stem(x)
         frames = strided_frames(frames, self.stride)
         mask = frame_mask(frames, x.shape[-1])
