@@ -130,6 +130,40 @@ def test_pcen_smoother_kept_per_length_is_built_afresh_for_each_and_bounded():
     assert len(pcen._smoothers) <= PCEN.MAX_KEPT
 
 
+def test_pcen_smoother_survives_another_thread_clearing_the_kept_ones():
+    """A service runs forward passes on several threads: one thread's `clear()` (the cache full) may
+    land between another's store and its read. Simulated here by a store that is cleared at once."""
+
+    class ClearedAtOnce(dict):
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            self.clear()  # what a second thread, finding the cache full, does meanwhile
+
+    pcen = PCEN(4).eval()
+    db = torch.randn(1, 4, 30) * 10 - 40
+    with torch.no_grad():
+        expected = pcen(db)
+        pcen._smoothers = ClearedAtOnce()
+        torch.testing.assert_close(pcen(db), expected)
+
+
+def test_log_and_pcen_views_are_the_log_mel_and_its_pcen_each_normalised_and_masked():
+    model = VoiceLockNet(64, PARAMS.model.model_copy(update={"input_norm": "log+pcen"})).eval()
+    feats = torch.randn(2, 64, 50) * 10 - 40
+    frames = torch.tensor([50, 20])
+    with torch.no_grad():
+        views = model.input_views(feats, frames)
+        mask = torch.arange(50)[None, :] < frames[:, None]
+        assert views.shape == (2, 2, 64, 50)
+        torch.testing.assert_close(views[:, 0], model.input_bn(feats / 10.0) * mask[:, None])
+        torch.testing.assert_close(views[:, 1], model.pcen_bn(model.pcen(feats)) * mask[:, None])
+        assert not views[1, :, :, 20:].any()  # silence after the spoken frames is zero in both views
+        # The second view reaches the embedding: its own normalisation moves the output.
+        before = model(feats, frames).word
+        model.pcen_bn.bias.add_(1.0)
+        assert not torch.allclose(model(feats, frames).word, before, atol=1e-4)
+
+
 def test_pcen_smoother_built_under_inference_mode_trains_afterwards():
     pcen = PCEN(4)
     db = torch.randn(2, 4, 30) * 10 - 40

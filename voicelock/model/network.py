@@ -79,19 +79,24 @@ class PCEN(nn.Module):
 
         Why kept: they depend on T alone (the smoothing is a constant), and rebuilding two (T × T)
         matrices on every forward pass cost more than the product itself at inference's batch of one.
-        At most `MAX_KEPT` lengths are kept (clips are padded to one length, so one is the rule).
+        At most `MAX_KEPT` lengths are kept: training pads every clip to one length, and a service sees a
+        few (a batch pads to its longest clip). Read once, never read back after storing: another
+        thread's `clear()` between the two would otherwise lose the entry (the service may run forward
+        passes on several threads).
         """
         key = (t, str(device))
-        if key not in self._smoothers:
-            if len(self._smoothers) >= self.MAX_KEPT:
-                self._smoothers.clear()
+        found = self._smoothers.get(key)
+        if found is None:
             keep = 1 - self.smoothing
             # Built as ordinary tensors even under inference_mode, so a later training step may use them.
             with torch.inference_mode(False):
                 kernel = self.smoothing * decay_matrix(t, torch.tensor([math.log(keep)], device=device))[0]
                 start = keep ** (torch.arange(t, device=device, dtype=torch.float32) + 1)
-            self._smoothers[key] = (kernel, start)
-        return self._smoothers[key]
+            found = (kernel, start)
+            if len(self._smoothers) >= self.MAX_KEPT:
+                self._smoothers.clear()
+            self._smoothers[key] = found
+        return found
 
     def forward(self, db: torch.Tensor) -> torch.Tensor:
         with torch.autocast(db.device.type, enabled=False):  # powers span 1e-10..1e3: float32 throughout
@@ -209,7 +214,8 @@ class VoiceLockNet(nn.Module):
                                 if params.speaker_backend == "lda" else None)
 
     def input_views(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, T) log-mel → (B, views, F, T), each view normalised, silence set to zero.
+        """(B, F, T) features (log-mel; MFCCs too under cmn / batchnorm) → (B, views, F, T), each view
+        normalised, silence set to zero.
 
         Why two views (`input_norm: log+pcen`): the log keeps a steady background as a level under the
         voice, PCEN's per-band gain control flattens it and lifts onsets; each alone lost something

@@ -1,8 +1,8 @@
 """One-pole decays along time as a matrix product: the filter behind the room augmentation and PCEN.
 
 Why a matrix: y[t] = x[t] + d·y[t-1] run as a recursion (`lfilter`) steps through time one frame at a
-time; a clip here is ~100 frames, so one (T × T) product per row is ~6× faster on CPU, and it
-differentiates like any matmul (PCEN learns through it).
+time; a clip here is ~100 frames, so one (T × T) product per row is ~6× faster on CPU, and a
+gradient flows through it like through any matmul.
 """
 
 from __future__ import annotations
