@@ -260,10 +260,19 @@ def test_a_festival_take_that_one_process_renders_otherwise_is_outvoted(tiny_par
         return {r: (root / r).read_bytes() for r in done}
 
     calls: list[int] = []
+    rendered: dict[str, list] = {}
+
+    def steady(speaker, takes):  # type: ignore[no-untyped-def]
+        # festival itself renders once per set of takes and is replayed after: its own rare flakes (the
+        # reason for the vote) once landed on the take this test makes odd, giving three versions.
+        key = repr(takes)
+        if key not in rendered:
+            rendered[key] = real(speaker, takes)
+        return [(x.copy(), rate) for x, rate in rendered[key]]
 
     def flaky(odd: set[int]):
         def render(speaker, takes):  # type: ignore[no-untyped-def]
-            out = real(speaker, takes)
+            out = steady(speaker, takes)
             calls.append(len(calls) + 1)
             if len(calls) in odd:  # this render's second take gets another trailing pause
                 x, rate = out[1]
@@ -271,6 +280,7 @@ def test_a_festival_take_that_one_process_renders_otherwise_is_outvoted(tiny_par
             return out
         return render
 
+    monkeypatch.setattr(festival, "festival_render", steady)
     expected = speaker_files(tmp_path / "steady")
     for odd in ({1}, {2}):
         calls.clear()
