@@ -1,13 +1,13 @@
 """Renders that two synthesizer runs agree on, so that the corpus stays a function of params.yaml.
 
-Festival takes (twice, in CI) and the espeak-ng babble background (once, on a fresh machine) have
-come out otherwise than in every other run; the causes are not found (docs/decisions.md, data.synth).
-A corpus that changes from run to run changes every stage after it. So where it is affordable a take
-is rendered twice, a take the two disagree on a third time, and the version two renders agree on is
-kept. What the vote catches is a render going astray in its own process: festival's renders are
-separate festival processes; espeak-ng's are separate children forked from one process per voice
-(voicelock/data/espeak_server.py), so a fault in that shared process would go unnoticed.
-"""
+Festival takes have come out otherwise than in every other run (twice, in CI); the cause is not found
+(docs/decisions.md, data.synth). A corpus that changes from run to run changes every stage after it.
+So each festival take is rendered twice, a take the two disagree on a third time, and the version
+two renders agree on is kept. What the vote catches is a render going astray in its own process
+(festival's renders are separate festival processes). It would not have caught the espeak-ng babble
+background that came out otherwise on every machine's first run: both renders of that run agreed.
+That cause was found — the C library's random state, which the espeak-ng server now re-seeds
+(voicelock/data/espeak_server.py) — and espeak-ng renders are not voted on."""
 
 from __future__ import annotations
 

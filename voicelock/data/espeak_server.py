@@ -178,6 +178,14 @@ def serve() -> None:
     out.flush()
     if rate <= 0:
         return
+    # espeak-ng's breathy voices (variants with `breath`: f2, f5, sandro…) draw their noise from the C
+    # library's rand(), and loading the library can draw from it first: libpulse, linked in through
+    # libpcaudio, names a new runtime directory (/tmp/pulse-…) with rand() when none exists — on a
+    # machine's first run, or after /tmp was cleared. So the samples of a breathy take depended on the
+    # machine's history: the corpus's babble background came out one way on a machine's first
+    # `make repro` and another way on every later run. Re-seeding as a fresh C program starts (seed 1)
+    # makes every voice process, and every take forked from it, start from the same draw.
+    ctypes.CDLL(None).srand(1)
     current: _VoiceProcess | None = None
     for line in sys.stdin.buffer:
         text, voice, pitch, speed = json.loads(line)

@@ -29,7 +29,6 @@ from tqdm import tqdm
 import voicelock.data.espeak_server as espeak_server
 from voicelock import effects
 from voicelock.audio import write_wav
-from voicelock.data.agreement import agreed
 from voicelock.data.layout import BACKGROUND_DIR, SPEAKERS_FILE, split_for_speaker, write_split_lists
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
@@ -382,10 +381,7 @@ def background_noise(kind: str, rng: np.random.Generator, params: SynthParams, r
         variant = params.variants[int(rng.integers(len(params.variants)))]
         text = _BABBLE_SENTENCES[int(rng.integers(len(_BABBLE_SENTENCES)))]
         pitch, speed = int(rng.integers(20, 80)), int(rng.integers(140, 190))
-        # Rendered twice (agreement.py): babble_3.wav once came out otherwise on a fresh machine. Its 60
-        # sentences cost ~0.8 s a render; the corpus's 24,000 takes twice would cost ~2.5 min.
-        [(x, r)] = agreed(lambda: [speak(text, voice, variant, pitch, speed)], [text],
-                          f"espeak-ng: voice {voice}+{variant}", "remove it from data.synth.voices or variants")
+        x, r = speak(text, voice, variant, pitch, speed)
         x = _resample(x, r, rate)[:n]
         x /= np.sqrt(np.mean(x**2)) + 1e-9
         start = int(rng.integers(0, max(n - x.size, 1)))
