@@ -323,6 +323,56 @@ def test_11_odd_names_work_and_whitespace_is_refused_not_trimmed(server: Server,
         {"unlocked": False, "user": "row11", "reason": "not recognised"}  # nothing was enrolled as row11
 
 
+# --- the owner's own recordings of other words ------------------------------------------------------
+
+
+def _release_with(params: Params, root: Path, **thresholds: float) -> Path:
+    """A copy of the lenient release with some thresholds replaced."""
+    from voicelock.release import Release
+
+    release = Release.load(params.evaluate.out_dir)
+    release.thresholds = {**release.thresholds, **thresholds}
+    return release.save(root)
+
+
+def test_the_owners_recording_of_another_word_does_not_unlock_even_past_the_word_threshold(
+        params: Params, lenient_params_path: Path, case: UnlockCase, tmp_path: Path):
+    """An attacker holding the owner saying *other* words: with the word threshold out of the way
+    (`word: -1`, every word clears it), what still refuses them is that each is nearer another
+    vocabulary word than the password (`evaluate.word_margin`). Which takes the rival rule alone
+    refuses is settled beforehand by the verifier on this release and on one without the rule."""
+    from voicelock.enrollment import Unlocker
+
+    speaker = case.enroll[0].name.split("_nohash_")[0]
+    password_dir = case.enroll[0].parent
+    others = sorted(p for p in password_dir.parent.glob(f"*/{speaker}_nohash_*.wav") if p.parent != password_dir)
+    ruled = _release_with(params, tmp_path / "ruled", word=-1.0)
+    unruled = _release_with(params, tmp_path / "unruled", word=-1.0, word_margin=-2.0)
+    with_rule, without = Unlocker(ruled, params.enroll), Unlocker(unruled, params.enroll)
+    t_with, t_without = with_rule.enroll_files(case.enroll), without.enroll_files(case.enroll)
+    caught = [p for p in others if not with_rule.verify_file(t_with, p).unlocked
+              and without.verify_file(t_without, p).unlocked][:3]  # three: below the lockout's five
+    assert caught, f"none of {speaker}'s {len(others)} other-word takes is refused by the rival rule alone"
+    from voicelock.evaluation import evaluate_unseen
+
+    raw = yaml.safe_load(lenient_params_path.read_text())
+    raw["evaluate"]["out_dir"] = str(ruled)
+    raw["ood"].update(metrics_file=str(tmp_path / "ood.json"), details_file=str(tmp_path / "ood.details.json"),
+                      plots_dir=str(tmp_path / "plots_ood"))  # packaging wants this release's own figures
+    raw["service"].update(database_url=f"sqlite:///{tmp_path / 'enrollments.db'}",
+                          package_record=str(tmp_path / "package.json"))
+    path = write_params(tmp_path, raw)
+    evaluate_unseen(load_params(path))
+    srv = servers.serve_model(path, tmp_path / "bentoml", {params.service.api_key_env: ""})
+    try:
+        assert enroll(srv.url, "owner", case.read(case.enroll)).status_code == 200
+        for take in caught:
+            assert not_unlocked(unlock(srv.url, "owner", take.read_bytes())), take.name
+        assert unlock(srv.url, "owner", case.genuine[0].read_bytes()).json()["unlocked"] is True
+    finally:
+        srv.stop()
+
+
 # --- liveness challenge ----------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from voicelock.params import Params, load_params
 from voicelock.scoring import SpeakerScorer
 from voicelock.verifier import Verifier, make_template
 
-THRESHOLDS = {"word": 0.8, "speaker": 0.5, "speaker_raw": 0.2, "replay": 0.99, "challenge_word": 0.7,
+THRESHOLDS = {"word": 0.8, "word_margin": 0.0, "speaker": 0.5, "speaker_raw": 0.2, "replay": 0.99, "challenge_word": 0.7,
               "speaker_any_word": 0.3}
 
 
@@ -24,11 +24,15 @@ def test_rule_needs_both_scores_and_fails_closed():
     word = np.array([0.9, 0.9, 0.7, np.nan, 0.9, np.inf, 0.9, 0.9])
     speaker = np.array([0.6, 0.4, 0.6, 0.9, np.nan, np.nan, 0.6, 0.6])
     raw = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.1, np.nan])  # the raw floor binds on its own
-    assert rule.accepts(word, speaker, raw).tolist() == [True, False, False, False, False, False, False, False]
+    rival = np.full(8, -np.inf)  # no other word to lose to
+    assert rule.accepts(word, speaker, raw, rival).tolist() == [True, False, False, False, False, False, False, False]
+    # The word must also beat every other word: nearer another (0.95) or an unscorable rival (NaN) refuses.
+    assert rule.accepts(word[:1].repeat(3), speaker[:1].repeat(3), raw[:1].repeat(3),
+                        np.array([0.85, 0.95, np.nan])).tolist() == [True, False, False]
     assert rule.is_replay(0.995) and rule.is_replay(float("nan")) and not rule.is_replay(0.5)
     assert not rule.challenge_voice_ok(float("nan")) and not rule.challenge_word_ok(0.9, asked_is_nearest=False)
     with pytest.raises(VoicelockError, match="no calibrated 'word' threshold"):
-        Verifier(SpeakerScorer()).accepts(word, speaker, raw)
+        Verifier(SpeakerScorer()).accepts(word, speaker, raw, rival)
 
 
 def test_template_is_the_unit_centroid_and_scores_are_cosines():
@@ -36,10 +40,27 @@ def test_template_is_the_unit_centroid_and_scores_are_cosines():
     word, speaker = rng.normal(size=(3, 8)), rng.normal(size=(3, 6))
     t_word, t_speaker = make_template(word, speaker)
     assert np.isclose(np.linalg.norm(t_word), 1) and np.isclose(np.linalg.norm(t_speaker), 1)
-    w, s, r = Verifier(SpeakerScorer()).scores(t_word, t_speaker, 5 * word, speaker)  # scale-free
+    w, s, r, v = Verifier(SpeakerScorer()).scores(t_word, t_speaker, 5 * word, speaker)  # scale-free
     expected = (word / np.linalg.norm(word, axis=1, keepdims=True)) @ t_word
     assert np.allclose(w, expected, atol=1e-5) and s.shape == (3,)
     assert np.allclose(r, (speaker / np.linalg.norm(speaker, axis=1, keepdims=True)) @ t_speaker, atol=1e-5)
+    assert np.all(v == -np.inf)  # no vocabulary: no rival words
+
+
+def test_the_rivals_are_every_vocabulary_word_but_the_passwords_own():
+    """The password's own word (the vocabulary template nearest its template) is no rival, so saying
+    the password is never refused for resembling itself; every other word is."""
+    e = np.eye(4, dtype=np.float32)
+    rule = Verifier(SpeakerScorer(), THRESHOLDS, {"dog": 2 * e[0], "down": e[1], "go": e[2]})
+    t_word = e[0] + 0.1 * e[3]  # the owner's "dog": near the training speakers' "dog", not on it
+    t_speaker = np.ones(3)
+    probes = np.stack([e[0] + 0.2 * e[3],   # "dog" again: nearer the password than "down" or "go"
+                       e[1] + 0.3 * e[0]])  # "down", a little like "dog": nearer "down"
+    word, _, _, rival = rule.scores(t_word, t_speaker, probes, np.ones((2, 3)))
+    assert np.allclose(rival, [0.0, np.cos(np.arctan(0.3))], atol=1e-5)  # "dog" is not among them
+    checks = rule.password_checks(word, np.ones(2), np.ones(2), rival)
+    assert checks["word_margin"].tolist() == [True, False]
+    assert np.allclose(rule.rival_templates(t_word), e[[1, 2]])
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +106,9 @@ def test_every_path_decides_through_the_one_rule(lenient_params_path: Path, case
     template = lock.enroll_files(case.enroll)
     assert lock.verify_file(template, case.genuine[0]).unlocked
     kinds = ("genuine", "other_speaker_password", "owner_other_word", "other_speaker_other_word")
-    trials = UnlockTrials(*({k: np.full(4, 1e3) for k in kinds} for _ in range(3)))
+    trials = UnlockTrials(*({k: np.full(4, 1e3) for k in kinds} for _ in range(3)), {k: np.full(4, -1e3) for k in kinds})
     assert unlock_rates(trials, lock.thresholds)["frr"] == 0.0
-    monkeypatch.setattr(Verifier, "accepts", lambda self, w, s, r: np.zeros(np.shape(w), dtype=bool))
+    monkeypatch.setattr(Verifier, "accepts", lambda self, w, s, r, v: np.zeros(np.shape(w), dtype=bool))
     assert not lock.verify_file(template, case.genuine[0]).unlocked
     assert unlock_rates(trials, lock.thresholds)["frr"] == 1.0
 
@@ -104,11 +125,12 @@ def test_calibration_sets_the_raw_floor_then_holds_the_target_jointly():
     raw = {k: rng.normal(0.2, 0.15, n) for k in kinds}
     norm = {k: 3 * raw[k] + rng.normal(0, 0.5, n) for k in kinds}  # correlated, as AS-norm and cosine are
     word = {k: rng.normal(0.3, 0.1, n) for k in kinds}
-    trials = UnlockTrials(word, norm, raw)
+    rival = {k: np.full(n, -np.inf) for k in kinds}
+    trials = UnlockTrials(word, norm, raw, rival)
     th = calibrate(trials, target_far=0.001, raw_floor_far=0.01)
     imp = "other_speaker_password"
     assert np.mean(raw[imp] >= th["speaker_raw"]) <= 0.01
-    joint = Verifier(SpeakerScorer(), {**THRESHOLDS, **th, "word": -1.0}).accepts(word[imp], norm[imp], raw[imp])
+    joint = Verifier(SpeakerScorer(), {**THRESHOLDS, **th, "word": -1.0}).accepts(word[imp], norm[imp], raw[imp], rival[imp])
     assert 0.0005 <= joint.mean() <= 0.001  # the target, not far below it
 
 

@@ -272,22 +272,26 @@ class Unlocker:
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
                                  f"{speaker.shape[1]}: it is damaged or of another model — enroll again")
         th, rule = self.thresholds, self.verifier
-        word_scores, speaker_scores, raw_scores = rule.scores(np.asarray(template.word), np.asarray(template.speaker),
-                                                              word, speaker)
+        word_scores, speaker_scores, raw_scores, rival_scores = rule.scores(
+            np.asarray(template.word), np.asarray(template.speaker), word, speaker)
         word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
         heard = list(template.takes) + list(recent or [])
         replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
                      for i in range(len(fps)))
         # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
+        rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
-                and not np.isnan(replay)):
+                and not np.isnan(rival_score) and not np.isnan(replay)):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
-        if not rule.accepts(word_scores[:1], speaker_scores[:1], raw_scores[:1])[0]:
+        password = (word_scores[:1], speaker_scores[:1], raw_scores[:1], rival_scores[:1])
+        if not rule.accepts(*password)[0]:
             # The rule refused; say which part (the owner's explanation, never an attacker's).
-            passed = rule.password_checks(word_scores[:1], speaker_scores[:1], raw_scores[:1])
+            passed = rule.password_checks(*password)
             failed = {"word": f"wrong password (word score {word_score:.3f} < {th['word']:.3f})",
+                      "word_margin": f"wrong password (nearer another word: {word_score:.3f} against "
+                                     f"{rival_score:.3f}, margin {th['word_margin']:.3f})",
                       "speaker": f"voice not recognised (speaker score {speaker_score:.3f} < {th['speaker']:.3f})",
                       "speaker_raw": f"voice not recognised (raw similarity {raw_score:.3f} < "
                                      f"{th['speaker_raw']:.3f})"}

@@ -66,7 +66,7 @@ def unlock_rates(trials: UnlockTrials, thresholds: dict[str, float]) -> dict[str
     rule = Verifier(SpeakerScorer(), thresholds)  # the trials are scored already: only the rule is used
 
     def accepted(kind: str) -> np.ndarray:
-        return rule.accepts(trials.word[kind], trials.speaker[kind], trials.raw[kind])
+        return rule.accepts(trials.word[kind], trials.speaker[kind], trials.raw[kind], trials.rival[kind])
 
     rates = {"frr": float(1 - accepted("genuine").mean()) if trials.word["genuine"].size else float("nan")}
     for kind in UNLOCK_IMPOSTOR_KINDS:
@@ -79,7 +79,8 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
 
 
 def split_unlock_trials(word: np.ndarray, speaker: np.ndarray, split: Split, ep: EvaluateParams,
-                        rng: np.random.Generator, scorer: SpeakerScorer | None) -> UnlockTrials:
+                        rng: np.random.Generator, scorer: SpeakerScorer | None,
+                        templates: dict[str, np.ndarray]) -> UnlockTrials:
     """Unlock trials of a split's embeddings; refuses templates so large that no take is left to test."""
     ix = split.index
     most = int(ix.groupby(["speaker", "word"]).size().max()) if len(ix) else 0
@@ -88,7 +89,7 @@ def split_unlock_trials(word: np.ndarray, speaker: np.ndarray, split: Split, ep:
                              f"speakers here have at most {most} takes of a word; lower evaluate.enroll_clips "
                              f"below {most} or use a corpus with more takes")
     return unlock_trials(word, speaker, ix["speaker"].to_numpy(), ix["word"].to_numpy(),
-                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, rng, scorer)
+                         ix["utterance"].to_numpy(), ep.enroll_clips, ep.max_trials, rng, scorer, templates)
 
 
 def training_references(model: VoiceLockNet, params: Params) -> tuple[SpeakerScorer, dict[str, np.ndarray]]:
@@ -114,8 +115,9 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     """
     ep = params.evaluate
     word, speaker = embed_split(model, val)
-    trials = split_unlock_trials(word, speaker, val, ep, np.random.default_rng(params.seed), scorer)
+    trials = split_unlock_trials(word, speaker, val, ep, np.random.default_rng(params.seed), scorer, templates)
     thresholds = calibrate(trials, ep.target_far, ep.raw_floor_far)
+    thresholds["word_margin"] = ep.word_margin
     thresholds["speaker_any_word"] = threshold_for_far(trials.speaker["other_speaker_other_word"],
                                                        ep.challenge_speaker_far)
     _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)
@@ -147,9 +149,10 @@ def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thres
 
 
 def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, float], ep: EvaluateParams,
-                   seed: int, scorer: SpeakerScorer | None = None,
+                   seed: int, scorer: SpeakerScorer | None, templates: dict[str, np.ndarray],
                    embedded: tuple[np.ndarray, np.ndarray] | None = None) -> SplitEvaluation:
-    """The test metrics of `split`; `embedded` is its (word, speaker) embeddings when already computed."""
+    """The test metrics of `split` (`scorer` and word `templates`: the release's); `embedded` is its
+    (word, speaker) embeddings when already computed."""
     word, speaker = embedded if embedded is not None else embed_split(model, split)
     ix = split.index
     speakers, words = ix["speaker"].to_numpy(), ix["word"].to_numpy()
@@ -157,7 +160,7 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
     predicted, _ = keyword_predictions(word, speakers, words, ep.keyword_enroll_clips, rng)
     same_gen, same_imp = speaker_pair_scores(speaker, speakers, words, True, ep.max_trials, rng)
     all_gen, all_imp = speaker_pair_scores(speaker, speakers, words, False, ep.max_trials, rng)
-    trials = split_unlock_trials(word, speaker, split, ep, rng, scorer)
+    trials = split_unlock_trials(word, speaker, split, ep, rng, scorer, templates)
     metrics = {
         "keyword_accuracy": float(np.mean(predicted == words)),
         "speaker_eer": eer(same_gen, same_imp)[0],
@@ -181,13 +184,14 @@ def evaluate_split(model: VoiceLockNet, split: Split, thresholds: dict[str, floa
 
 
 def owner_metrics(model: VoiceLockNet, params: Params, test: Split, thresholds: dict[str, float],
-                  scorer: SpeakerScorer, test_embedded: tuple[np.ndarray, np.ndarray]) -> dict:
+                  scorer: SpeakerScorer, templates: dict[str, np.ndarray],
+                  test_embedded: tuple[np.ndarray, np.ndarray]) -> dict:
     """The fine-tuned owner: template from fine-tuning takes of the password, probes never trained on."""
     extractor = FeatureExtractor(params.features, params.data.sample_rate)
     owner, tune, held = owner_splits(params, extractor)
     password = params.owner.password
     enrolled = tune.index.index[tune.index["word"] == password][: params.evaluate.enroll_clips].to_numpy()
-    rule = Verifier(scorer, thresholds)
+    rule = Verifier(scorer, thresholds, templates)
     t_word, t_spk = make_template(*embed(model, tune.features[enrolled], tune.frames[enrolled],
                                          next(model.parameters()).device))
     h_word, h_spk = embed_split(model, held)
@@ -231,8 +235,8 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     thresholds = calibrate_all(model, val, params, scorer, templates)
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
     embedded = embed_split(model, test)  # once, for every test figure
-    result = evaluate_split(model, test, thresholds, ep, params.seed, scorer, embedded)
-    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer, embedded),
+    result = evaluate_split(model, test, thresholds, ep, params.seed, scorer, templates, embedded)
+    metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer, templates, embedded),
                **liveness_metrics(embedded, test, thresholds, templates), "thresholds": thresholds}
     return metrics, result, scorer, templates
 
@@ -264,7 +268,8 @@ def evaluate_folder(model_dir: str | Path, data_dir: str | Path, ep: EvaluatePar
     """Judge an evaluated model on any corpus in Speech Commands layout, at the model's own thresholds."""
     release = Release.load(model_dir)
     split = folder_split(data_dir, release.extractor())
-    result = evaluate_split(release.model, split, release.thresholds, ep, seed, release.scorer)
+    result = evaluate_split(release.model, split, release.thresholds, ep, seed, release.scorer,
+                            release.word_templates)
     return {**result.metrics, "thresholds": release.thresholds}
 
 
@@ -292,8 +297,8 @@ def unseen_metrics(model: VoiceLockNet, extractor: FeatureExtractor, thresholds:
     ep = params.evaluate
     split = folder_split(params.ood.out_dir, extractor, "unseen voices")
     embedded = embed_split(model, split)
-    result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, embedded)
-    metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, embedded),
+    result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, templates, embedded)
+    metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, templates, embedded),
                **liveness_metrics(embedded, split, thresholds, templates), "thresholds": thresholds}
     speakers = pd.read_csv(Path(params.ood.out_dir) / SPEAKERS_FILE, dtype=str).set_index("id")["engine"]
     engines = split.index["speaker"].map(speakers).to_numpy()
@@ -301,7 +306,7 @@ def unseen_metrics(model: VoiceLockNet, extractor: FeatureExtractor, thresholds:
     for engine in sorted(set(engines.tolist())):
         rows = np.flatnonzero(engines == engine)
         part = Split(split.features[rows], split.frames[rows], split.index.iloc[rows].reset_index(drop=True))
-        sub = evaluate_split(model, part, thresholds, ep, params.seed, scorer,
+        sub = evaluate_split(model, part, thresholds, ep, params.seed, scorer, templates,
                              (embedded[0][rows], embedded[1][rows]))
         metrics["by_engine"][engine] = sub.metrics
     return metrics, result

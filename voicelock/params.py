@@ -299,6 +299,7 @@ class EvaluateParams(_Section):
     keyword_enroll_clips: int = Field(ge=1)
     target_far: float = Field(gt=0, lt=1)
     raw_floor_far: float = Field(gt=0, lt=1)
+    word_margin: float = Field(ge=-2, le=2)
     p_target: float = Field(gt=0, lt=1)
     max_trials: int = Field(ge=100)
     score_norm: Literal["asnorm", "none"]

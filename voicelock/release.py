@@ -59,7 +59,7 @@ class Release:
 
     @property
     def verifier(self) -> Verifier:
-        return Verifier(self.scorer, self.thresholds)
+        return Verifier(self.scorer, self.thresholds, self.word_templates)
 
     def extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.feature_params, self.sample_rate)

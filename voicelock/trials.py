@@ -63,24 +63,28 @@ class UnlockTrials:
     word: dict[str, np.ndarray]
     speaker: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]  # the raw speaker cosines of the same trials (the verifier's floor)
+    rival: dict[str, np.ndarray]  # each probe's cosine to the nearest other word (Verifier.rival_templates)
 
 
 def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.ndarray, words: np.ndarray,
                   utterances: np.ndarray, enroll_clips: int, max_trials: int,
-                  rng: np.random.Generator, scorer: SpeakerScorer | None = None) -> UnlockTrials:
+                  rng: np.random.Generator, scorer: SpeakerScorer | None = None,
+                  word_templates: dict[str, np.ndarray] | None = None) -> UnlockTrials:
     """Every (speaker, word) with more than `enroll_clips` takes plays an owner with that password.
 
     The first `enroll_clips` takes (by utterance number) form the template; the rest are genuine
     trials; other clips give the three impostor kinds. Templates and scores come from the verifier
-    (voicelock/verifier.py) with `scorer` (raw cosine by default): exactly what `verify` computes.
+    (voicelock/verifier.py) with `scorer` (raw cosine by default) and the release's `word_templates`
+    (the rival words): exactly what `verify` computes.
     """
-    rule = Verifier(scorer or SpeakerScorer())
+    rule = Verifier(scorer or SpeakerScorer(), word_templates=word_templates)
     speaker_emb = unit(np.asarray(speaker_emb, dtype=np.float32))
     stats = rule.scorer.probe_stats(speaker_emb)  # once: they do not depend on the template
     kinds = ("genuine",) + UNLOCK_IMPOSTOR_KINDS
     word_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     spk_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     raw_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    rival_scores: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     for (speaker, word) in sorted(set(zip(speakers.tolist(), words.tolist()))):
         rows = np.flatnonzero((speakers == speaker) & (words == word))
         if rows.size <= enroll_clips:
@@ -95,14 +99,16 @@ def unlock_trials(word_emb: np.ndarray, speaker_emb: np.ndarray, speakers: np.nd
             "other_speaker_other_word": np.flatnonzero((speakers != speaker) & (words != word)),
         }
         for kind, idx in groups.items():
-            w, s, r = rule.scores(w_t, s_t, word_emb[idx], speaker_emb[idx], stats[idx])
+            w, s, r, v = rule.scores(w_t, s_t, word_emb[idx], speaker_emb[idx], stats[idx])
             word_scores[kind].append(w)
             spk_scores[kind].append(s)
             raw_scores[kind].append(r)
+            rival_scores[kind].append(v)
 
     def pack(scores: dict[str, list[np.ndarray]], pick: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v)[pick[k]] if v else np.zeros(0) for k, v in scores.items()}
 
     sizes = {k: sum(a.size for a in v) for k, v in word_scores.items()}
     pick = {k: np.sort(_cap(np.arange(n), max_trials, rng)) for k, n in sizes.items()}
-    return UnlockTrials(pack(word_scores, pick), pack(spk_scores, pick), pack(raw_scores, pick))
+    return UnlockTrials(pack(word_scores, pick), pack(spk_scores, pick), pack(raw_scores, pick),
+                        pack(rival_scores, pick))
