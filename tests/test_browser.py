@@ -257,7 +257,8 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
             if not d.unlocked or closest > d.thresholds["replay"] - REPLAY_HEADROOM:
                 continue
             margin = min(d.word_score - d.thresholds["word"], d.speaker_score - d.thresholds["speaker"],
-                         float(d.details["speaker_raw"]) - d.thresholds["speaker_raw"])
+                         float(d.details["speaker_raw"]) - d.thresholds["speaker_raw"],
+                         d.word_score - float(d.details.get("word_rival", -np.inf)) - d.thresholds["word_margin"])
             if margin > best[0]:
                 best = (margin, speaker, take, template)
     margin, speaker, genuine, template = best

@@ -103,3 +103,25 @@ def test_a_candidate_carries_only_its_own_complete_unseen_figures(tmp_path):
     figures.unlink()
     with pytest.raises(VoicelockError, match=r"ood\.json: no unseen-voices figures for this release"):
         unseen_figures(figures, details, thresholds)
+
+
+def test_the_gate_measures_a_production_model_from_before_a_threshold_existed(lenient_params_path, tmp_path):
+    """Production was evaluated by an older voicelock (here: before `word_margin`). Serving it is
+    refused (it cannot be decided by this rule), but the gate re-calibrates it on the current splits
+    anyway, so it must be measured, not crash the promotion of its successor."""
+    import pytest
+
+    from voicelock.errors import VoicelockError
+    from voicelock.params import load_params
+    from voicelock.promotion import production_metrics
+    from voicelock.release import Release
+
+    params = load_params(lenient_params_path)
+    release = Release.load(params.evaluate.out_dir)
+    release.thresholds = {k: v for k, v in release.thresholds.items() if k != "word_margin"}
+    old = release.save(tmp_path / "old")
+    with pytest.raises(VoicelockError, match="no calibrated 'word_margin' threshold"):
+        Release.load(old)
+    metrics = production_metrics(old, params)
+    assert metrics["thresholds"]["word_margin"] == params.evaluate.word_margin
+    assert math.isfinite(metrics[OOD + "far_owner_other_word"]) and math.isfinite(metrics["frr"])

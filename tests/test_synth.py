@@ -306,7 +306,8 @@ def test_a_breathy_take_is_the_same_on_a_machines_first_run(tmp_path: Path):
     of the test's own make the first run happen here."""
     code = ("import hashlib; from voicelock.data.synth import speak; "
             "print(hashlib.sha1(speak('seven', 'en-us', 'f5', 60, 160)[0].tobytes()).hexdigest())")
-    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR" and not k.startswith("PULSE_")}
+    env |= {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
 
     def render() -> str:
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -63,6 +63,18 @@ def test_the_rivals_are_every_vocabulary_word_but_the_passwords_own():
     assert np.allclose(rule.rival_templates(t_word), e[[1, 2]])
 
 
+def test_damaged_or_foreign_word_templates_stop_instead_of_dropping_the_rival_check():
+    """A rival set that silently came out empty would let every word past this check: a non-finite
+    vocabulary template, templates of two sizes, or a password template of another model's size stop."""
+    e = np.eye(4, dtype=np.float32)
+    for vocabulary in ({"dog": e[0], "down": np.full(4, np.nan)}, {"dog": e[0], "down": e[1, :3]}):
+        with pytest.raises(VoicelockError, match="word templates are damaged"):
+            Verifier(SpeakerScorer(), THRESHOLDS, vocabulary)
+    rule = Verifier(SpeakerScorer(), THRESHOLDS, {"dog": e[0], "down": e[1]})
+    with pytest.raises(VoicelockError, match="different models"):
+        rule.scores(np.ones(8), np.ones(3), np.ones((1, 8)), np.ones((1, 3)))
+
+
 @pytest.fixture(scope="module")
 def case(lenient_params_path: Path):
     return find_unlock_case(load_params(lenient_params_path))

@@ -300,6 +300,8 @@ class Unlocker:
         if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4), "speaker_raw": round(raw_score, 4)}
+        if np.isfinite(rival_score):  # the nearest other word's score (absent without a vocabulary)
+            details["word_rival"] = round(rival_score, 4)
         if challenge:
             if not self.word_templates:
                 raise VoicelockError("this model ships no word templates for liveness challenges — re-run "

@@ -151,7 +151,7 @@ def production_metrics(model_dir: str | Path, params: Params) -> dict[str, float
     from voicelock.evaluation import evaluate_model, unseen_metrics
     from voicelock.release import Release
 
-    release = Release.load(model_dir)
+    release = Release.load(model_dir, calibrated=False)  # re-calibrated here, by this voicelock's rule
     metrics, _, scorer, templates = evaluate_model(release.model, params)
     # The unseen clips go through production's own feature settings, as its release was measured.
     ood, _ = unseen_metrics(release.model, release.extractor(), metrics["thresholds"], scorer, templates, params)

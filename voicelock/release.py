@@ -74,15 +74,20 @@ class Release:
                    word_templates, {**rest, **records})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Release":
-        """Open `models/release` (or its model.pt); refuse a model that was never evaluated."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", calibrated: bool = True) -> "Release":
+        """Open `models/release` (or its model.pt); refuse a model that was never evaluated, or one
+        without word templates (the rival words of every password). `calibrated=False`: a model whose
+        thresholds are about to be set again (the promotion gate's production model), which may come
+        from a voicelock that did not have every threshold of this one."""
         model, meta = load_checkpoint(path, device)
         thresholds = dict(meta.get("thresholds") or {})
-        missing = [k for k in REQUIRED_THRESHOLDS if not np.isfinite(float(thresholds.get(k, np.nan)))]
-        if missing:
-            raise VoicelockError(f"{path}: model has no calibrated {', '.join(missing)} threshold(s) — use the "
-                                 f"evaluated model (models/release, written by the evaluate stage), or re-run "
-                                 f"`dvc repro evaluate` for a model evaluated by an older voicelock")
+        missing = [f"'{k}' threshold" for k in REQUIRED_THRESHOLDS if not np.isfinite(float(thresholds.get(k, np.nan)))]
+        if not meta.get("word_templates"):
+            missing.append("word templates")
+        if calibrated and missing:
+            raise VoicelockError(f"{path}: model has no calibrated {', '.join(missing)} — use the evaluated model "
+                                 f"(models/release, written by the evaluate stage), or re-run `dvc repro evaluate` "
+                                 f"for a model evaluated by an older voicelock (`make repro` promotes a new one)")
         scorer = SpeakerScorer(meta.get("cohort"), int(meta.get("cohort_top_k", 50)))
         templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
         return cls.from_checkpoint(model, meta, thresholds, scorer, templates)

@@ -44,15 +44,23 @@ class Verifier:
                  word_templates: Mapping[str, np.ndarray] | None = None):
         self.scorer = scorer
         self.thresholds = dict(thresholds) if thresholds is not None else None
-        self.vocabulary = (np.stack([unit(np.asarray(t, dtype=np.float32)) for t in word_templates.values()])
-                           if word_templates else np.zeros((0, 0), dtype=np.float32))
+        vocabulary = [np.asarray(t, dtype=np.float32).reshape(-1) for t in (word_templates or {}).values()]
+        if len({v.size for v in vocabulary}) > 1 or not all(np.all(np.isfinite(v)) for v in vocabulary):
+            raise VoicelockError("the release's word templates are damaged (non-finite, or of several sizes) — "
+                                 "re-run the evaluate stage (dvc repro evaluate)")
+        self.vocabulary = np.stack([unit(v) for v in vocabulary]) if vocabulary else np.zeros((0, 0), np.float32)
 
     def rival_templates(self, t_word: np.ndarray) -> np.ndarray:
         """The vocabulary's word templates a probe of this password must score below: all but the one
         nearest the password's template — that one is the password's own word when the password is a
-        vocabulary word (which the service is never told), and one competitor fewer when it is not."""
-        if not self.vocabulary.size or self.vocabulary.shape[1] != np.size(t_word):
+        vocabulary word (which the service is never told). For a password outside the vocabulary it
+        is the nearest other word, which is then checked by the word threshold alone (as every word
+        was before this rule). No vocabulary, no rivals."""
+        if not self.vocabulary.size:
             return np.zeros((0, np.size(t_word)), dtype=np.float32)
+        if self.vocabulary.shape[1] != np.size(t_word):
+            raise VoicelockError(f"the password template has {np.size(t_word)} dimensions, the release's word "
+                                 f"templates {self.vocabulary.shape[1]}: they come from different models")
         nearest = int(np.argmax(self.vocabulary @ unit(np.asarray(t_word, dtype=np.float32).reshape(-1))))
         return np.delete(self.vocabulary, nearest, axis=0)
 
@@ -83,9 +91,10 @@ class Verifier:
         The word must also be nearer the password than any other vocabulary word, by `word_margin`
         (cosine). Why: the word threshold is set on the validation voices, and for an accent unlike
         theirs the owner's other words come closer to the password (unseen voices: the owner saying
-        another word got in 2.4× the target FAR); a word that is nearer "down" than the password
-        "dog" is "down", however high its score. Measured on the shipped model: unseen voices' owner
-        + other word FAR 0.0024 → 0.0014 for FRR 0.0435 → 0.0454 (docs/decisions.md).
+        another word got in 2.4–3.1× the target FAR); a word that is nearer "down" than the password
+        "dog" is "down", however high its score. Unseen voices' owner + other word FAR 0.0031 →
+        0.0021 for FRR 0.027 → 0.030 on the shipped release (0.0024 → 0.0014, FRR 0.0435 → 0.0454, on
+        the release before; docs/decisions.md).
 
         The voice must clear two: the normalised score (`speaker`, calibrated for the target FAR) and
         a floor on the raw cosine (`speaker_raw`). Why the floor: AS-norm divides by how a template
