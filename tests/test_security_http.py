@@ -342,6 +342,7 @@ def test_the_owners_recording_of_another_word_does_not_unlock_even_past_the_word
     vocabulary word than the password (`evaluate.word_margin`). Which takes the rival rule alone
     refuses is settled beforehand by the verifier on this release and on one without the rule."""
     from voicelock.enrollment import Unlocker
+    from voicelock.evaluation import evaluate_unseen
 
     speaker = case.enroll[0].name.split("_nohash_")[0]
     password_dir = case.enroll[0].parent
@@ -353,8 +354,6 @@ def test_the_owners_recording_of_another_word_does_not_unlock_even_past_the_word
     caught = [p for p in others if not with_rule.verify_file(t_with, p).unlocked
               and without.verify_file(t_without, p).unlocked][:3]  # three: below the lockout's five
     assert caught, f"none of {speaker}'s {len(others)} other-word takes is refused by the rival rule alone"
-    from voicelock.evaluation import evaluate_unseen
-
     raw = yaml.safe_load(lenient_params_path.read_text())
     raw["evaluate"]["out_dir"] = str(ruled)
     raw["ood"].update(metrics_file=str(tmp_path / "ood.json"), details_file=str(tmp_path / "ood.details.json"),
