@@ -125,3 +125,42 @@ def test_the_gate_measures_a_production_model_from_before_a_threshold_existed(le
     metrics = production_metrics(old, params)
     assert metrics["thresholds"]["word_margin"] == params.evaluate.word_margin
     assert math.isfinite(metrics[OOD + "far_owner_other_word"]) and math.isfinite(metrics["frr"])
+
+
+def test_a_production_model_this_voicelock_cannot_serve_is_replaced_on_the_candidates_own_figures(
+        lenient_params_path, tmp_path, monkeypatch):
+    """After an upgrade that added a threshold, the old production model would keep the service from
+    starting; keeping it because the candidate is "worse" than it would leave no service at all. The
+    candidate's own ceilings still hold."""
+    from types import SimpleNamespace
+
+    from voicelock import promotion
+    from voicelock.params import load_params
+    from voicelock.release import Release
+
+    params = load_params(lenient_params_path)
+    release = Release.load(params.evaluate.out_dir)
+    release.thresholds = {k: v for k, v in release.thresholds.items() if k != "word_margin"}
+    old = release.save(tmp_path / "old")
+    figures = {**GOOD, **{OOD + k: v for k, v in GOOD.items()}}
+
+    def model(tag: str, path, metrics: dict, labels: dict | None = None):
+        ood = {k.removeprefix(OOD): v for k, v in metrics.items() if k.startswith(OOD)}
+        rest = {k: v for k, v in metrics.items() if not k.startswith(OOD)}
+        return SimpleNamespace(tag=tag, path=str(path), info=SimpleNamespace(
+            metadata={"metrics": rest, "ood_metrics": ood}, labels=labels or {}))
+
+    def measured(*_):  # production must not be measured: this voicelock cannot read its thresholds
+        raise AssertionError("production_metrics called")
+
+    monkeypatch.setattr(promotion, "production_metrics", measured)
+    monkeypatch.setattr(promotion, "production_model", lambda name: model("voicelock:old", old, {}))
+    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", "", figures))
+    decision = promotion.decide(params)
+    assert decision.promote is True and decision.production is None
+    assert "cannot be served by this voicelock" in decision.reasons[0] and "'word_margin' threshold" in decision.reasons[0]
+    too_open = {**figures, OOD + "far_other_speaker_password": params.promotion.max_unseen_far * 2}
+    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", "", too_open))
+    decision = promotion.decide(params)
+    assert decision.promote is False and any("above promotion.max_unseen_far" in r for r in decision.reasons)
+    assert promotion.unservable(params.evaluate.out_dir) is None  # today's release is served as it is

@@ -158,8 +158,24 @@ def production_metrics(model_dir: str | Path, params: Params) -> dict[str, float
     return {**metrics, **with_prefix(ood)}
 
 
+def unservable(model_dir: str | Path) -> str | None:
+    """Why this voicelock refuses to serve the release at `model_dir` (e.g. one evaluated before a
+    threshold of today's accept rule existed), or None when it serves it."""
+    from voicelock.release import Release
+
+    try:
+        Release.load(model_dir)
+    except VoicelockError as err:
+        return str(err)
+    return None
+
+
 def decide(params: Params) -> GateDecision:
-    """Compare the packaged candidate with production, both evaluated on the current splits."""
+    """Compare the packaged candidate with production, both evaluated on the current splits.
+
+    A production model this voicelock will not serve is no incumbent to keep: the service would not
+    start on it. The candidate then replaces it on its own figures (each present and finite, every
+    unseen FAR under `max_unseen_far`), compared with nothing."""
     candidate = candidate_model(params)
     cand_metrics = dict(candidate.info.metadata.get("metrics", {}))
     cand_metrics.update(with_prefix(candidate.info.metadata.get("ood_metrics", {})))
@@ -167,6 +183,12 @@ def decide(params: Params) -> GateDecision:
     if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
         return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
                             None, str(candidate.tag), str(production.tag))
+    if production is not None and (why := unservable(production.path)):
+        ok, reasons = compare(cand_metrics, {}, params.promotion.tolerance, params.promotion.ood_tolerance,
+                              params.promotion.max_unseen_far)
+        return GateDecision(ok, [f"production {production.tag} cannot be served by this voicelock, so the "
+                                 f"candidate is judged on its own figures: {why}"] + reasons, cand_metrics, None,
+                            str(candidate.tag), str(production.tag))
     prod_metrics = None if production is None else production_metrics(production.path, params)
     ok, reasons = compare(cand_metrics, prod_metrics, params.promotion.tolerance, params.promotion.ood_tolerance,
                           params.promotion.max_unseen_far)
