@@ -75,7 +75,7 @@ def main() -> None:
         for _ in range(reps):
             lock.embed(batch)
         throughput = reps * args.batch / (time.perf_counter() - t0)
-    print(f"model: {count_parameters(lock.model):,} parameters")
+    print(f"model: {count_parameters(lock.model):,} parameters as served (BatchNorms folded into their layers)")
     print(f"single-clip unlock (1 s clip, 1 thread): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 5 ms)")
     print(f"batch of {args.batch} (features + embeddings, {torch.get_num_threads()} threads): "
           f"{throughput:.0f} clips/s")

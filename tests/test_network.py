@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
-from voicelock.model.network import PCEN, VoiceLockNet, count_parameters
+from voicelock.model.network import PCEN, DilatedConv1d, VoiceLockNet, count_parameters, inference_copy
 from voicelock.model.one_pole import decay_matrix
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
@@ -53,6 +53,43 @@ def test_default_network_is_small_and_length_independent(variant: dict):
         changed = x[i:i + 1, :, :n].clone()
         changed[..., n - 1] += 30.0
         assert not torch.allclose(model(changed, frames[i:i + 1]).speaker, alone.speaker, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [{}, {"front_channels": 0, "stem_kernel": 5, "stem_stride": 2}],
+                         ids=["shipped", "no-front"])
+def test_the_inference_copy_embeds_one_clip_or_several_as_the_trained_network_does(variant: dict):
+    """The copy an unlock runs (BatchNorms folded, dilated convolutions as one product for a single
+    clip) must be the same function as the network that was evaluated."""
+    torch.manual_seed(0)
+    model = VoiceLockNet(64, PARAMS.model.model_copy(update=variant))
+    x = torch.randn(8, 64, 101) * 10 - 40
+    frames = torch.tensor([101, 61, 30, 101, 90, 80, 70, 45])
+    with torch.no_grad():
+        for _ in range(3):  # running statistics far from BatchNorm's initial 0 / 1, so a fold shows
+            model(x * 2 + 5, frames)
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-1.0, 1.0)
+    model.eval()
+    fused = inference_copy(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in (*fused.blocks.modules(),
+                                                                                 *fused.stem.modules()))
+    with torch.no_grad():
+        want = model(x[:3], frames[:3])  # a batch: torch's own convolutions throughout
+        for batch in (slice(0, 1), slice(1, 2), slice(2, 3), slice(0, 3)):  # one clip: the single-clip product
+            got = fused(x[batch], frames[batch])
+            torch.testing.assert_close(got.word, want.word[batch], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got.speaker, want.speaker[batch], atol=1e-5, rtol=1e-4)
+    assert model.training is False and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.blocks.modules())
+
+
+def test_a_dilated_convolution_of_one_clip_is_torchs_convolution():
+    torch.manual_seed(1)
+    for kernel, dilation in ((3, 2), (3, 8), (5, 3), (3, 1)):
+        conv = DilatedConv1d(12, 7, kernel, dilation=dilation, padding=dilation * (kernel // 2))
+        x = torch.randn(1, 12, 40)
+        torch.testing.assert_close(conv(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=conv.padding,
+                                                                      dilation=conv.dilation))
 
 
 def test_pcen_flattens_a_steady_background_and_keeps_the_voice_above_it():

@@ -25,6 +25,7 @@ import torch
 from voicelock.audio import read_wav, resample
 from voicelock.errors import VoicelockError
 from voicelock.liveness import template_scores
+from voicelock.model.network import inference_copy
 from voicelock.params import EnrollParams
 from voicelock.release import Release
 from voicelock.replay import fingerprints, max_similarity
@@ -127,7 +128,9 @@ class Unlocker:
     def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, device: str = "cpu",
                  embedder: Embedder | None = None):
         release = Release.load(model_dir, device)
-        self.model = release.model
+        # BatchNorms folded for clips one at a time (a batch of one is an unlock's usual batch); the
+        # same function as the release's network, float rounding aside.
+        self.model = inference_copy(release.model)
         # Templates record it; one made with another model is re-made from its recordings or refused.
         self.model_id = release.model_id
         self.embedder = embedder

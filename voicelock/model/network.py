@@ -10,12 +10,14 @@ binary outputs (owner, password) sit on the embeddings for fine-tuning on the ow
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from voicelock.model.backend import SpeakerBackend
 from voicelock.model.one_pole import decay_matrix
@@ -108,10 +110,32 @@ class PCEN(nn.Module):
             return (power / (self.eps + smooth) ** alpha + delta) ** root - delta ** root
 
 
+class DilatedConv1d(nn.Conv1d):
+    """A 'same'-padded dilated Conv1d that computes one clip at a time as one matrix product.
+
+    Why: for a batch of one, PyTorch's CPU convolution skips oneDNN for a small 1-D input and runs a
+    dilated kernel on its reference path (`slow_conv_dilated2d`), 2.3× slower than stacking the
+    kernel's shifted copies of the input and multiplying once (0.29 against 0.12 ms for 160 channels ×
+    51 frames, one thread) — and a single unlock is a batch of one. Same weights and parameter names as
+    `nn.Conv1d`; the result differs only by float rounding (~1e-6). Batches of more than one clip take
+    oneDNN's path, which is fast for them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1 or self.dilation[0] == 1:
+            return super().forward(x)
+        k, d, pad, length = self.kernel_size[0], self.dilation[0], self.padding[0], x.shape[-1]
+        padded = F.pad(x[0], (pad, pad))
+        # (C_in, k, T) → (C_in · k, T): the order of the weight's own (C_out, C_in, k) layout, so neither
+        # side is copied to line them up.
+        shifted = torch.stack([padded[:, i * d:i * d + length] for i in range(k)], dim=1).flatten(0, 1)
+        return torch.addmm(self.bias[:, None], self.weight.flatten(1), shifted)[None]
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, kernel: int, dilation: int):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2))
+        self.conv = DilatedConv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2))
         self.bn1 = nn.BatchNorm1d(channels)
         self.mix = nn.Conv1d(channels, channels, 1)
         self.bn2 = nn.BatchNorm1d(channels)
@@ -253,6 +277,29 @@ class VoiceLockNet(nn.Module):
         scored = speaker if self.speaker_backend is None else self.speaker_backend(speaker)
         return Outputs(word, scored, self.password_out(word * DECISION_SCALE).squeeze(1),
                        self.owner_out(speaker * DECISION_SCALE).squeeze(1))
+
+
+def inference_copy(model: VoiceLockNet) -> VoiceLockNet:
+    """An eval-mode copy of `model` with each BatchNorm that follows a convolution or projection folded
+    into it (torch's own `fuse_conv_bn_eval` / `fuse_linear_bn_eval`), for one clip at a time.
+
+    Why: a single unlock is a batch of one, where each BatchNorm is a separate pass over a small tensor
+    and its Python call costs as much as its arithmetic; folded, the thirteen of them cost nothing. The
+    copy computes the same function (float rounding aside, ~1e-6) and is never trained or saved: its
+    BatchNorms are gone, so its state dict is no checkpoint's.
+    """
+    fused = copy.deepcopy(model).eval()
+    for block in fused.blocks:
+        block.conv, block.bn1 = fuse_conv_bn_eval(block.conv, block.bn1), nn.Identity()
+        block.mix, block.bn2 = fuse_conv_bn_eval(block.mix, block.bn2), nn.Identity()
+    fused.stem = nn.Sequential(fuse_conv_bn_eval(fused.stem[0], fused.stem[1]), fused.stem[2])
+    if fused.front is not None:
+        front = fused.front
+        front.conv1, front.bn1 = fuse_conv_bn_eval(front.conv1, front.bn1), nn.Identity()
+        front.conv2, front.bn2 = fuse_conv_bn_eval(front.conv2, front.bn2), nn.Identity()
+    for head in (fused.word_head, fused.speaker_head):
+        head.project, head.bn = fuse_linear_bn_eval(head.project, head.bn), nn.Identity()
+    return fused
 
 
 def count_parameters(model: nn.Module) -> int:
