@@ -193,6 +193,31 @@ def test_evaluation_refuses_templates_that_leave_no_takes_to_test(trained: Param
         evaluate_folder(trained.evaluate.out_dir, tiny_corpus, ep, trained.seed)
 
 
+def test_evaluating_a_folder_hears_each_clip_as_an_unlock_would(trained: Params, tiny_corpus: Path, tmp_path: Path):
+    """A corpus a user brings may be at any rate, stereo, 24-bit, `.WAV`: the service takes all of that
+    (resampled to the model's rate), so `voicelock evaluate --data` must too — with the figures of the
+    same voices at the model's own rate, not a refusal of the whole corpus."""
+    from scipy.signal import resample_poly
+
+    from voicelock.evaluation import evaluate_folder
+
+    other = tmp_path / "at-22050"
+    for i, wav in enumerate(sorted(tiny_corpus.glob("*/*.wav"))):
+        samples, rate = sf.read(wav, dtype="float32")
+        (other / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        name = wav.name if i % 2 else wav.name[:-4] + ".WAV"
+        resampled = resample_poly(samples, 441, 320).astype(np.float32)  # 16000 → 22050 Hz
+        sf.write(other / wav.parent.name / name, np.stack([resampled, resampled], axis=1), 22050, subtype="PCM_24")
+    ep = trained.evaluate
+    same = evaluate_folder(trained.evaluate.out_dir, tiny_corpus, ep, trained.seed)
+    heard = evaluate_folder(trained.evaluate.out_dir, other, ep, trained.seed)
+    assert {k: v for k, v in heard.items() if k.startswith("trials_")} == \
+        {k: v for k, v in same.items() if k.startswith("trials_")}
+    assert heard["clips"] == same["clips"]
+    for figure in ("keyword_accuracy", "speaker_eer", "speaker_eer_all_trials"):
+        assert abs(heard[figure] - same[figure]) <= 0.03, figure
+
+
 def test_cli_names_what_is_wrong_with_a_path(trained: Params, tiny_params_path: Path, tmp_path: Path, capsys):
     """A missing recording, a folder given as a recording and a template in a folder that does not
     exist yet: one line each (exit 2) or it just works — never a traceback."""

@@ -186,6 +186,22 @@ def _wav_bytes_missing(blob: bytes) -> int:
     return 0
 
 
+def within_full_scale(samples: np.ndarray) -> np.ndarray:
+    """Finite samples scaled back to a peak of 1.0 when they go beyond it (float files may)."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    return samples / np.float32(peak) if peak > 1.0 else samples
+
+
+def as_heard(path: str | Path, rate: int) -> np.ndarray:
+    """A clip file as an unlock would hear it: decoded to mono, within full scale, resampled to `rate`.
+
+    Why: `voicelock evaluate --data` and the owner's folder are recordings a user brings, at whatever
+    rate their device wrote; the service takes any rate and resamples (`Unlocker.prepare`), so a
+    figure measured on a corpus must see each clip the same way rather than refuse the corpus."""
+    samples, own_rate = read_wav(path)
+    return resample(within_full_scale(samples), own_rate, rate).astype(np.float32)
+
+
 def to_mono(data: np.ndarray) -> np.ndarray:
     """Average channels: a stereo phone recording carries the same voice on both."""
     if data.ndim == 2:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voicelock.audio import read_wav, resample
+from voicelock.audio import read_wav, resample, within_full_scale
 from voicelock.errors import VoicelockError
 from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
@@ -100,12 +100,6 @@ class ChallengeTake:
     name: str
 
 
-def _within_full_scale(samples: np.ndarray) -> np.ndarray:
-    """Finite samples scaled back to a peak of 1.0 when they go beyond it (float files may)."""
-    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-    return samples / np.float32(peak) if peak > 1.0 else samples
-
-
 Embedder = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -165,7 +159,7 @@ class Unlocker:
         """
         if not np.all(np.isfinite(samples)):
             raise VoicelockError(f"{name}: audio contains NaN or infinite samples")
-        samples = _within_full_scale(samples)  # the level is judged as the network will see it
+        samples = within_full_scale(samples)  # the level is judged as the network will see it
         duration = samples.size / rate if rate else 0.0
         if duration < self.p.min_duration_s:
             raise VoicelockError(f"{name}: too short ({duration:.2f} s, need at least {self.p.min_duration_s} s)")
@@ -185,7 +179,7 @@ class Unlocker:
         """
         samples = np.asarray(samples, dtype=np.float32)
         self.check(samples, rate, name)
-        samples = _within_full_scale(samples)
+        samples = within_full_scale(samples)
         if rate != self.sample_rate:
             samples = resample(samples, rate, self.sample_rate)  # polyphase: bounded cost at any rate
         return samples.astype(np.float32)

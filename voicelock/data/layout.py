@@ -20,7 +20,8 @@ TESTING_LIST = "testing_list.txt"
 SPEAKERS_FILE = "speakers.csv"
 SPLITS = ("training", "validation", "testing")
 _MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant in TensorFlow's speech_commands input_data.py
-_CLIP_NAME = re.compile(r"^(?P<speaker>[0-9A-Za-z]+)_nohash_(?P<utterance>\d+)\.wav$")
+# `.WAV` too: `scan_corpus` takes either case, and a corpus copied from Windows may have it.
+_CLIP_NAME = re.compile(r"^(?P<speaker>[0-9A-Za-z]+)_nohash_(?P<utterance>\d+)\.(?i:wav)$")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from voicelock.audio import read_wav
+from voicelock.audio import as_heard
 from voicelock.data.layout import Clip, scan_corpus
 from voicelock.data.owner import check_owner_clips, split_owner_clips
 from voicelock.features import FeatureExtractor, load_split
@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def clips_to_split(root: str | Path, clips: list[Clip], extractor: FeatureExtractor) -> Split:
-    """Features of a few clips (the owner's), computed the way the features stage does."""
+    """Features of clips outside the feature cache (the owner's, a corpus to evaluate), computed the
+    way the features stage does, from each file as an unlock would hear it (any rate: `as_heard`)."""
     root = Path(root)
-    waves = [read_wav(root / c.path, expected_rate=extractor.sample_rate)[0] for c in clips]
+    waves = [as_heard(root / c.path, extractor.sample_rate) for c in clips]
     feats, frames = extractor.from_arrays(waves)
     index = pd.DataFrame({"path": [c.path for c in clips], "word": [c.word for c in clips],
                           "speaker": [c.speaker for c in clips], "utterance": [c.utterance for c in clips],
