@@ -212,3 +212,26 @@ def test_resample_keeps_pitch_and_duration(rate: int):
 def test_resample_same_rate_is_the_input():
     x = tone(440, 16000, 0.5)
     assert resample(x, 16000, 16000) is x
+
+
+def test_a_corpus_clip_is_decoded_as_an_upload_is(tmp_path):
+    """`voicelock evaluate --data` reads clips through `as_heard`: any rate within the upload bounds
+    (resampled), stereo to mono, beyond full scale scaled back — and refused, by name, where an upload
+    would be."""
+    from voicelock.audio import as_heard
+
+    t = np.arange(22050) / 22050
+    tone = (1.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # a float file may go past 1.0
+    sf.write(tmp_path / "loud.wav", np.stack([tone, tone], axis=1), 22050, subtype="FLOAT")
+    heard = as_heard(tmp_path / "loud.wav", 16000)
+    assert heard.dtype == np.float32 and heard.shape == (16000,)
+    assert 0.95 < np.abs(heard).max() <= 1.01  # scaled back to full scale, then resampled
+
+    broken = tone.copy()
+    broken[100] = np.nan
+    sf.write(tmp_path / "nan.wav", broken, 22050, subtype="FLOAT")
+    with pytest.raises(VoicelockError, match="nan.wav: audio contains NaN or infinite samples"):
+        as_heard(tmp_path / "nan.wav", 16000)
+    sf.write(tmp_path / "slow.wav", tone[:4000], 4000, subtype="PCM_16")
+    with pytest.raises(VoicelockError, match="slow.wav: sample rate 4000 Hz — a clip must be 8000–192000 Hz"):
+        as_heard(tmp_path / "slow.wav", 16000)

@@ -96,6 +96,19 @@ def test_layout_errors(corpus_copy: Path, tmp_path: Path):
         _manifest(corpus_copy)
 
 
+def test_a_clip_renamed_to_upper_case_wav_stays_in_its_split_list(tmp_path: Path):
+    """A corpus copied with `.WAV` names keeps the lists' `.wav` entries: its test and validation
+    speakers must not slip into training."""
+    from voicelock.data.layout import assign_splits, parse_clip
+
+    (tmp_path / "validation_list.txt").write_text("dog/aa_nohash_0.wav\n")
+    (tmp_path / "testing_list.txt").write_text("dog/bb_nohash_0.WAV\n")
+    clips = [parse_clip(p) for p in ("dog/aa_nohash_0.WAV", "dog/bb_nohash_0.wav", "dog/cc_nohash_0.WAV")]
+    assert assign_splits(tmp_path, clips, 10, 10) == {"dog/aa_nohash_0.WAV": "validation",
+                                                      "dog/bb_nohash_0.wav": "testing",
+                                                      "dog/cc_nohash_0.WAV": "training"}
+
+
 def test_one_split_list_without_the_other(corpus_copy: Path):
     (corpus_copy / "testing_list.txt").unlink()
     with pytest.raises(VoicelockError, match="testing_list.txt: missing"):

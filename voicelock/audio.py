@@ -192,13 +192,23 @@ def within_full_scale(samples: np.ndarray) -> np.ndarray:
     return samples / np.float32(peak) if peak > 1.0 else samples
 
 
-def as_heard(path: str | Path, rate: int) -> np.ndarray:
-    """A clip file as an unlock would hear it: decoded to mono, within full scale, resampled to `rate`.
+def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(max_seconds=10.0)) -> np.ndarray:
+    """A clip file decoded the way an unlock decodes an upload: mono, within full scale, resampled to
+    `rate` — refused, naming the file, where an upload would be (non-finite samples, a rate outside
+    `limits`, whose bounds also bound the resampling's cost).
 
-    Why: `voicelock evaluate --data` and the owner's folder are recordings a user brings, at whatever
-    rate their device wrote; the service takes any rate and resamples (`Unlocker.prepare`), so a
-    figure measured on a corpus must see each clip the same way rather than refuse the corpus."""
+    Why: a corpus given to `voicelock evaluate --data` is recordings a user brings, at whatever rate
+    their device wrote; the service takes any rate and resamples (`Unlocker.prepare`), so a figure
+    measured on a corpus sees each clip at the model's rate rather than refusing the corpus. (Clips
+    the service refuses before scoring — too short, too long, silent — are still scored here: each
+    is a trial like any other.)"""
+    path = Path(path)
     samples, own_rate = read_wav(path)
+    if not limits.min_rate <= own_rate <= limits.max_rate:
+        raise VoicelockError(f"{path}: sample rate {own_rate} Hz — a clip must be {limits.min_rate}–"
+                             f"{limits.max_rate} Hz; re-export it")
+    if not np.all(np.isfinite(samples)):
+        raise VoicelockError(f"{path}: audio contains NaN or infinite samples — re-export it")
     return resample(within_full_scale(samples), own_rate, rate).astype(np.float32)
 
 

@@ -73,6 +73,12 @@ def scan_corpus(root: str | Path) -> list[Clip]:
     return clips
 
 
+def _listed(path: str) -> str:
+    """A clip path as split lists are compared: `.WAV` and `.wav` name the same clip (a clip renamed
+    by a copy must not slip from its test or validation list into training)."""
+    return path[:-4] + ".wav" if path.lower().endswith(".wav") else path
+
+
 def read_list(path: Path) -> set[str]:
     """A split list: one relative path per line (blank lines ignored)."""
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
@@ -88,9 +94,9 @@ def assign_splits(
         have, missing = (val_path, test_path) if val_path.exists() else (test_path, val_path)
         raise VoicelockError(f"{missing}: missing while {have.name} exists — provide both split lists or neither")
     if val_path.exists():
-        validation, testing = read_list(val_path), read_list(test_path)
-        return {c.path: "validation" if c.path in validation else "testing" if c.path in testing else "training"
-                for c in clips}
+        validation, testing = ({_listed(p) for p in read_list(path)} for path in (val_path, test_path))
+        return {c.path: "validation" if _listed(c.path) in validation else "testing" if _listed(c.path) in testing
+                else "training" for c in clips}
     return {c.path: split_for_speaker(c.speaker, validation_percentage, testing_percentage) for c in clips}
 
 

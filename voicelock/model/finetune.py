@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def clips_to_split(root: str | Path, clips: list[Clip], extractor: FeatureExtractor) -> Split:
-    """Features of clips outside the feature cache (the owner's, a corpus to evaluate), computed the
-    way the features stage does, from each file as an unlock would hear it (any rate: `as_heard`)."""
+    """Features of clips outside the feature cache (the owner's, a corpus to evaluate) with the
+    features stage's extractor, each file decoded as an upload is (`as_heard`: a corpus to evaluate
+    may be at any rate; the owner's folder is checked for the corpus rate before it gets here)."""
     root = Path(root)
     waves = [as_heard(root / c.path, extractor.sample_rate) for c in clips]
     feats, frames = extractor.from_arrays(waves)

@@ -118,11 +118,18 @@ class DilatedConv1d(nn.Conv1d):
     kernel's shifted copies of the input and multiplying once (0.29 against 0.12 ms for 160 channels ×
     51 frames, one thread) — and a single unlock is a batch of one. Same weights and parameter names as
     `nn.Conv1d`; the result differs only by float rounding (~1e-6). Batches of more than one clip take
-    oneDNN's path, which is fast for them.
+    oneDNN's path, which is fast for them, and so does any setting the product does not reproduce
+    (stride, groups, another padding mode or size, no bias): those go to `nn.Conv1d` unchanged.
     """
 
+    @property
+    def _one_product(self) -> bool:
+        k, d, pad = self.kernel_size[0], self.dilation[0], self.padding
+        return (d > 1 and self.stride == (1,) and self.groups == 1 and self.padding_mode == "zeros"
+                and isinstance(pad, tuple) and 2 * pad[0] == d * (k - 1) and self.bias is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != 1 or self.dilation[0] == 1:
+        if x.shape[0] != 1 or not self._one_product:
             return super().forward(x)
         k, d, pad, length = self.kernel_size[0], self.dilation[0], self.padding[0], x.shape[-1]
         padded = F.pad(x[0], (pad, pad))
@@ -284,7 +291,7 @@ def inference_copy(model: VoiceLockNet) -> VoiceLockNet:
     into it (torch's own `fuse_conv_bn_eval` / `fuse_linear_bn_eval`), for one clip at a time.
 
     Why: a single unlock is a batch of one, where each BatchNorm is a separate pass over a small tensor
-    and its Python call costs as much as its arithmetic; folded, the thirteen of them cost nothing. The
+    and its Python call costs as much as its arithmetic; folded, they cost nothing. The
     copy computes the same function (float rounding aside, ~1e-6) and is never trained or saved: its
     BatchNorms are gone, so its state dict is no checkpoint's.
     """
