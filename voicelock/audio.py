@@ -90,9 +90,7 @@ def decode_bytes(blob: bytes, name: str = "upload",
 
 def _check_header(name: str, rate: int, channels: int, frames: int, limits: DecodeLimits) -> None:
     """Refuse what the header declares out of bounds, before decoding a sample."""
-    if not limits.min_rate <= rate <= limits.max_rate:
-        raise VoicelockError(f"{name}: sample rate {rate} Hz is outside the allowed {limits.min_rate}–"
-                             f"{limits.max_rate} Hz — record or export at 16000 Hz")
+    _check_rate_bounds(name, rate, limits)
     if not 1 <= channels <= limits.max_channels:
         raise VoicelockError(f"{name}: {channels} audio channels, allowed 1–{limits.max_channels} — "
                              f"export a mono or stereo file")
@@ -101,6 +99,13 @@ def _check_header(name: str, rate: int, channels: int, frames: int, limits: Deco
         raise VoicelockError(f"{name}: too long ({frames / rate:.1f} s declared, at most "
                              f"{limits.max_seconds:g} s) — record a shorter clip")
 
+
+
+def _check_rate_bounds(name: str, rate: int, limits: DecodeLimits) -> None:
+    """A rate inside `limits`: what an upload may declare, and what bounds `resample`'s cost."""
+    if not limits.min_rate <= rate <= limits.max_rate:
+        raise VoicelockError(f"{name}: sample rate {rate} Hz is outside the allowed {limits.min_rate}–"
+                             f"{limits.max_rate} Hz — record or export at 16000 Hz")
 
 
 def _read_at_most(f: sf.SoundFile, limit: int) -> np.ndarray:
@@ -192,6 +197,14 @@ def within_full_scale(samples: np.ndarray) -> np.ndarray:
     return samples / np.float32(peak) if peak > 1.0 else samples
 
 
+def at_model_rate(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Finite samples as the network hears them: within full scale, resampled to `target`, float32.
+
+    The one place for it: `Unlocker.prepare` (every enrollment and unlock) and `as_heard` (a corpus
+    to evaluate) both end here, so a figure measured on a corpus sees each clip as the service does."""
+    return resample(within_full_scale(np.asarray(samples, dtype=np.float32)), rate, target).astype(np.float32)
+
+
 def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(max_seconds=10.0)) -> np.ndarray:
     """A clip file decoded the way an unlock decodes an upload: mono, within full scale, resampled to
     `rate` — refused, naming the file, where an upload would be (non-finite samples, a rate outside
@@ -204,12 +217,10 @@ def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(ma
     is a trial like any other.)"""
     path = Path(path)
     samples, own_rate = read_wav(path)
-    if not limits.min_rate <= own_rate <= limits.max_rate:
-        raise VoicelockError(f"{path}: sample rate {own_rate} Hz — a clip must be {limits.min_rate}–"
-                             f"{limits.max_rate} Hz; re-export it")
+    _check_rate_bounds(str(path), own_rate, limits)
     if not np.all(np.isfinite(samples)):
         raise VoicelockError(f"{path}: audio contains NaN or infinite samples — re-export it")
-    return resample(within_full_scale(samples), own_rate, rate).astype(np.float32)
+    return at_model_rate(samples, own_rate, rate)
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

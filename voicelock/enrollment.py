@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voicelock.audio import read_wav, resample, within_full_scale
+from voicelock.audio import at_model_rate, read_wav, within_full_scale
 from voicelock.errors import VoicelockError
 from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
@@ -179,10 +179,7 @@ class Unlocker:
         """
         samples = np.asarray(samples, dtype=np.float32)
         self.check(samples, rate, name)
-        samples = within_full_scale(samples)
-        if rate != self.sample_rate:
-            samples = resample(samples, rate, self.sample_rate)  # polyphase: bounded cost at any rate
-        return samples.astype(np.float32)
+        return at_model_rate(samples, rate, self.sample_rate)  # polyphase resampling: bounded cost at any rate
 
     def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Word and speaker embeddings of prepared clips (model sample rate)."""
