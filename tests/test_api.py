@@ -211,6 +211,9 @@ def test_bad_uploads_are_refused_with_reasons(service, trained: Params):
         "truncated": (good[: len(good) // 2], "truncated"),
         "silent": (wav_bytes(np.zeros(16000)), "no speech"),
         "short": (wav_bytes(0.1 * np.ones(1000)), "too short"),
+        # 1 s of exact zeros around it is not a longer recording: the network would never hear them
+        "short, padded": (wav_bytes(np.concatenate([np.zeros(16000), 0.1 * np.ones(1000), np.zeros(16000)])),
+                          "too short"),
         "nan": (wav_bytes(np.full(16000, np.nan, dtype=np.float32), subtype="FLOAT"), "NaN"),
     }
     for name, (blob, message) in cases.items():

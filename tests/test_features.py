@@ -35,6 +35,27 @@ def test_trim_finds_the_spoken_part(tiny_params: Params):
     assert torch.allclose(feats[0, :, frames[0] + 1:], feats[0, :, -1:].expand(-1, fx.frames - frames[0] - 1))
 
 
+def test_digital_silence_around_a_clip_is_cut_before_its_features(tiny_params: Params):
+    """A file padded with exact zeros holds the same recording: its features are the unpadded
+    file's, bit for bit, in a batch with other clips of other lengths. A run shorter than
+    `digital_silence_s`, and a microphone's quiet (never exactly zero), are left as they are."""
+    fx = FeatureExtractor(tiny_params.features.model_copy(update={"digital_silence_s": 0.025}), 16000)
+    voice = _tone(16000, 0.05, 0.3, total_s=0.6)
+    zeros = lambda seconds: np.zeros(int(seconds * 16000), np.float32)  # noqa: E731
+    clips = [voice, np.concatenate([zeros(1.0), voice, zeros(0.5)]), np.concatenate([zeros(0.03), voice]),
+             np.concatenate([zeros(0.02), voice]), np.concatenate([1e-4 * np.ones(800, np.float32), voice]),
+             zeros(0.5)]
+    feats, frames = fx.from_arrays(clips)
+    for padded in (1, 2):
+        assert torch.equal(feats[padded], feats[0]) and frames[padded] == frames[0]
+    for kept in (3, 4):  # 20 ms of zeros, 50 ms of a quiet hum: another recording's start, kept
+        assert not torch.equal(feats[kept], feats[0])
+    assert torch.isfinite(feats[5]).all() and frames[5] >= 1  # nothing but zeros: left as it was
+    off = FeatureExtractor(tiny_params.features.model_copy(update={"digital_silence_s": 0.0}), 16000)
+    feats_off, _ = off.from_arrays(clips[:2])
+    assert not torch.equal(feats_off[1], feats_off[0])
+
+
 def test_long_clip_is_cut_and_short_clip_padded(tiny_params: Params):
     fx = FeatureExtractor(tiny_params.features, 16000)
     feats, frames = fx.from_arrays([_tone(16000, 0.1, 1.8, total_s=2.0), _tone(16000, 0.0, 0.1, total_s=0.15)])

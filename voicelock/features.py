@@ -21,7 +21,7 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from voicelock.audio import read_into, read_wav
+from voicelock.audio import digital_silence_cut, read_into, read_wav
 from voicelock.data.layout import BACKGROUND_DIR, SPEAKERS_FILE, SPLITS
 from voicelock.errors import VoicelockError
 from voicelock.fsutil import atomic_dir
@@ -44,6 +44,7 @@ class FeatureExtractor(torch.nn.Module):
         self.clip_samples = int(round(params.clip_seconds * sample_rate))
         self.frames = self.clip_samples // params.hop_length + 1
         self.margin = int(round(params.trim_margin_s * sample_rate / params.hop_length))
+        self.silence_run = int(round(params.digital_silence_s * sample_rate))  # 0: nothing is cut
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=params.n_fft, win_length=params.win_length,
             hop_length=params.hop_length, f_min=params.f_min, f_max=min(params.f_max, sample_rate / 2),
@@ -65,12 +66,31 @@ class FeatureExtractor(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        waves, lengths = self.without_digital_silence(waves, lengths)
         db = self._log_mel(waves)  # (B, M, T_all)
         valid = lengths // self.params.hop_length + 1
         feats, frames = self._trim(db, valid)
         if self.dct is not None:
             feats = torch.matmul(feats.transpose(1, 2), self.dct).transpose(1, 2)
         return feats, frames
+
+    def without_digital_silence(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip without the digital silence at its ends (`audio.digital_silence_cut`), moved to
+        start at sample 0, the rest of its row zero.
+
+        Why here: every path to the network (the cache, an enrollment, an unlock, `evaluate --data`)
+        comes through this extractor, so a file padded with exact zeros gives the unpadded file's
+        features, bit for bit, wherever it is heard.
+        """
+        if self.silence_run <= 0:
+            return waves, lengths
+        spans = [digital_silence_cut(row[:n].numpy(), self.silence_run) for row, n in zip(waves, lengths.tolist())]
+        if all(a == 0 and b == n for (a, b), n in zip(spans, lengths.tolist())):
+            return waves, lengths
+        out = torch.zeros_like(waves)
+        for i, (a, b) in enumerate(spans):
+            out[i, : b - a] = waves[i, a:b]
+        return out, torch.tensor([max(b - a, 1) for a, b in spans], dtype=lengths.dtype)
 
     def _trim(self, db: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cut each clip to its speech (frames within top_db of its loudest), keep a margin, left-align."""

@@ -137,6 +137,9 @@ class FeatureParams(_Section):
     clip_seconds: float = Field(gt=0, le=10)
     trim_top_db: float = Field(gt=0)
     trim_margin_s: float = Field(ge=0)
+    # A release made before this knob ran without it; loading it must not change what it computes.
+    digital_silence_s: float = Field(0.0, ge=0, le=1, description="exact zeros this long at either end of "
+                                                                   "a clip are cut before its features; 0: never")
     batch_size: int = Field(ge=1)
 
     @model_validator(mode="after")
