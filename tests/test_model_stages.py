@@ -247,3 +247,54 @@ def test_epochs_before_validate_from_epoch_are_not_scored_and_training_is_unchan
     assert skipped["val_score"].isna().tolist() == [True, False]
     assert skipped["val_score"].iloc[1] == every["val_score"].iloc[1]
     assert skipped["loss_speaker"].tolist() == every["loss_speaker"].tolist()
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_an_upload_padded_with_digital_silence_is_heard_as_the_recording(trained: Params, rate: int):
+    """Padded with exact zeros (≥ `features.digital_silence_s`) at either end, an upload at any rate
+    is resampled from the same first sample and reaches the network as the same clip, bit for bit:
+    the same embeddings, so a padded copy of an accepted take is that take to the replay memory.
+    Zeros fewer than that are kept: another start of another recording."""
+    from voicelock.audio import resample
+    from voicelock.enrollment import Unlocker
+
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
+    run = int(round(trained.features.digital_silence_s * rate))
+    assert run > 0
+    take, take_rate = sf.read(_owner_clips(trained, trained.owner.password)[0], dtype="float32")
+    take = resample(take, take_rate, rate).astype(np.float32)
+    take[0] = take[-1] = 0.01  # its own first and last samples are sound
+    zeros = lambda n: np.zeros(n, np.float32)  # noqa: E731
+    plain = lock.prepare(take, rate, "plain.wav")
+    for padded in (np.concatenate([zeros(run), take, zeros(rate)]), np.concatenate([zeros(rate // 3), take])):
+        heard = lock.prepare(padded, rate, "padded.wav")
+        assert np.array_equal(heard, plain)
+        np.testing.assert_array_equal(lock.embed_here([heard])[1], lock.embed_here([plain])[1])
+    short = lock.prepare(np.concatenate([zeros(run - 1), take]), rate, "short.wav")
+    assert short.size > plain.size  # a run under the knob's length is kept
+
+
+def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Params, tmp_path: Path):
+    """An older voicelock saved feature params without `digital_silence_s` and computed `model_id`
+    from them. Loaded now (the knob at 0: off, as it was), the release must keep that id, or every
+    template enrolled with it would look like another model's after an upgrade — re-embedded, its
+    replay memory forgotten."""
+    import hashlib
+
+    import torch
+
+    from voicelock.release import Release
+
+    payload = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
+    del payload["feature_params"]["digital_silence_s"]
+    (tmp_path / "old").mkdir()
+    torch.save(payload, tmp_path / "old" / "model.pt")
+    old = Release.load(tmp_path / "old")
+    assert old.feature_params.digital_silence_s == 0.0
+    # What voicelock computed before the knob: the digest of the feature params as saved, then weights.
+    digest = hashlib.sha256(json.dumps([payload["feature_params"], payload["sample_rate"]], sort_keys=True).encode())
+    for name, tensor in sorted(old.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    assert old.model_id == f"sha256:{digest.hexdigest()[:32]}"
+    assert Release.load(trained.evaluate.out_dir).model_id != old.model_id  # the knob on: another id

@@ -209,22 +209,34 @@ def digital_silence_cut(samples: np.ndarray, min_run: int) -> tuple[int, int]:
     the corpus's clips begin or end with up to 316 zeros (20 ms) now and then, as they were trained.
     """
     n = int(samples.size)
-    heard = np.flatnonzero(samples)
-    if min_run <= 0 or heard.size == 0:
+    sound = samples != 0  # a byte a sample, not the 8 of an index array
+    if min_run <= 0 or not sound.any():
         return 0, n
-    first, stop = int(heard[0]), int(heard[-1]) + 1
+    first, stop = int(sound.argmax()), n - int(sound[::-1].argmax())
     return (first if first >= min_run else 0), (stop if n - stop >= min_run else n)
 
 
-def at_model_rate(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Finite samples as the network hears them: within full scale, resampled to `target`, float32.
+def as_recorded(samples: np.ndarray, rate: int, digital_silence_s: float) -> np.ndarray:
+    """Finite samples within full scale, without the digital silence at their ends
+    (`digital_silence_cut`, runs of at least `digital_silence_s`): the recording an upload holds.
+    An upload's length and level are judged on it (`Unlocker.check`) and it is what is resampled."""
+    samples = within_full_scale(np.asarray(samples, dtype=np.float32))
+    start, stop = digital_silence_cut(samples, int(round(digital_silence_s * rate)))
+    return samples[start:stop]
+
+
+def at_model_rate(samples: np.ndarray, rate: int, target: int, digital_silence_s: float = 0.0) -> np.ndarray:
+    """Finite samples as the network hears them: the recording (`as_recorded`), resampled to
+    `target`, float32. Cut before resampling, so a padded upload at any rate is resampled from the
+    same first sample as the unpadded file (resampled zeros are no longer exact zeros at the edge).
 
     The one place for it: `Unlocker.prepare` (every enrollment and unlock) and `as_heard` (a corpus
     to evaluate) both end here, so a figure measured on a corpus sees each clip as the service does."""
-    return resample(within_full_scale(np.asarray(samples, dtype=np.float32)), rate, target).astype(np.float32)
+    return resample(as_recorded(samples, rate, digital_silence_s), rate, target).astype(np.float32)
 
 
-def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(max_seconds=10.0)) -> np.ndarray:
+def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(max_seconds=10.0),
+             digital_silence_s: float = 0.0) -> np.ndarray:
     """A clip file decoded the way an unlock decodes an upload: mono, within full scale, resampled to
     `rate` — refused, naming the file, where an upload would be (non-finite samples, a rate outside
     `limits`, whose bounds also bound the resampling's cost).
@@ -239,7 +251,7 @@ def as_heard(path: str | Path, rate: int, limits: DecodeLimits = DecodeLimits(ma
     _check_rate_bounds(str(path), own_rate, limits)
     if not np.all(np.isfinite(samples)):
         raise VoicelockError(f"{path}: audio contains NaN or infinite samples — re-export it")
-    return at_model_rate(samples, own_rate, rate)
+    return at_model_rate(samples, own_rate, rate, digital_silence_s)
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voicelock.audio import at_model_rate, digital_silence_cut, read_wav, within_full_scale
+from voicelock.audio import as_recorded, at_model_rate, read_wav
 from voicelock.errors import VoicelockError
 from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
@@ -159,10 +159,9 @@ class Unlocker:
         """
         if not np.all(np.isfinite(samples)):
             raise VoicelockError(f"{name}: audio contains NaN or infinite samples")
-        samples = within_full_scale(samples)  # the level is judged as the network will see it…
-        run = int(round(self.extractor.params.digital_silence_s * rate))
-        start, stop = digital_silence_cut(samples, run)
-        samples = samples[start:stop]  # …and so is the length: without the digital silence it never hears
+        # Length and level are judged on what the network will hear: within full scale, and without
+        # the digital silence it never hears.
+        samples = as_recorded(samples, rate, self.extractor.params.digital_silence_s)
         duration = samples.size / rate if rate else 0.0
         if duration < self.p.min_duration_s:
             raise VoicelockError(f"{name}: too short ({duration:.2f} s, need at least {self.p.min_duration_s} s)")
@@ -182,7 +181,8 @@ class Unlocker:
         """
         samples = np.asarray(samples, dtype=np.float32)
         self.check(samples, rate, name)
-        return at_model_rate(samples, rate, self.sample_rate)  # polyphase resampling: bounded cost at any rate
+        # polyphase resampling: bounded cost at any rate
+        return at_model_rate(samples, rate, self.sample_rate, self.extractor.params.digital_silence_s)
 
     def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Word and speaker embeddings of prepared clips (model sample rate)."""

@@ -79,8 +79,9 @@ class FeatureExtractor(torch.nn.Module):
         start at sample 0, the rest of its row zero.
 
         Why here: every path to the network (the cache, an enrollment, an unlock, `evaluate --data`)
-        comes through this extractor, so a file padded with exact zeros gives the unpadded file's
-        features, bit for bit, wherever it is heard.
+        comes through this extractor, so no path hears digital silence. An upload and a corpus clip
+        to evaluate were already cut at their own rate (`audio.at_model_rate`), so for them this
+        finds nothing; the feature cache's clips are cut here.
         """
         if self.silence_run <= 0:
             return waves, lengths

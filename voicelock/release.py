@@ -29,6 +29,10 @@ from voicelock.verifier import REQUIRED_THRESHOLDS, Verifier
 
 THRESHOLDS_FILE = "thresholds.json"
 # Checkpoint keys that `Release` holds as fields; every other key is a record kept in `meta`.
+# Feature parameters added after releases were made, at the value a release saved without them loads
+# with: left out of `model_id` at that value, so upgrading voicelock does not make every enrolled
+# template look like another model's (re-embedded, its replay memory forgotten).
+_ADDED_LATER = {"digital_silence_s": 0.0}
 _FIELDS = ("state_dict", "feature_params", "sample_rate", "thresholds", "cohort", "cohort_top_k", "word_templates")
 
 
@@ -50,8 +54,9 @@ class Release:
         """What a template must have been made with to be scored by this release: a digest of the
         network's weights and the feature parameters (not of the thresholds: re-calibrating keeps
         every template valid). Two copies of one model share it, whatever their file or store tag."""
-        digest = hashlib.sha256(json.dumps([self.feature_params.model_dump(), self.sample_rate],
-                                           sort_keys=True).encode())
+        features = {k: v for k, v in self.feature_params.model_dump().items()
+                    if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+        digest = hashlib.sha256(json.dumps([features, self.sample_rate], sort_keys=True).encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

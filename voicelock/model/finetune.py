@@ -29,7 +29,8 @@ def clips_to_split(root: str | Path, clips: list[Clip], extractor: FeatureExtrac
     features stage's extractor, each file decoded as an upload is (`as_heard`: a corpus to evaluate
     may be at any rate; the owner's folder is checked for the corpus rate before it gets here)."""
     root = Path(root)
-    waves = [as_heard(root / c.path, extractor.sample_rate) for c in clips]
+    silence = extractor.params.digital_silence_s
+    waves = [as_heard(root / c.path, extractor.sample_rate, digital_silence_s=silence) for c in clips]
     feats, frames = extractor.from_arrays(waves)
     index = pd.DataFrame({"path": [c.path for c in clips], "word": [c.word for c in clips],
                           "speaker": [c.speaker for c in clips], "utterance": [c.utterance for c in clips],
