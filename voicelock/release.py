@@ -29,11 +29,11 @@ from voicelock.verifier import REQUIRED_THRESHOLDS, Verifier
 
 THRESHOLDS_FILE = "thresholds.json"
 # Checkpoint keys that `Release` holds as fields; every other key is a record kept in `meta`.
+_FIELDS = ("state_dict", "feature_params", "sample_rate", "thresholds", "cohort", "cohort_top_k", "word_templates")
 # Feature parameters added after releases were made, at the value a release saved without them loads
 # with: left out of `model_id` at that value, so upgrading voicelock does not make every enrolled
 # template look like another model's (re-embedded, its replay memory forgotten).
 _ADDED_LATER = {"digital_silence_s": 0.0}
-_FIELDS = ("state_dict", "feature_params", "sample_rate", "thresholds", "cohort", "cohort_top_k", "word_templates")
 
 
 @dataclass
