@@ -320,7 +320,7 @@ def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient
     old = core.store.get("jane")
     assert core.store.upgrade("jane", dataclasses.replace(old, model=core.model_tag), old.model, 1.0,
                               forget_heard=False)
-    core.store.remember("jane", [[0.0] * len(old.takes[0])], 2.0, keep=50)
+    core.store.remember("jane", [[0.0] * core.lock.fingerprint_dim], 2.0, keep=50)  # an older voicelock's row
     assert core.unlock("jane", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
     assert core.store.get("jane").model == core.lock.model_id and core.store.get("jane").word == old.word
     assert len(core.store.heard_recently("jane", 50)) >= 2  # the old memory stayed, the unlock joined it

@@ -35,6 +35,7 @@ from tests.conftest import REPO, run_model_stages, tiny_params_dict, write_param
 from voicelock.enrollment import Unlocker
 from voicelock.features import load_split
 from voicelock.params import Params, load_params
+from voicelock.replay import decode
 
 pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
@@ -250,8 +251,8 @@ def choose_speakers(params: Params) -> tuple[list[Path], Path, Path]:
         if len(paths) <= n_enroll:
             continue
         template = lock.enroll_files(paths[:n_enroll])
-        takes_fp = np.asarray(template.takes)
-        closest = float(np.max(takes_fp @ takes_fp.T - 2 * np.eye(len(takes_fp))))
+        sets = [decode(t, lock.fingerprint_dim) for t in template.takes]  # each take, then its shifted copies
+        closest = max(float(np.max(sets[j] @ sets[i][0])) for i in range(len(sets)) for j in range(len(sets)) if i != j)
         for take in paths[n_enroll:]:
             d = lock.verify_file(template, take)
             if not d.unlocked or closest > d.thresholds["replay"] - REPLAY_HEADROOM:

@@ -58,6 +58,7 @@ def test_evaluation_metrics_plots_and_release(trained: Params):
     assert np.isfinite(thresholds["speaker"]) and thresholds["score_norm"] == trained.evaluate.score_norm
     # Replay and liveness thresholds are calibrated too; an exact copy (similarity 1.0) is always a replay.
     assert 0.0 < thresholds["replay"] < 1.0 and 0.0 <= metrics["replay_false_refusals"] <= 1.0
+    assert thresholds["replay_shifts"] == trained.evaluate.replay_shifts  # the rule it was calibrated under
     assert np.isfinite(thresholds["challenge_word"]) and np.isfinite(thresholds["speaker_any_word"])
     import torch
 
@@ -137,6 +138,24 @@ def test_resampled_stereo_upload_is_accepted(trained: Params, tmp_path: Path):
     # The same recording twice in one enrollment is refused: a replayed take is no second take.
     with pytest.raises(VoicelockError, match="is the same recording as"):
         lock.enroll([(np.stack([up, up], 1).mean(1), 44100)] * 3)
+
+
+def test_an_enrollment_take_padded_by_a_few_ms_is_the_same_recording(trained: Params):
+    """A take and a copy of it delayed by a few ms embed apart (another phase of the frame grid), but
+    the copy is one of the take's remembered shifts: one enrollment cannot count them as two takes."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import fingerprints
+
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
+    clips = [sf.read(p, dtype="float32")[0] for p in _owner_clips(trained, trained.owner.password)[:2]]
+    take = lock.prepare(clips[0], 16000, "take")
+    delays = [n for n in lock.verifier.replay_shifts if n]
+    fps = fingerprints(*lock.embed_here([take] + [np.concatenate([np.zeros(n, np.float32), take]) for n in delays]))
+    missed = [n for n, fp in zip(delays, fps[1:]) if not lock.verifier.is_replay(float(fp @ fps[0]))]
+    assert missed, "every delayed copy is already a replay of the take alone: nothing to show"
+    copy = np.concatenate([np.zeros(missed[0], np.float32), clips[0]])
+    with pytest.raises(VoicelockError, match="is the same recording as"):
+        lock.enroll([(clips[0], 16000), (clips[1], 16000), (copy, 16000)])
 
 
 def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tiny_corpus: Path, tmp_path: Path,

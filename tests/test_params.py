@@ -34,6 +34,10 @@ def test_repository_params_are_valid():
         ("promotion", "ood_tolerance", {"keyword": 0.01}, r"ood_tolerance: unknown metrics \['keyword'\]"),
         ("promotion", "ood_tolerance", {"far": float("inf")}, "ood_tolerance: .'far'. must be finite"),
         ("promotion", "tolerance", {"frr": float("nan")}, "tolerance: .'frr'. must be finite"),
+        ("evaluate", "replay_shifts", [40, 80], "replay_shifts"),  # without the take itself
+        ("evaluate", "replay_shifts", [0, 80, 40], "replay_shifts"),
+        ("evaluate", "replay_shifts", [0, 16000], "replay_shifts"),  # a second of delay: not a padded copy
+        ("evaluate", "replay_shifts", list(range(0, 680, 40)), "replay_shifts"),  # 17 embeddings a take
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

@@ -211,6 +211,41 @@ def test_3_a_replayed_recording_or_enrollment_take_does_not_unlock(server: Serve
     assert unlock(url, "row3b", case.genuine[1].read_bytes()).json()["unlocked"] is True  # a new take does
 
 
+def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Server, params: Params,
+                                                                     case: UnlockCase):
+    """A few ms of zeros (under `features.digital_silence_s`, so kept) or of ±1 LSB hiss in front of an
+    accepted take move it to another phase of the network's frame grid, where the take alone no longer
+    recognises it. Remembered with its shifted copies (`evaluate.replay_shifts`), the take still does.
+    The copies sent are those the verifier itself accepts from an account that never heard the take
+    and that the take's own fingerprint misses; each goes to its own account, so no lockout is what
+    refuses it, and unlocks another account that never heard the take."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import fingerprints
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    template = lock.enroll_files(case.enroll)
+    url, take = server.url, samples_of(case.genuine[0])
+    heard_fp = fingerprints(*lock.embed_here([lock.prepare(take, 16000, "take")]))[0]
+    hiss = np.random.default_rng(3).integers(-1, 2, 16000) / 32768
+    candidates = {**{f"{n / 16:g} ms of zeros": np.concatenate([np.zeros(n), take]) for n in range(20, 400, 20)},
+                  **{f"{n / 16:g} ms of hiss": np.concatenate([hiss[:n], take]) for n in (160, 400, 800, 1600)}}
+    copies = {}
+    for what, samples in candidates.items():
+        wav = pcm_wav(samples, 16000)
+        sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
+        fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, what)]))[0]
+        if lock.verify(template, sent, 16000).unlocked and not lock.verifier.is_replay(float(fp @ heard_fp)):
+            copies[what] = wav
+    assert len(copies) >= 2, "no padded copy the take alone would miss and the voice check would pass"
+    for i, (what, wav) in enumerate(list(copies.items())[:4]):
+        heard, fresh = f"row3p{i}", f"row3q{i}"
+        for user in (heard, fresh):
+            assert enroll(url, user, case.read(case.enroll)).status_code == 200
+        assert unlock(url, heard, pcm_wav(take, 16000)).json()["unlocked"] is True
+        assert not_unlocked(unlock(url, heard, wav)), what
+        assert unlock(url, fresh, wav).json()["unlocked"] is True, what
+
+
 # --- 4. bounded decoding: bombs ------------------------------------------------------------------
 
 

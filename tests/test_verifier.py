@@ -35,6 +35,53 @@ def test_rule_needs_both_scores_and_fails_closed():
         Verifier(SpeakerScorer()).accepts(word, speaker, raw, rival)
 
 
+def test_a_remembered_take_reads_back_as_stored_and_a_damaged_one_refuses():
+    """Sets are kept as float16 text: read back, the cosines are the stored ones to 1e-3; an older
+    voicelock's JSON list is a set of one; anything that is not whole fingerprints is a NaN row, which
+    `max_similarity` turns into a match (refuse), never into "nothing heard" (unlock)."""
+    from voicelock.replay import decode, encode, fingerprints, max_similarity, remembered
+
+    rng = np.random.default_rng(0)
+    sets = fingerprints(rng.normal(size=(8, 128)), rng.normal(size=(8, 48)))
+    probe = sets[3] + 0.01 * rng.normal(size=176).astype(np.float32)
+    back = decode(encode(sets), 176)
+    assert back.shape == (8, 176) and back.dtype == np.float32
+    np.testing.assert_allclose(back @ probe, sets @ probe, atol=1e-3)
+    assert decode(json.dumps(sets[0].tolist()), 176).shape == (1, 176)  # a row stored before sets
+    assert decode(sets[0].tolist(), 176).shape == (1, 176)
+    for damaged in (encode(sets)[:-8], "f16:not base64!", encode(sets[:, :100]), "[1, 2", "", [], None):
+        assert max_similarity(probe, decode(damaged, 176)) == float("inf"), damaged
+    assert remembered([], 176).shape == (0, 176) and max_similarity(probe, remembered([], 176)) == -1.0
+    assert remembered([encode(sets), sets[0].tolist()], 176).shape == (9, 176)
+
+
+def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():
+    """Calibration scores each genuine take against another take's remembered *set*: when a shifted copy
+    in the set is nearer a genuine take than the take itself, the threshold must sit above that nearer
+    score, or the service would refuse that genuine take as a replay."""
+    from voicelock.replay import RememberedTakes, calibrate_replay_threshold, fingerprints, genuine_repeat_similarities
+
+    rng = np.random.default_rng(1)
+    word, speaker = rng.normal(size=(3, 8)), rng.normal(size=(3, 6))
+    probes = fingerprints(word, speaker)
+    near = probes[1] + 0.05 * probes[0]  # take 0's shifted copy, nearer take 1 than take 0 is
+    sets = np.stack([np.stack([probes[i], near / np.linalg.norm(near)]) for i in range(3)])
+    who, what = np.array(["a", "a", "b"]), np.array(["yes", "yes", "yes"])
+    alone = genuine_repeat_similarities(word, speaker, who, what)
+    served = genuine_repeat_similarities(word, speaker, who, what, RememberedTakes(probes, np.arange(3), sets))
+    assert alone.tolist() == pytest.approx([float(probes[0] @ probes[1])])
+    assert served.max() == pytest.approx(float(sets[0, 1] @ probes[1])) and served.max() > alone.max() + 0.01
+    assert calibrate_replay_threshold(served, 0.002) > float(sets[0, 1] @ probes[1])
+
+
+def test_replay_shifts_come_from_the_release_and_default_to_the_take_alone():
+    assert Verifier(SpeakerScorer(), THRESHOLDS).replay_shifts == (0,)  # calibrated before shift sets
+    assert Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_shifts": [0, 40, 80]}).replay_shifts == (0, 40, 80)
+    for damaged in ([], [40, 80], [0, 0.5], [0, 99999], "0,40", [0, True]):
+        with pytest.raises(VoicelockError, match="replay_shifts"):
+            Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_shifts": damaged}).replay_shifts
+
+
 def test_template_is_the_unit_centroid_and_scores_are_cosines():
     rng = np.random.default_rng(0)
     word, speaker = rng.normal(size=(3, 8)), rng.normal(size=(3, 6))

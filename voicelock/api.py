@@ -175,7 +175,7 @@ class UnlockApi:
         decision = self.lock.verify(template, samples, rate, name, recent, takes)
         unlocked = decision.unlocked and found is not None  # the decoy never unlocks
         if unlocked:
-            raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history)
+            raced = self.store.remember(user, self.lock.remembered(decision), now, self.p.replay_history)
             unlocked = not self.lock.is_replay(decision.fingerprints, raced)
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
 from voicelock.params import EnrollParams
 from voicelock.release import Release
-from voicelock.replay import fingerprints, max_similarity
+from voicelock.replay import delayed, encode, fingerprints, max_similarity, remembered
 from voicelock.sealing import Sealer
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
@@ -40,8 +40,9 @@ class Template:
     word: list[float]
     speaker: list[float]
     clips: int
-    # Fingerprints of the enrollment takes (voicelock/replay.py): a replayed take is refused.
-    takes: list[list[float]] = field(default_factory=list)
+    # Each enrollment take's fingerprint set (voicelock/replay.py, `encode`; a JSON list in templates of
+    # voicelock before shift sets): a replayed take is refused.
+    takes: list[str | list[float]] = field(default_factory=list)
     model: str = ""  # the `Unlocker.model_id` that made it ("" in templates of voicelock ≤ 0.1)
     # The enrollment recordings, encrypted (voicelock/sealing.py); "" when no key was set. Base64 in
     # a template file; the service keeps them in the database's `sealed_takes` column instead.
@@ -78,16 +79,18 @@ class Decision:
     speaker_score: float
     thresholds: dict[str, float]
     reason: str  # which checks failed, with scores: for the owner of the system, never an attacker
-    # Every take's fingerprint (password first, then challenge takes): stored after an unlock so that
-    # none of these recordings can unlock again (voicelock/replay.py).
+    # Every take's fingerprint (password first, then challenge takes), as heard: what a concurrent
+    # unlock's takes are compared with (voicelock/api.py).
     fingerprints: list[list[float]] = field(default_factory=list, repr=False)
+    # The takes as the network heard them (prepared clips): what `Unlocker.remembered` fingerprints at
+    # the replay shifts when the caller keeps a replay memory (the service does; the CLI does not).
+    heard: list[np.ndarray] = field(default_factory=list, repr=False)
     details: dict[str, float | str] = field(default_factory=dict)
 
     def explain(self) -> dict:
         """Everything but the fingerprints: for the CLI and a service with `explain: true`."""
-        out = asdict(self)
-        out.pop("fingerprints")
-        return out
+        return {f.name: (dict(value) if isinstance(value := getattr(self, f.name), dict) else value)
+                for f in fields(self) if f.name not in ("fingerprints", "heard")}
 
 
 @dataclass
@@ -138,6 +141,10 @@ class Unlocker:
         # Speaker-independent word templates, for liveness challenges.
         self.word_templates: dict[str, np.ndarray] = release.word_templates
         self.p = enroll_params
+        # A fingerprint's length (the word and the scored speaker embedding, which the back-end may
+        # shorten): how remembered sets are read back. Measured, not derived from the parameters.
+        word, speaker = self.embed_here([np.full(self.sample_rate // 10, 0.01, dtype=np.float32)])
+        self.fingerprint_dim = word.shape[1] + speaker.shape[1]
 
     @property
     def vocabulary(self) -> list[str]:
@@ -204,6 +211,18 @@ class Unlocker:
                                      f"record it again")
         return word, speaker
 
+    def fingerprint_sets(self, prepared: list[np.ndarray], fps: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """Each prepared take's fingerprints at the release's `replay_shifts` (voicelock/replay.py), the
+        take's own fingerprint `fps[i]` first: how the take is remembered. Costs one embedding per
+        delay and take, so it runs only for takes that will be remembered (enrollment, an unlock)."""
+        shifts = self.verifier.replay_shifts
+        if len(shifts) == 1:
+            return [fp[None, :] for fp in fps]
+        copies = [copy for clip in prepared for copy in delayed(clip, shifts[1:])]
+        word, speaker = self.embed_checked(copies, [n for n in names for _ in shifts[1:]])
+        late = fingerprints(word, speaker).reshape(len(prepared), len(shifts) - 1, -1)
+        return [np.concatenate([fps[i][None, :], late[i]]) for i in range(len(prepared))]
+
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None,
                sealer: Sealer | None = None) -> Template:
         """Template from 3–10 (samples, rate) clips of one person saying one password; with a `sealer`,
@@ -223,15 +242,18 @@ class Unlocker:
         once and are re-embedded by a new model (`checked=False`) are not judged again."""
         word, speaker = self.embed_checked(prepared, names)
         fps = fingerprints(word, speaker)
+        sets = self.fingerprint_sets(prepared, fps, names)
         if checked:
-            self._check_takes_agree(word, speaker, fps, names)
+            self._check_takes_agree(word, speaker, fps, sets, names)
         t_word, t_speaker = make_template(word, speaker)
-        return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), fps.tolist(), self.model_id)
+        return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), [encode(s) for s in sets], self.model_id)
 
-    def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, fps: np.ndarray, names: list[str]) -> None:
+    def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, fps: np.ndarray, sets: list[np.ndarray],
+                           names: list[str]) -> None:
         for i in range(len(names)):
             for j in range(i):
-                if self.verifier.is_replay(float(fps[i] @ fps[j])):
+                # either take may be the padded copy of the other: each against the other's set
+                if self.verifier.is_replay(max(float(np.max(sets[j] @ fps[i])), float(np.max(sets[i] @ fps[j])))):
                     raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
                                          f"anew")
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
@@ -273,9 +295,8 @@ class Unlocker:
             np.asarray(template.word), np.asarray(template.speaker), word, speaker)
         word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
-        heard = list(template.takes) + list(recent or [])
-        replay = max(max_similarity(fps[i], np.asarray(heard + fps[:i].tolist(), dtype=np.float32))
-                     for i in range(len(fps)))
+        heard = remembered(list(template.takes) + list(recent or []), self.fingerprint_dim)
+        replay = max(max_similarity(fps[i], np.concatenate([heard, fps[:i]])) for i in range(len(fps)))
         # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
         rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
@@ -319,7 +340,18 @@ class Unlocker:
         unlocked = not reasons
         thresholds = {k: float(th[k]) for k in REQUIRED_THRESHOLDS}
         return Decision(unlocked, word_score, speaker_score, thresholds,
-                        "; ".join(reasons) or "password and voice match", fps.tolist(), details)
+                        "; ".join(reasons) or "password and voice match", fps.tolist(), prepared, details)
+
+    def remembered(self, decision: Decision) -> list[str]:
+        """What the replay memory keeps of an accepted unlock: each take's fingerprint set, encoded
+        (voicelock/replay.py), so that none of its recordings — nor a copy padded by a few ms — unlocks
+        again. Apart from `verify` because only a caller with a memory pays its embeddings (one per
+        replay shift and take, ~13 ms for a password take on one thread), and only for an unlock."""
+        if not decision.unlocked:
+            raise VoicelockError("only an accepted unlock's takes are remembered")
+        names = [f"take {i + 1}" for i in range(len(decision.heard))]
+        sets = self.fingerprint_sets(decision.heard, np.asarray(decision.fingerprints, dtype=np.float32), names)
+        return [encode(s) for s in sets]
 
     def reembed(self, template: Template, sealer: Sealer | None) -> Template:
         """The template re-made by this model from its sealed enrollment recordings: how a user
@@ -336,11 +368,12 @@ class Unlocker:
         renewed.sealed_takes = template.sealed_takes
         return renewed
 
-    def is_replay(self, fingerprints: list[list[float]], others: list[list[float]]) -> bool:
-        """Whether any take is a copy of any of `others` (takes accepted at the same moment)."""
+    def is_replay(self, fingerprints: list[list[float]], others: list[str | list[float]]) -> bool:
+        """Whether any take is a copy of any of `others` (the remembered sets of takes accepted at the
+        same moment)."""
         if not others:
             return False
-        history = np.asarray(others, dtype=np.float32)
+        history = remembered(others, self.fingerprint_dim)
         return any(self.verifier.is_replay(max_similarity(np.asarray(fp, dtype=np.float32), history))
                    for fp in fingerprints)
 

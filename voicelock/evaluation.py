@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from voicelock.audio import as_heard
 from voicelock.data.layout import SPEAKERS_FILE, Clip, scan_corpus
 from voicelock.errors import VoicelockError
 from voicelock.features import FeatureExtractor, load_split
@@ -27,7 +28,13 @@ from voicelock.model.network import VoiceLockNet
 from voicelock.model.train import Split, embed
 from voicelock.params import EvaluateParams, Params
 from voicelock.release import Release
-from voicelock.replay import calibrate_replay_threshold, genuine_repeat_similarities
+from voicelock.replay import (
+    RememberedTakes,
+    calibrate_replay_threshold,
+    delayed,
+    fingerprints,
+    genuine_repeat_similarities,
+)
 from voicelock.scoring import SpeakerScorer, build_cohort
 from voicelock.trials import (
     UNLOCK_IMPOSTOR_KINDS,
@@ -78,6 +85,33 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
     return embed(model, split.features, split.frames, next(model.parameters()).device)
 
 
+def remembered_takes(model: VoiceLockNet, extractor: FeatureExtractor, root: str | Path, split: Split,
+                     shifts: list[int], every_take: bool = True) -> RememberedTakes | None:
+    """`split`'s takes fingerprinted as the service does (voicelock/replay.py `RememberedTakes`), from
+    their audio under `root`: the replay shifts are finer than a feature frame, so the feature cache
+    cannot give them. `every_take`: each take is remembered in turn (calibration: the most pairs); else
+    the first take of each speaker's word only (a reported figure: 1 + (K - 1) / 5 embeddings a clip
+    instead of K). None for `[0]` (takes remembered as they came: the cached embeddings serve)."""
+    if list(shifts) == [0]:
+        return None
+    device = next(model.parameters()).device
+    index = split.index
+    first = pd.Series(True, index=index.index) if every_take else ~index.duplicated(["speaker", "word"])
+    paths, probes, sets = index["path"].tolist(), [], []
+    for i in tqdm(range(0, len(paths), 128), desc="replay sets", unit=" chunk"):
+        rows = range(i, min(i + 128, len(paths)))
+        waves = [as_heard(Path(root) / paths[r], extractor.sample_rate,
+                          digital_silence_s=extractor.params.digital_silence_s) for r in rows]
+        late = [copy for r, w in zip(rows, waves) if first.iloc[r] for copy in delayed(w, shifts[1:])]
+        feats, frames = extractor.from_arrays(waves + late)
+        fps = fingerprints(*embed(model, feats.numpy(), frames.numpy(), device))
+        heard, late_fps = fps[: len(waves)], fps[len(waves):].reshape(-1, len(shifts) - 1, fps.shape[1])
+        probes.append(heard)
+        stored = [r - i for r in rows if first.iloc[r]]
+        sets.extend(np.concatenate([heard[j][None, :], late_fps[k]]) for k, j in enumerate(stored))
+    return RememberedTakes(np.concatenate(probes), np.flatnonzero(first.to_numpy()), np.stack(sets))
+
+
 def split_unlock_trials(word: np.ndarray, speaker: np.ndarray, split: Split, ep: EvaluateParams,
                         rng: np.random.Generator, scorer: SpeakerScorer | None,
                         templates: dict[str, np.ndarray]) -> UnlockTrials:
@@ -104,14 +138,15 @@ def training_references(model: VoiceLockNet, params: Params) -> tuple[SpeakerSco
 
 
 def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: SpeakerScorer,
-                  templates: dict[str, np.ndarray]) -> dict:
+                  templates: dict[str, np.ndarray], val_takes: RememberedTakes | None = None) -> dict:
     """Every threshold the verifier uses, from the validation speakers only.
 
     word / speaker: the unlock rule at `target_far`. speaker_any_word: the voice of a challenge take
     (another word than the password) at `challenge_speaker_far` against other speakers saying other
     words.
     challenge_word: a challenge take's word against the other words' templates at
-    `challenge_word_far`. replay: above the closest two genuine takes of one word by one voice.
+    `challenge_word_far`. replay: above the closest a genuine take of one word by one voice comes to
+    an earlier take's remembered set (`val_takes`, `remembered_takes` at `evaluate.replay_shifts`).
     """
     ep = params.evaluate
     word, speaker = embed_split(model, val)
@@ -122,17 +157,20 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
                                                        ep.challenge_speaker_far)
     _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)
     thresholds["challenge_word"] = threshold_for_far(wrong_word, ep.challenge_word_far)
-    repeats = genuine_repeat_similarities(word, speaker, val.index["speaker"].to_numpy(), val.index["word"].to_numpy())
+    repeats = genuine_repeat_similarities(word, speaker, val.index["speaker"].to_numpy(), val.index["word"].to_numpy(),
+                                          val_takes)
     thresholds["replay"] = calibrate_replay_threshold(repeats, ep.replay_margin)
+    thresholds["replay_shifts"] = list(ep.replay_shifts)
     thresholds["score_norm"] = ep.score_norm
     return thresholds
 
 
 def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thresholds: dict,
-                     templates: dict[str, np.ndarray]) -> dict[str, float]:
+                     templates: dict[str, np.ndarray], served: RememberedTakes | None = None) -> dict[str, float]:
     """On the test speakers (their word and speaker embeddings), at the shipped thresholds: how often a
-    genuine take is wrongly refused by each liveness check, and how close two genuine repeated takes
-    come to the replay threshold."""
+    genuine take is wrongly refused by each liveness check, and how close a genuine take comes to the
+    replay threshold against an earlier take's remembered set (`served`: `remembered_takes` at the
+    thresholds' `replay_shifts`)."""
     word, speaker = embedded
     words, speakers = test.index["word"].to_numpy(), test.index["speaker"].to_numpy()
     vocab, scores = template_scores(word, templates)
@@ -140,7 +178,7 @@ def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thres
     own = np.asarray([vocab.index(w) for w in words[known]])
     nearest_ok = scores[known].argmax(axis=1) == own
     above = scores[known][np.arange(own.size), own] >= thresholds["challenge_word"]
-    repeats = genuine_repeat_similarities(word, speaker, speakers, words)
+    repeats = genuine_repeat_similarities(word, speaker, speakers, words, served)
     return {
         "challenge_word_frr": float(1 - np.mean(nearest_ok & above)) if own.size else float("nan"),
         "replay_false_refusals": float(np.mean(repeats >= thresholds["replay"])) if repeats.size else float("nan"),
@@ -232,12 +270,15 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     val = Split.from_feature_set(load_split(cache, "validation"))
     test = Split.from_feature_set(load_split(cache, "testing"))
     scorer, templates = training_references(model, params)
-    thresholds = calibrate_all(model, val, params, scorer, templates)
+    extractor, raw = FeatureExtractor(params.features, params.data.sample_rate), params.data.raw_dir
+    thresholds = calibrate_all(model, val, params, scorer, templates,
+                               remembered_takes(model, extractor, raw, val, ep.replay_shifts))
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
     embedded = embed_split(model, test)  # once, for every test figure
     result = evaluate_split(model, test, thresholds, ep, params.seed, scorer, templates, embedded)
+    test_takes = remembered_takes(model, extractor, raw, test, thresholds["replay_shifts"], every_take=False)
     metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer, templates, embedded),
-               **liveness_metrics(embedded, test, thresholds, templates), "thresholds": thresholds}
+               **liveness_metrics(embedded, test, thresholds, templates, test_takes), "thresholds": thresholds}
     return metrics, result, scorer, templates
 
 
@@ -298,8 +339,10 @@ def unseen_metrics(model: VoiceLockNet, extractor: FeatureExtractor, thresholds:
     split = folder_split(params.ood.out_dir, extractor, "unseen voices")
     embedded = embed_split(model, split)
     result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, templates, embedded)
+    served = remembered_takes(model, extractor, params.ood.out_dir, split, thresholds.get("replay_shifts", [0]),
+                              every_take=False)
     metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, templates, embedded),
-               **liveness_metrics(embedded, split, thresholds, templates), "thresholds": thresholds}
+               **liveness_metrics(embedded, split, thresholds, templates, served), "thresholds": thresholds}
     speakers = pd.read_csv(Path(params.ood.out_dir) / SPEAKERS_FILE, dtype=str).set_index("id")["engine"]
     engines = split.index["speaker"].map(speakers).to_numpy()
     metrics["by_engine"] = {}

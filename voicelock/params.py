@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from voicelock.errors import VoicelockError
 from voicelock.promotion_rules import TOLERANCE_KEYS
@@ -310,6 +310,16 @@ class EvaluateParams(_Section):
     challenge_word_far: float = Field(gt=0, lt=1)
     challenge_speaker_far: float = Field(gt=0, lt=1)
     replay_margin: float = Field(ge=0, lt=0.5)
+    replay_shifts: list[int] = Field([0], min_length=1, max_length=16,
+                                     description="delays (samples) a remembered take is also fingerprinted at")
+
+    @field_validator("replay_shifts")
+    @classmethod
+    def _shifts_start_at_zero(cls, v: list[int]) -> list[int]:
+        if v[0] != 0 or any(b <= a for a, b in zip(v, v[1:])) or v[-1] > 1600:
+            raise ValueError(f"{v}: give increasing whole delays in samples, starting at 0 (the take itself), "
+                             f"at most 1600 (0.1 s)")
+        return v
 
     @model_validator(mode="after")
     def _floor_looser_than_target(self) -> "EvaluateParams":

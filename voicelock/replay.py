@@ -11,13 +11,34 @@ re-normalised: the cosine of two fingerprints is the mean of their word and spea
 threshold is calibrated at evaluation on genuine repeated takes of the validation speakers (the
 highest similarity two distinct genuine takes of one word by one voice ever reach, plus a margin) and
 shipped with the model, so it is never tuned by hand.
+
+A take the service *remembers* (an enrollment take, an accepted unlock's) is kept as a *set* of
+fingerprints: the take itself and copies of it delayed by the release's `replay_shifts` (a few ms of
+zeros in front). Why: the network's frames are 10 ms apart and its front halves them again, so the
+same recording padded by a few ms (zeros, or a faint hiss) lands on another phase of that grid and
+embeds like a new take — 5 ms of zeros moved 27 of 30 copies of the owner's takes under the
+threshold. Against the set, a padded copy meets the delayed copy on its own phase. The probe is
+embedded once, as before: the extra embeddings are paid only when a take is remembered, which an
+attacker cannot trigger without unlocking. The threshold is calibrated under the same rule (each
+genuine take against the set of another), so a new take is still never mistaken for a copy.
+
+Sets are stored compactly (`encode`: float16, base64) — a user's 50 remembered takes are read on
+every unlock; a fingerprint stored by an older voicelock (one JSON list) still reads as a set of one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from voicelock.errors import VoicelockError
+
+_ENCODED = "f16:"  # prefix of a stored fingerprint set; anything else is an older JSON list
 
 
 def fingerprints(word: np.ndarray, speaker: np.ndarray) -> np.ndarray:
@@ -26,6 +47,40 @@ def fingerprints(word: np.ndarray, speaker: np.ndarray) -> np.ndarray:
     s = speaker / (np.linalg.norm(speaker, axis=1, keepdims=True) + 1e-12)
     both = np.concatenate([w, s], axis=1) / np.sqrt(2.0)
     return both.astype(np.float32)
+
+
+def delayed(clip: np.ndarray, shifts: Sequence[int]) -> list[np.ndarray]:
+    """The clip after `s` zero samples, for each s of `shifts` (0: the clip itself)."""
+    return [np.concatenate([np.zeros(s, dtype=clip.dtype), clip]) if s else clip for s in shifts]
+
+
+def encode(fingerprint_set: np.ndarray) -> str:
+    """(K, D) fingerprints of one take → the text the store and templates keep (float16: a cosine moves
+    by ~1e-4 at most, against copies at ≥ 0.99 and a threshold at ~0.99 that new takes stay under)."""
+    return _ENCODED + base64.b64encode(np.asarray(fingerprint_set, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode(entry: str | Sequence[float], dim: int) -> np.ndarray:
+    """A remembered take (`encode`'s text, or an older voicelock's JSON list) → (K, dim) float32 rows.
+
+    Anything that does not decode to whole fingerprints becomes one NaN row, which `max_similarity`
+    treats as a match: a damaged memory refuses, it never opens the lock."""
+    try:
+        if isinstance(entry, str) and entry.startswith(_ENCODED):
+            flat = np.frombuffer(base64.b64decode(entry[len(_ENCODED):], validate=True), dtype="<f2")
+        else:
+            flat = np.asarray(json.loads(entry) if isinstance(entry, str) else entry, dtype=np.float32).reshape(-1)
+    except (binascii.Error, ValueError, TypeError):
+        flat = np.zeros(0, dtype=np.float32)
+    if flat.size == 0 or flat.size % dim:
+        return np.full((1, dim), np.nan, dtype=np.float32)
+    return flat.astype(np.float32).reshape(-1, dim)
+
+
+def remembered(entries: Iterable[str | Sequence[float]], dim: int) -> np.ndarray:
+    """Every fingerprint of every remembered take, as (N, dim) rows (N = 0 for none)."""
+    rows = [decode(e, dim) for e in entries]
+    return np.concatenate(rows) if rows else np.zeros((0, dim), dtype=np.float32)
 
 
 def max_similarity(probe: np.ndarray, history: np.ndarray | None) -> float:
@@ -42,9 +97,32 @@ def max_similarity(probe: np.ndarray, history: np.ndarray | None) -> float:
     return float(sims.max())
 
 
+@dataclass
+class RememberedTakes:
+    """A split's takes as the service fingerprints them, from their audio: every take as heard
+    (`probes`, (N, D)) and, for the takes taken as remembered (rows `stored`), their fingerprint sets at
+    the replay shifts (`sets`, (G, K, D))."""
+
+    probes: np.ndarray
+    stored: np.ndarray
+    sets: np.ndarray
+
+
 def genuine_repeat_similarities(word: np.ndarray, speaker: np.ndarray, speakers: np.ndarray,
-                                words: np.ndarray) -> np.ndarray:
-    """Fingerprint cosines of every pair of distinct takes of the same word by the same speaker."""
+                                words: np.ndarray, served: RememberedTakes | None = None) -> np.ndarray:
+    """What the replay rule scores genuine new takes at, for each word of each speaker.
+
+    Without `served`: the cosine of every pair of distinct takes (each take remembered as it came).
+    With it: every other take of the word against each remembered take's set — the rule the service
+    applies once takes are remembered with their shifted copies."""
+    if served is not None:
+        out = []
+        for row, fingerprint_set in zip(served.stored.tolist(), served.sets):
+            others = np.flatnonzero((speakers == speakers[row]) & (words == words[row]))
+            others = others[others != row]
+            if others.size:
+                out.append((served.probes[others] @ fingerprint_set.T).max(axis=1))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
     fp = fingerprints(word, speaker)
     out = []
     for key in sorted(set(zip(speakers.tolist(), words.tolist()))):

@@ -422,15 +422,17 @@ class EnrollmentStore:
                                 .order_by(a.id.desc()).limit(limit)).all()
         return [dict(r._mapping) for r in rows]
 
-    def heard_recently(self, user: str, limit: int) -> list[list[float]]:
+    def heard_recently(self, user: str, limit: int) -> list[str]:
+        """The user's newest remembered takes, as stored (voicelock/replay.py `decode` reads them)."""
         h = heard.c
         with self.engine.connect() as conn:
             rows = conn.execute(select(h.fingerprint).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
-        return [json.loads(r.fingerprint) for r in rows]
+        return [r.fingerprint for r in rows]
 
-    def remember(self, user: str, fingerprints: list[list[float]], now: float, keep: int) -> list[list[float]]:
-        """Add an accepted unlock's take fingerprints, keep the user's newest `keep`, and return every
-        *other* remembered fingerprint as of this write: the same recording sent twice at once passes
+    def remember(self, user: str, fingerprints: list[str | list[float]], now: float, keep: int) -> list[str]:
+        """Add an accepted unlock's takes (each take's encoded fingerprint set, one row a take; a plain
+        list is stored as JSON), keep the user's newest `keep`, and return every *other* remembered
+        take as of this write: the same recording sent twice at once passes
         both requests' replay checks (each read the memory before the other wrote), and must not
         unlock twice. The write is serialised per user — SQLite's write lock, taken by the first
         statement; elsewhere a row lock on the user's enrollment — so of two such writes the second
@@ -439,10 +441,11 @@ class EnrollmentStore:
         with self.engine.begin() as conn:
             if conn.engine.dialect.name != "sqlite":
                 conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
-            mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), at=now)
-                                 .returning(h.id)).scalar_one() for fp in fingerprints]
+            rows = [fp if isinstance(fp, str) else json.dumps(fp) for fp in fingerprints]
+            mine = [conn.execute(insert(heard).values(user=user, fingerprint=row, at=now).returning(h.id)).scalar_one()
+                    for row in rows]
             others = conn.execute(select(h.fingerprint).where(h.user == user, h.id.not_in(mine))
                                   .order_by(h.id.desc()).limit(keep)).all()
             newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
             conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
-        return [json.loads(r.fingerprint) for r in others]
+        return [r.fingerprint for r in others]

@@ -64,6 +64,18 @@ class Verifier:
         nearest = int(np.argmax(self.vocabulary @ unit(np.asarray(t_word, dtype=np.float32).reshape(-1))))
         return np.delete(self.vocabulary, nearest, axis=0)
 
+    @property
+    def replay_shifts(self) -> tuple[int, ...]:
+        """The delays (samples at the model's rate) at which a remembered take is fingerprinted
+        (voicelock/replay.py): what the replay threshold was calibrated with. A release calibrated
+        before shift sets has none recorded and remembers each take as it came, (0,)."""
+        shifts = (self.thresholds or {}).get("replay_shifts", [0])
+        if (not isinstance(shifts, (list, tuple)) or not shifts or shifts[0] != 0
+                or not all(type(s) is int and 0 <= s <= 1600 for s in shifts)):
+            raise VoicelockError(f"the release's replay_shifts {shifts!r} are damaged (need whole samples, 0 first, "
+                                 f"at most 1600) — re-run the evaluate stage (dvc repro evaluate)")
+        return tuple(shifts)
+
     def threshold(self, name: str) -> float:
         if self.thresholds is None or name not in self.thresholds:
             raise VoicelockError(f"no calibrated '{name}' threshold — use the evaluated model (models/release)")
