@@ -312,6 +312,32 @@ def test_another_models_template_without_its_recordings_is_never_scored_nor_name
     assert core.unlock("hugo", "probe.wav", genuine)["unlocked"] is True  # its own model still
 
 
+def test_what_is_remembered_stays_readable_by_the_previous_voicelock(lenient):
+    """A rolling deploy or a rollback puts the previous voicelock on the same database: it reads
+    `heard.fingerprint` and the template's `takes` as JSON lists of fingerprints. Those stay exactly
+    that — each take's own unit fingerprint — with the shifted sets beside them, which only this
+    version reads."""
+    import json
+
+    from sqlalchemy import text
+
+    from voicelock.replay import decode
+
+    core, _, case = lenient
+    core.enroll("kim", files(case.enroll))
+    assert core.unlock("kim", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
+    dim, shifts = core.lock.fingerprint_dim, len(core.lock.verifier.replay_shifts)
+    with core.store.engine.connect() as conn:
+        template = json.loads(conn.execute(text("SELECT template FROM enrollments WHERE user = 'kim'")).scalar_one())
+        rows = conn.execute(text("SELECT fingerprint, fingerprint_set FROM heard WHERE user = 'kim'")).all()
+    assert len(rows) == 1 and len(template["takes"]) == len(case.enroll) == len(template["take_sets"])
+    for own, fp_set in [(json.dumps(t), s) for t, s in zip(template["takes"], template["take_sets"])] + list(rows):
+        fingerprint = np.asarray(json.loads(own), dtype=np.float32)
+        assert fingerprint.shape == (dim,) and abs(float(np.linalg.norm(fingerprint)) - 1) < 1e-4
+        fingerprint_set = decode(fp_set, dim)
+        assert fingerprint_set.shape == (shifts, dim) and float(fingerprint_set[0] @ fingerprint) > 0.9999
+
+
 def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient):
     """voicelock 0.1 recorded the BentoML tag as a template's model: the service serving that tag
     relabels it (same model, so the template and the replay memory stay) instead of refusing it."""
@@ -320,7 +346,7 @@ def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient
     old = core.store.get("jane")
     assert core.store.upgrade("jane", dataclasses.replace(old, model=core.model_tag), old.model, 1.0,
                               forget_heard=False)
-    core.store.remember("jane", [[0.0] * core.lock.fingerprint_dim], 2.0, keep=50)  # an older voicelock's row
+    core.store.remember("jane", [np.eye(core.lock.fingerprint_dim)[0].tolist()], 2.0, keep=50)  # no set: an older row
     assert core.unlock("jane", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
     assert core.store.get("jane").model == core.lock.model_id and core.store.get("jane").word == old.word
     assert len(core.store.heard_recently("jane", 50)) >= 2  # the old memory stayed, the unlock joined it

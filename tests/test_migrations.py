@@ -10,6 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from voicelock.store import MIGRATIONS, EnrollmentStore, metadata
@@ -69,7 +70,9 @@ def test_databases_made_before_migrations_are_adopted_and_completed(tmp_path: Pa
         store.record("unlock", "olga", "refused", "not recognised", "m", 5.0, keep=10)  # audit exists
         with store.engine.connect() as conn:
             assert "sealed_takes" in {c["name"] for c in inspect(conn).get_columns("enrollments")}
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+            assert "fingerprint_set" in {c["name"] for c in inspect(conn).get_columns("heard")}
+            head = ScriptDirectory.from_config(_config(conn)).get_current_head()
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0004"
             assert compare_metadata(MigrationContext.configure(conn), metadata) == [] or url == early
 
 

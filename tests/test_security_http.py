@@ -214,11 +214,13 @@ def test_3_a_replayed_recording_or_enrollment_take_does_not_unlock(server: Serve
 def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Server, params: Params,
                                                                      case: UnlockCase):
     """A few ms of zeros (under `features.digital_silence_s`, so kept) or of ±1 LSB hiss in front of an
-    accepted take move it to another phase of the network's frame grid, where the take alone no longer
-    recognises it. Remembered with its shifted copies (`evaluate.replay_shifts`), the take still does.
-    The copies sent are those the verifier itself accepts from an account that never heard the take
-    and that the take's own fingerprint misses; each goes to its own account, so no lockout is what
-    refuses it, and unlocks another account that never heard the take."""
+    accepted take move it to another phase of the network's frame grid; the take is remembered with
+    copies delayed by `evaluate.replay_shifts`, so such a copy is still the recording heard. Sent: the
+    copies the verifier itself accepts from an account that never heard the take, those farthest from
+    the take's own fingerprint first. Each goes to its own account, so no lockout is what refuses it,
+    and unlocks another account that never heard the take. (On this small model the take alone at
+    `replay_single` would refuse these copies too; that the set holds each delayed copy is asserted
+    in `test_api.py::test_what_is_remembered…` and `test_model_stages.py::test_an_enrollment_take_padded…`.)"""
     from voicelock.enrollment import Unlocker
     from voicelock.replay import fingerprints
 
@@ -229,15 +231,15 @@ def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Serv
     hiss = np.random.default_rng(3).integers(-1, 2, 16000) / 32768
     candidates = {**{f"{n / 16:g} ms of zeros": np.concatenate([np.zeros(n), take]) for n in range(20, 400, 20)},
                   **{f"{n / 16:g} ms of hiss": np.concatenate([hiss[:n], take]) for n in (160, 400, 800, 1600)}}
-    copies = {}
+    accepted = []
     for what, samples in candidates.items():
         wav = pcm_wav(samples, 16000)
         sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
-        fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, what)]))[0]
-        if lock.verify(template, sent, 16000).unlocked and not lock.verifier.is_replay(float(fp @ heard_fp)):
-            copies[what] = wav
-    assert len(copies) >= 2, "no padded copy the take alone would miss and the voice check would pass"
-    for i, (what, wav) in enumerate(list(copies.items())[:4]):
+        if lock.verify(template, sent, 16000).unlocked:
+            fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, what)]))[0]
+            accepted.append((float(fp @ heard_fp), what, wav))
+    assert len(accepted) >= 2, "no padded copy passes the voice and word checks: nothing to show"
+    for i, (_, what, wav) in enumerate(sorted(accepted)[:4]):
         heard, fresh = f"row3p{i}", f"row3q{i}"
         for user in (heard, fresh):
             assert enroll(url, user, case.read(case.enroll)).status_code == 200

@@ -36,10 +36,11 @@ def test_rule_needs_both_scores_and_fails_closed():
 
 
 def test_a_remembered_take_reads_back_as_stored_and_a_damaged_one_refuses():
-    """Sets are kept as float16 text: read back, the cosines are the stored ones to 1e-3; an older
-    voicelock's JSON list is a set of one; anything that is not whole fingerprints is a NaN row, which
-    `max_similarity` turns into a match (refuse), never into "nothing heard" (unlock)."""
-    from voicelock.replay import decode, encode, fingerprints, max_similarity, remembered
+    """Sets are kept as float16 text: read back, the cosines are the stored ones to 1e-3; one fingerprint
+    (a JSON list, as every voicelock writes beside a set) is a set of one; anything that is not whole
+    unit-length fingerprints is a NaN row, which `max_similarity` turns into a match (refuse) — never
+    into "nothing heard" (unlock), an exception (500) or a row that matches nothing (a zero row)."""
+    from voicelock.replay import decode, encode, fingerprints, max_similarity, stored_rows
 
     rng = np.random.default_rng(0)
     sets = fingerprints(rng.normal(size=(8, 128)), rng.normal(size=(8, 48)))
@@ -47,12 +48,26 @@ def test_a_remembered_take_reads_back_as_stored_and_a_damaged_one_refuses():
     back = decode(encode(sets), 176)
     assert back.shape == (8, 176) and back.dtype == np.float32
     np.testing.assert_allclose(back @ probe, sets @ probe, atol=1e-3)
-    assert decode(json.dumps(sets[0].tolist()), 176).shape == (1, 176)  # a row stored before sets
+    assert decode(json.dumps(sets[0].tolist()), 176).shape == (1, 176)
     assert decode(sets[0].tolist(), 176).shape == (1, 176)
-    for damaged in (encode(sets)[:-8], "f16:not base64!", encode(sets[:, :100]), "[1, 2", "", [], None):
-        assert max_similarity(probe, decode(damaged, 176)) == float("inf"), damaged
-    assert remembered([], 176).shape == (0, 176) and max_similarity(probe, remembered([], 176)) == -1.0
-    assert remembered([encode(sets), sets[0].tolist()], 176).shape == (9, 176)
+    damaged = [encode(sets)[:-8], "f16:not base64!", encode(sets[:, :100]), "[1, 2", "", [], None, {"a": 1},
+               [0.0] * 176, (2 * sets[0]).tolist(), encode(np.zeros((2, 176))), "[" + "9" * 400 + "]",
+               "[" * 5000 + "]" * 5000, json.dumps([float("nan")] * 176), b"\x00" * 704]
+    for entry in damaged:
+        assert max_similarity(probe, decode(entry, 176)) == float("inf"), str(entry)[:40]
+    rows, single = stored_rows([], 176)
+    assert rows.shape == (0, 176) and max_similarity(probe, rows) == -1.0
+    rows, single = stored_rows([encode(sets), sets[0].tolist()], 176)
+    assert rows.shape == (9, 176) and single.tolist() == [False] * 8 + [True]
+
+
+def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold():
+    """A set's maximum over its shifted copies runs higher than one fingerprint's cosine, so the set
+    rule's threshold (`replay`) would be too lenient for a take remembered alone; `replay_single` is
+    calibrated for those. A release without it has the one threshold for both."""
+    rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.98})
+    assert rule.is_replay(0.985, single=True) and not rule.is_replay(0.985)
+    assert not Verifier(SpeakerScorer(), THRESHOLDS).is_replay(0.985, single=True)
 
 
 def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():

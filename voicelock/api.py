@@ -24,7 +24,7 @@ from voicelock.errors import Busy, LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
 from voicelock.sealing import Sealer
-from voicelock.store import TOKEN_INVALID, Conflict, EnrollmentStore, Forbidden
+from voicelock.store import TOKEN_INVALID, Conflict, EnrollmentStore, Forbidden, already_enrolled
 
 log = logging.getLogger(__name__)
 # Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
@@ -88,17 +88,21 @@ class UnlockApi:
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
+        admin = self._is_admin(admin_key)
+        found = self.store.get(user) if not admin else None
+        # The proof first, before any recording is embedded (an enrollment costs an embedding per take
+        # and replay shift): without a valid token nothing is compared either, so a forged token cannot
+        # be used to learn whether a voice passes for the owner's (both would answer differently).
+        # `save` checks the proof again, atomically; this only refuses early.
+        if found is not None and not token:
+            raise Conflict(already_enrolled(user))
+        if found is not None and not self.store.token_valid(user, token, self.clock()):
+            raise Forbidden(TOKEN_INVALID)
         template = self.lock.enroll([self._decode(name, blob) for name, blob in files], [name for name, _ in files],
                                     self.sealer)
         template.model_since = self.model_since
-        admin = self._is_admin(admin_key)
-        found = self.store.get(user) if token and not admin else None
         if found is not None:
-            # The proof first: without a valid token nothing is compared, so a forged token cannot be
-            # used to learn whether a voice passes for the owner's (both would answer differently).
             now = self.clock()
-            if not self.store.token_valid(user, token, now):
-                raise Forbidden(TOKEN_INVALID)
             # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
             # not that they may give the account to another voice. The enrolled voice is compared in
             # this model's space (re-made from its recordings if it was enrolled with another model);
@@ -175,7 +179,8 @@ class UnlockApi:
         decision = self.lock.verify(template, samples, rate, name, recent, takes)
         unlocked = decision.unlocked and found is not None  # the decoy never unlocks
         if unlocked:
-            raced = self.store.remember(user, self.lock.remembered(decision), now, self.p.replay_history)
+            raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history,
+                                        self.lock.remembered(decision))
             unlocked = not self.lock.is_replay(decision.fingerprints, raced)
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:

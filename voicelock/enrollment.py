@@ -28,7 +28,7 @@ from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
 from voicelock.params import EnrollParams
 from voicelock.release import Release
-from voicelock.replay import delayed, encode, fingerprints, max_similarity, remembered
+from voicelock.replay import delayed, encode, fingerprints, max_similarity, stored_rows
 from voicelock.sealing import Sealer
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
@@ -40,9 +40,8 @@ class Template:
     word: list[float]
     speaker: list[float]
     clips: int
-    # Each enrollment take's fingerprint set (voicelock/replay.py, `encode`; a JSON list in templates of
-    # voicelock before shift sets): a replayed take is refused.
-    takes: list[str | list[float]] = field(default_factory=list)
+    # Fingerprints of the enrollment takes (voicelock/replay.py): a replayed take is refused.
+    takes: list[list[float]] = field(default_factory=list)
     model: str = ""  # the `Unlocker.model_id` that made it ("" in templates of voicelock ≤ 0.1)
     # The enrollment recordings, encrypted (voicelock/sealing.py); "" when no key was set. Base64 in
     # a template file; the service keeps them in the database's `sealed_takes` column instead.
@@ -50,6 +49,9 @@ class Template:
     # When the model that made it was promoted (seconds since the epoch; 0: unknown, e.g. the CLI's):
     # a service serving an older model must not move the template back (voicelock/api.py: _current).
     model_since: float = 0.0
+    # Each take's fingerprint set at the release's replay shifts (`replay.encode`), when it has them: a
+    # copy padded by a few ms is still the take. Beside `takes`, which older voicelocks read alone.
+    take_sets: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -145,6 +147,12 @@ class Unlocker:
         # shorten): how remembered sets are read back. Measured, not derived from the parameters.
         word, speaker = self.embed_here([np.full(self.sample_rate // 10, 0.01, dtype=np.float32)])
         self.fingerprint_dim = word.shape[1] + speaker.shape[1]
+        # Checked now, not at the first enrollment: a damaged release must not start serving.
+        cut = self.extractor.params.digital_silence_s * self.sample_rate
+        if cut and max(self.verifier.replay_shifts) >= cut:
+            raise VoicelockError(f"the release's replay_shifts reach {max(self.verifier.replay_shifts)} samples, but "
+                                 f"zeros from {cut:g} on are cut before the features (features.digital_silence_s): "
+                                 f"such a copy is the take itself — use shorter shifts and re-run dvc repro evaluate")
 
     @property
     def vocabulary(self) -> list[str]:
@@ -216,12 +224,15 @@ class Unlocker:
         take's own fingerprint `fps[i]` first: how the take is remembered. Costs one embedding per
         delay and take, so it runs only for takes that will be remembered (enrollment, an unlock)."""
         shifts = self.verifier.replay_shifts
-        if len(shifts) == 1:
-            return [fp[None, :] for fp in fps]
-        copies = [copy for clip in prepared for copy in delayed(clip, shifts[1:])]
-        word, speaker = self.embed_checked(copies, [n for n in names for _ in shifts[1:]])
-        late = fingerprints(word, speaker).reshape(len(prepared), len(shifts) - 1, -1)
-        return [np.concatenate([fps[i][None, :], late[i]]) for i in range(len(prepared))]
+        sets = []
+        for clip, fp, name in zip(prepared, fps, names, strict=True):
+            if len(shifts) == 1:
+                sets.append(fp[None, :])
+                continue
+            # one take a call: a batching embedder (service/embedder.py) takes at most max_batch_size
+            late = fingerprints(*self.embed_checked(delayed(clip, shifts[1:]), [name] * (len(shifts) - 1)))
+            sets.append(np.concatenate([fp[None, :], late]))
+        return sets
 
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None,
                sealer: Sealer | None = None) -> Template:
@@ -242,20 +253,26 @@ class Unlocker:
         once and are re-embedded by a new model (`checked=False`) are not judged again."""
         word, speaker = self.embed_checked(prepared, names)
         fps = fingerprints(word, speaker)
+        if checked:  # the cheap checks first: the sets cost an embedding per shift and take
+            self._check_takes_agree(word, speaker, fps, [fp[None, :] for fp in fps], names, single=True)
         sets = self.fingerprint_sets(prepared, fps, names)
         if checked:
             self._check_takes_agree(word, speaker, fps, sets, names)
         t_word, t_speaker = make_template(word, speaker)
-        return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), [encode(s) for s in sets], self.model_id)
+        return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), fps.tolist(), self.model_id,
+                        take_sets=[encode(s) for s in sets] if len(self.verifier.replay_shifts) > 1 else [])
 
     def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, fps: np.ndarray, sets: list[np.ndarray],
-                           names: list[str]) -> None:
+                           names: list[str], single: bool = False) -> None:
         for i in range(len(names)):
             for j in range(i):
                 # either take may be the padded copy of the other: each against the other's set
-                if self.verifier.is_replay(max(float(np.max(sets[j] @ fps[i])), float(np.max(sets[i] @ fps[j])))):
+                if self.verifier.is_replay(max(float(np.max(sets[j] @ fps[i])), float(np.max(sets[i] @ fps[j]))),
+                                           single):
                     raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
                                          f"anew")
+        if not single:
+            return
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
                                     ("speaker", speaker, self.p.min_speaker_agreement)):
             total = emb.sum(axis=0)
@@ -268,7 +285,7 @@ class Unlocker:
                                          f"{agreement:.2f} < {minimum}) — record it again")
 
     def verify(self, template: Template, samples: np.ndarray, rate: int, name: str = "clip",
-               recent: list[list[float]] | None = None,
+               recent: list[str] | None = None,
                challenge: list[ChallengeTake] | None = None) -> Decision:
         """Decide one unlock: the password take (and the takes of a liveness challenge, if given)
         against a template.
@@ -295,12 +312,19 @@ class Unlocker:
             np.asarray(template.word), np.asarray(template.speaker), word, speaker)
         word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
-        heard = remembered(list(template.takes) + list(recent or []), self.fingerprint_dim)
-        replay = max(max_similarity(fps[i], np.concatenate([heard, fps[:i]])) for i in range(len(fps)))
+        kept = template.take_sets or template.takes  # the takes' sets where the template has them
+        kept = kept if isinstance(kept, list) else [None]  # anything else is damaged: one NaN row, a refusal
+        heard, single = stored_rows(kept + list(recent or []), self.fingerprint_dim)
+        # Each take against every remembered set (`replay`), and against takes remembered alone and the
+        # request's earlier takes (`replay_single`): the nearest, each judged at its own threshold.
+        replay = replay_single = -1.0
+        for i in range(len(fps)):
+            replay = max(replay, max_similarity(fps[i], heard[~single]))
+            replay_single = max(replay_single, max_similarity(fps[i], np.concatenate([heard[single], fps[:i]])))
         # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
         rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
-                and not np.isnan(rival_score) and not np.isnan(replay)):
+                and not np.isnan(rival_score) and not np.isnan(replay) and not np.isnan(replay_single)):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
         password = (word_scores[:1], speaker_scores[:1], raw_scores[:1], rival_scores[:1])
@@ -317,7 +341,12 @@ class Unlocker:
                            or "password and voice not accepted")
         if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
-        details: dict[str, float | str] = {"replay_similarity": round(replay, 4), "speaker_raw": round(raw_score, 4)}
+        if rule.is_replay(replay_single, single=True):
+            reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take heard alone ≥ "
+                           f"{th.get('replay_single', th['replay']):.4f})")
+        details: dict[str, float | str] = {"replay_similarity": round(replay, 4),
+                                           "replay_similarity_single": round(replay_single, 4),
+                                           "speaker_raw": round(raw_score, 4)}
         if np.isfinite(rival_score):  # the nearest other word's score (absent without a vocabulary)
             details["word_rival"] = round(rival_score, 4)
         if challenge:
@@ -342,13 +371,16 @@ class Unlocker:
         return Decision(unlocked, word_score, speaker_score, thresholds,
                         "; ".join(reasons) or "password and voice match", fps.tolist(), prepared, details)
 
-    def remembered(self, decision: Decision) -> list[str]:
-        """What the replay memory keeps of an accepted unlock: each take's fingerprint set, encoded
-        (voicelock/replay.py), so that none of its recordings — nor a copy padded by a few ms — unlocks
-        again. Apart from `verify` because only a caller with a memory pays its embeddings (one per
-        replay shift and take, ~13 ms for a password take on one thread), and only for an unlock."""
+    def remembered(self, decision: Decision) -> list[str] | None:
+        """What the replay memory keeps of an accepted unlock beside its takes' fingerprints: each take's
+        fingerprint set, encoded (voicelock/replay.py), so that none of its recordings — nor a copy
+        padded by a few ms — unlocks again; None for a release without replay shifts. Apart from
+        `verify` because only a caller with a memory pays its embeddings (one per replay shift and take,
+        ~13–19 ms for a password take on one thread), and only for an unlock."""
         if not decision.unlocked:
             raise VoicelockError("only an accepted unlock's takes are remembered")
+        if len(self.verifier.replay_shifts) == 1:
+            return None
         names = [f"take {i + 1}" for i in range(len(decision.heard))]
         sets = self.fingerprint_sets(decision.heard, np.asarray(decision.fingerprints, dtype=np.float32), names)
         return [encode(s) for s in sets]
@@ -368,14 +400,16 @@ class Unlocker:
         renewed.sealed_takes = template.sealed_takes
         return renewed
 
-    def is_replay(self, fingerprints: list[list[float]], others: list[str | list[float]]) -> bool:
-        """Whether any take is a copy of any of `others` (the remembered sets of takes accepted at the
-        same moment)."""
+    def is_replay(self, fingerprints: list[list[float]], others: list[str]) -> bool:
+        """Whether any take is a copy of any of `others` (takes remembered at the same moment, as
+        `EnrollmentStore.remember` returns them): each take against each set, and against each take
+        remembered alone at that take's threshold."""
         if not others:
             return False
-        history = remembered(others, self.fingerprint_dim)
-        return any(self.verifier.is_replay(max_similarity(np.asarray(fp, dtype=np.float32), history))
-                   for fp in fingerprints)
+        history, single = stored_rows(others, self.fingerprint_dim)
+        probes = np.asarray(fingerprints, dtype=np.float32)
+        return any(self.verifier.is_replay(max_similarity(fp, history[~single]))
+                   or self.verifier.is_replay(max_similarity(fp, history[single]), single=True) for fp in probes)
 
     def same_voice(self, enrolled: Template, new: Template) -> bool:
         """Whether a new enrollment is the enrolled voice (its password may differ): re-enrolling with an

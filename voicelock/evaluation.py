@@ -146,7 +146,8 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     words.
     challenge_word: a challenge take's word against the other words' templates at
     `challenge_word_far`. replay: above the closest a genuine take of one word by one voice comes to
-    an earlier take's remembered set (`val_takes`, `remembered_takes` at `evaluate.replay_shifts`).
+    another take's remembered set (`val_takes`, `remembered_takes` at `evaluate.replay_shifts`);
+    replay_single: above the closest two genuine takes come, one fingerprint each.
     """
     ep = params.evaluate
     word, speaker = embed_split(model, val)
@@ -157,10 +158,14 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
                                                        ep.challenge_speaker_far)
     _, wrong_word = challenge_word_trials(word, val.index["word"].to_numpy(), templates)
     thresholds["challenge_word"] = threshold_for_far(wrong_word, ep.challenge_word_far)
-    repeats = genuine_repeat_similarities(word, speaker, val.index["speaker"].to_numpy(), val.index["word"].to_numpy(),
-                                          val_takes)
+    speakers, words = val.index["speaker"].to_numpy(), val.index["word"].to_numpy()
+    repeats = genuine_repeat_similarities(word, speaker, speakers, words, val_takes)
     thresholds["replay"] = calibrate_replay_threshold(repeats, ep.replay_margin)
     thresholds["replay_shifts"] = list(ep.replay_shifts)
+    # Takes remembered alone (older rows and templates, the other takes of a request) are single
+    # fingerprints: their threshold comes from pairs of single fingerprints, as before sets.
+    thresholds["replay_single"] = calibrate_replay_threshold(
+        genuine_repeat_similarities(word, speaker, speakers, words), ep.replay_margin)
     thresholds["score_norm"] = ep.score_norm
     return thresholds
 

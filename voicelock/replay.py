@@ -18,25 +18,31 @@ zeros in front). Why: the network's frames are 10 ms apart and its front halves 
 same recording padded by a few ms (zeros, or a faint hiss) lands on another phase of that grid and
 embeds like a new take — 5 ms of zeros moved 27 of 30 copies of the owner's takes under the
 threshold. Against the set, a padded copy meets the delayed copy on its own phase. The probe is
-embedded once, as before: the extra embeddings are paid only when a take is remembered, which an
-attacker cannot trigger without unlocking. The threshold is calibrated under the same rule (each
-genuine take against the set of another), so a new take is still never mistaken for a copy.
+embedded once, as before: the extra embeddings are paid only when a take is remembered — after an
+accepted unlock, or for an enrollment whose takes passed every other check. The threshold (`replay`)
+is calibrated under the same rule, each genuine take against the set of another, so a new take is
+still never mistaken for a copy. A take remembered alone — by an older voicelock or a release without
+shifts, or another take of the same request — is judged at `replay_single`, calibrated on pairs of
+single fingerprints as the one threshold was before sets: a set's maximum runs higher, so its
+threshold would be too lenient for one fingerprint.
 
-Sets are stored compactly (`encode`: float16, base64) — a user's 50 remembered takes are read on
-every unlock; a fingerprint stored by an older voicelock (one JSON list) still reads as a set of one.
+Sets are stored beside each take's own fingerprint (`encode`: float16, base64 — a user's 50
+remembered takes are read on every unlock), which stays a JSON list that every version reads.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from voicelock.errors import VoicelockError
+
+log = logging.getLogger(__name__)
 
 _ENCODED = "f16:"  # prefix of a stored fingerprint set; anything else is an older JSON list
 
@@ -56,31 +62,40 @@ def delayed(clip: np.ndarray, shifts: Sequence[int]) -> list[np.ndarray]:
 
 def encode(fingerprint_set: np.ndarray) -> str:
     """(K, D) fingerprints of one take → the text the store and templates keep (float16: a cosine moves
-    by ~1e-4 at most, against copies at ≥ 0.99 and a threshold at ~0.99 that new takes stay under)."""
+    by ~1e-4 at most, against a margin of 0.002 between a threshold and the genuine takes under it)."""
     return _ENCODED + base64.b64encode(np.asarray(fingerprint_set, dtype="<f2").tobytes()).decode("ascii")
 
 
-def decode(entry: str | Sequence[float], dim: int) -> np.ndarray:
-    """A remembered take (`encode`'s text, or an older voicelock's JSON list) → (K, dim) float32 rows.
+def decode(entry: object, dim: int) -> np.ndarray:
+    """A remembered take (`encode`'s text, or one fingerprint as a JSON list or text) → (K, dim) rows.
 
-    Anything that does not decode to whole fingerprints becomes one NaN row, which `max_similarity`
-    treats as a match: a damaged memory refuses, it never opens the lock."""
+    Anything that is not whole unit-length fingerprints becomes one NaN row, which `max_similarity`
+    treats as a match: a damaged memory refuses, it never opens the lock (a zero row, say, would
+    match nothing and so remember nothing)."""
     try:
         if isinstance(entry, str) and entry.startswith(_ENCODED):
             flat = np.frombuffer(base64.b64decode(entry[len(_ENCODED):], validate=True), dtype="<f2")
         else:
             flat = np.asarray(json.loads(entry) if isinstance(entry, str) else entry, dtype=np.float32).reshape(-1)
-    except (binascii.Error, ValueError, TypeError):
-        flat = np.zeros(0, dtype=np.float32)
-    if flat.size == 0 or flat.size % dim:
-        return np.full((1, dim), np.nan, dtype=np.float32)
-    return flat.astype(np.float32).reshape(-1, dim)
+        rows = flat.astype(np.float32).reshape(-1, dim)
+        norms = np.linalg.norm(rows, axis=1)
+        if rows.size and np.all(np.abs(norms - 1) < 1e-2):  # float16 moves a norm by ~1e-4
+            return rows
+    except Exception:  # noqa: BLE001 — whatever is stored, a damaged row must refuse, not raise
+        pass
+    log.warning("replay memory: a remembered take is damaged (%.60r…): it refuses every probe until it "
+                "is rotated out or the user re-enrolls", entry)
+    return np.full((1, dim), np.nan, dtype=np.float32)
 
 
-def remembered(entries: Iterable[str | Sequence[float]], dim: int) -> np.ndarray:
-    """Every fingerprint of every remembered take, as (N, dim) rows (N = 0 for none)."""
-    rows = [decode(e, dim) for e in entries]
-    return np.concatenate(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+def stored_rows(entries: Iterable[object], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every fingerprint of every remembered take, as (N, dim) rows, and which rows are a take
+    remembered alone (a set of one: written before shift sets, or by a release without them), which
+    the replay rule judges at the threshold calibrated for single fingerprints."""
+    sets = [decode(e, dim) for e in entries]
+    if not sets:
+        return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool)
+    return np.concatenate(sets), np.concatenate([np.full(len(s), len(s) == 1) for s in sets])
 
 
 def max_similarity(probe: np.ndarray, history: np.ndarray | None) -> float:

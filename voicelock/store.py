@@ -21,7 +21,7 @@ from pathlib import Path
 
 from alembic.util.exc import CommandError
 from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, case, create_engine,
-                        delete, event, insert, select, text, update)
+                        delete, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
@@ -71,7 +71,9 @@ heard = Table(
     "heard", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("user", String(128), nullable=False, index=True),
-    Column("fingerprint", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),  # the take's own fingerprint, JSON (every version reads it)
+    # …and at the replay shifts (voicelock/replay.py `encode`); NULL: written by an older voicelock
+    Column("fingerprint_set", Text, nullable=True),
     Column("at", Float, nullable=False),
 )
 
@@ -109,6 +111,12 @@ class Forbidden(VoicelockError):
     """Proof of ownership was missing, wrong, used or expired."""
 
     status = 403
+
+
+def already_enrolled(user: str) -> str:
+    """Why enrolling an existing user without proof is refused, and what to do instead."""
+    return f"user '{user}' is already enrolled — to re-enroll, unlock first and send the token it returns as header " \
+           f"X-Unlock-Token"
 
 
 TOKEN_INVALID = "X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock again for a new one"
@@ -254,8 +262,7 @@ class EnrollmentStore:
                 return False
             if not admin:
                 if not token:
-                    raise Conflict(f"user '{user}' is already enrolled — to re-enroll, unlock first and send the "
-                                   f"token it returns as header X-Unlock-Token")
+                    raise Conflict(already_enrolled(user))
                 if not self._spend_token(conn, user, token, now):
                     raise Forbidden(TOKEN_INVALID)
             # The replay memory stays: recordings heard before a re-enrollment must not open it after.
@@ -278,7 +285,8 @@ class EnrollmentStore:
 
     @staticmethod
     def _row(template: Template, now: float) -> dict:
-        return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes}),
+        return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes,
+                                        "take_sets": template.take_sets}),
                 "clips": template.clips, "model": template.model, "created_at": now,
                 "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None,
                 "model_since": template.model_since or None}
@@ -290,7 +298,8 @@ class EnrollmentStore:
             return None
         data = json.loads(row.template)
         return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
-                        row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0)
+                        row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0,
+                        data.get("take_sets", []))
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False) -> bool:
         """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting
@@ -423,16 +432,19 @@ class EnrollmentStore:
         return [dict(r._mapping) for r in rows]
 
     def heard_recently(self, user: str, limit: int) -> list[str]:
-        """The user's newest remembered takes, as stored (voicelock/replay.py `decode` reads them)."""
+        """The user's newest remembered takes as stored: each its fingerprint set, or its fingerprint
+        (JSON) where a set was not written (voicelock/replay.py `decode` reads either)."""
         h = heard.c
+        stored = func.coalesce(h.fingerprint_set, h.fingerprint).label("stored")
         with self.engine.connect() as conn:
-            rows = conn.execute(select(h.fingerprint).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
-        return [r.fingerprint for r in rows]
+            rows = conn.execute(select(stored).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
+        return [r.stored for r in rows]
 
-    def remember(self, user: str, fingerprints: list[str | list[float]], now: float, keep: int) -> list[str]:
-        """Add an accepted unlock's takes (each take's encoded fingerprint set, one row a take; a plain
-        list is stored as JSON), keep the user's newest `keep`, and return every *other* remembered
-        take as of this write: the same recording sent twice at once passes
+    def remember(self, user: str, fingerprints: list[list[float]], now: float, keep: int,
+                 sets: list[str] | None = None) -> list[str]:
+        """Add an accepted unlock's takes — each its fingerprint and, when given, its encoded set (one
+        row a take) — keep the user's newest `keep`, and return every *other* remembered take as of this
+        write, as `heard_recently` does: the same recording sent twice at once passes
         both requests' replay checks (each read the memory before the other wrote), and must not
         unlock twice. The write is serialised per user — SQLite's write lock, taken by the first
         statement; elsewhere a row lock on the user's enrollment — so of two such writes the second
@@ -441,11 +453,13 @@ class EnrollmentStore:
         with self.engine.begin() as conn:
             if conn.engine.dialect.name != "sqlite":
                 conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
-            rows = [fp if isinstance(fp, str) else json.dumps(fp) for fp in fingerprints]
-            mine = [conn.execute(insert(heard).values(user=user, fingerprint=row, at=now).returning(h.id)).scalar_one()
-                    for row in rows]
-            others = conn.execute(select(h.fingerprint).where(h.user == user, h.id.not_in(mine))
+            sets = sets if sets is not None else [None] * len(fingerprints)
+            mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), fingerprint_set=fp_set,
+                                                      at=now).returning(h.id)).scalar_one()
+                    for fp, fp_set in zip(fingerprints, sets, strict=True)]
+            stored = func.coalesce(h.fingerprint_set, h.fingerprint).label("stored")
+            others = conn.execute(select(stored).where(h.user == user, h.id.not_in(mine))
                                   .order_by(h.id.desc()).limit(keep)).all()
             newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
             conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
-        return [r.fingerprint for r in others]
+        return [r.stored for r in others]

@@ -126,9 +126,12 @@ class Verifier:
                 "speaker": np.asarray(speaker_scores) >= self.threshold("speaker"),
                 "speaker_raw": np.asarray(raw_scores) >= self.threshold("speaker_raw")}
 
-    def is_replay(self, similarity: float) -> bool:
-        """A take as close as the replay threshold to one already heard (NaN counts as a replay)."""
-        return not similarity < self.threshold("replay")
+    def is_replay(self, similarity: float, single: bool = False) -> bool:
+        """A take as close as the replay threshold to one already heard (NaN counts as a replay).
+        `single`: the similarity is to a take remembered alone, not to a fingerprint set
+        (voicelock/replay.py), judged at `replay_single` — `replay` in a release without sets."""
+        name = "replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay"
+        return not similarity < self.threshold(name)
 
     def challenge_word_ok(self, asked_score: float, asked_is_nearest: bool) -> bool:
         """A challenge take holds the asked word: nearest word template, and above its threshold."""
