@@ -312,8 +312,36 @@ def test_another_models_template_without_its_recordings_is_never_scored_nor_name
     assert core.unlock("hugo", "probe.wav", genuine)["unlocked"] is True  # its own model still
 
 
+def test_a_remembered_takes_own_fingerprint_is_judged_at_the_single_threshold(lenient):
+    """A copy that moves no frames (a level change) is nearest the take's own fingerprint, and a single
+    fingerprint's cosine is judged at `replay_single`, as before sets; only the shifted copies are
+    judged at the set's `replay` alone. The same near row refuses as a take's own fingerprint and
+    passes as one of its shifted copies."""
+    from voicelock.enrollment import Template
+    from voicelock.replay import encode, fingerprints
+
+    core, _, case = lenient
+    lock, th = core.lock, core.lock.thresholds
+    assert th["replay_single"] < th["replay"]
+    template = lock.enroll_files(case.enroll)
+    samples, rate = sf.read(case.genuine[0], dtype="float32")
+    fp = fingerprints(*lock.embed_here([lock.prepare(samples, rate, "take")]))[0]
+    rng = np.random.default_rng(7)
+    away = rng.normal(size=(8, fp.size)).astype(np.float32)
+    away -= np.outer(away @ fp, fp)  # orthogonal to the take: these rows are nowhere near it
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    cosine = (th["replay_single"] + th["replay"]) / 2  # between the two thresholds
+    near = cosine * fp + np.sqrt(1 - cosine ** 2) * away[0]
+    fresh = Template(template.word, template.speaker, template.clips, model=template.model)
+    assert lock.verify(fresh, samples, rate, "take").unlocked  # the take itself passes
+    as_own = lock.verify(fresh, samples, rate, "take", recent=[encode(np.vstack([near, away[1:]]))])
+    as_shift = lock.verify(fresh, samples, rate, "take", recent=[encode(np.vstack([away[1], near, away[2:]]))])
+    assert not as_own.unlocked and "replayed recording" in as_own.reason
+    assert as_shift.unlocked, as_shift.reason
+
+
 def test_what_is_remembered_stays_readable_by_the_previous_voicelock(lenient):
-    """A rolling deploy or a rollback puts the previous voicelock on the same database: it reads
+    """A rolling deploy keeps replicas of the previous voicelock on the same database: they read
     `heard.fingerprint` and the template's `takes` as JSON lists of fingerprints. Those stay exactly
     that — each take's own unit fingerprint — with the shifted sets beside them, which only this
     version reads."""

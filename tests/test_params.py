@@ -37,6 +37,7 @@ def test_repository_params_are_valid():
         ("evaluate", "replay_shifts", [40, 80], "replay_shifts"),  # without the take itself
         ("evaluate", "replay_shifts", [0, 80, 40], "replay_shifts"),
         ("evaluate", "replay_shifts", [0, 16000], "replay_shifts"),  # a second of delay: not a padded copy
+        ("evaluate", "replay_shifts", [0, 400], "replay_shifts: 400 samples of zeros or more are cut"),
         ("evaluate", "replay_shifts", list(range(0, 680, 40)), "replay_shifts"),  # 17 embeddings a take
     ],
 )

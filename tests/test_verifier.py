@@ -55,15 +55,15 @@ def test_a_remembered_take_reads_back_as_stored_and_a_damaged_one_refuses():
                "[" * 5000 + "]" * 5000, json.dumps([float("nan")] * 176), b"\x00" * 704]
     for entry in damaged:
         assert max_similarity(probe, decode(entry, 176)) == float("inf"), str(entry)[:40]
-    rows, single = stored_rows([], 176)
+    rows, own = stored_rows([], 176)
     assert rows.shape == (0, 176) and max_similarity(probe, rows) == -1.0
-    rows, single = stored_rows([encode(sets), sets[0].tolist()], 176)
-    assert rows.shape == (9, 176) and single.tolist() == [False] * 8 + [True]
+    rows, own = stored_rows([encode(sets), sets[0].tolist()], 176)  # each take's own fingerprint comes first
+    assert rows.shape == (9, 176) and own.tolist() == [True] + [False] * 7 + [True]
 
 
 def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold():
     """A set's maximum over its shifted copies runs higher than one fingerprint's cosine, so the set
-    rule's threshold (`replay`) would be too lenient for a take remembered alone; `replay_single` is
+    rule's threshold (`replay`) would be too lenient for a take's own fingerprint; `replay_single` is
     calibrated for those. A release without it has the one threshold for both."""
     rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.98})
     assert rule.is_replay(0.985, single=True) and not rule.is_replay(0.985)

@@ -88,6 +88,10 @@ class UnlockApi:
         n_min, n_max = self.lock.p.min_clips, self.lock.p.max_clips
         if not n_min <= len(files) <= n_max:
             raise VoicelockError(f"files: enrollment needs {n_min}–{n_max} recordings, got {len(files)}")
+        names = [name for name, _ in files]
+        clips = [self._decode(name, blob) for name, blob in files]
+        for (samples, rate), name in zip(clips, names):  # cheap: bad recordings are told apart first, as
+            self.lock.check(samples, rate, name)  # for a free name, before the proof says the name is taken
         admin = self._is_admin(admin_key)
         found = self.store.get(user) if not admin else None
         # The proof first, before any recording is embedded (an enrollment costs an embedding per take
@@ -98,8 +102,7 @@ class UnlockApi:
             raise Conflict(already_enrolled(user))
         if found is not None and not self.store.token_valid(user, token, self.clock()):
             raise Forbidden(TOKEN_INVALID)
-        template = self.lock.enroll([self._decode(name, blob) for name, blob in files], [name for name, _ in files],
-                                    self.sealer)
+        template = self.lock.enroll(clips, names, self.sealer)
         template.model_since = self.model_since
         if found is not None:
             now = self.clock()

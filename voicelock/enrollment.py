@@ -58,7 +58,10 @@ class Template:
         if path.is_dir():
             raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self)))
+        record = asdict(self)
+        if not record["take_sets"]:  # a file without sets stays readable by the voicelock before them
+            del record["take_sets"]
+        path.write_text(json.dumps(record))
 
     @classmethod
     def load(cls, path: str | Path) -> "Template":
@@ -148,6 +151,10 @@ class Unlocker:
         word, speaker = self.embed_here([np.full(self.sample_rate // 10, 0.01, dtype=np.float32)])
         self.fingerprint_dim = word.shape[1] + speaker.shape[1]
         # Checked now, not at the first enrollment: a damaged release must not start serving.
+        single = self.thresholds.get("replay_single", self.thresholds.get("replay"))
+        if len(self.verifier.replay_shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
+            raise VoicelockError("the release has replay_shifts but no finite replay_single threshold — re-run the "
+                                 "evaluate stage (dvc repro evaluate)")
         cut = self.extractor.params.digital_silence_s * self.sample_rate
         if cut and max(self.verifier.replay_shifts) >= cut:
             raise VoicelockError(f"the release's replay_shifts reach {max(self.verifier.replay_shifts)} samples, but "
@@ -313,15 +320,16 @@ class Unlocker:
         word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
         kept = template.take_sets or template.takes  # the takes' sets where the template has them
-        kept = kept if isinstance(kept, list) else [None]  # anything else is damaged: one NaN row, a refusal
-        heard, single = stored_rows(kept + list(recent or []), self.fingerprint_dim)
-        # Each take against every remembered set (`replay`), and against takes remembered alone and the
-        # request's earlier takes (`replay_single`): the nearest, each judged at its own threshold.
+        # a value that is not a list (in either field) is damaged: one NaN row, a refusal
+        kept = kept if isinstance(kept, list) and isinstance(template.take_sets, list) else [None]
+        heard, own = stored_rows(kept + list(recent or []), self.fingerprint_dim)
+        # Each take against every remembered fingerprint, shifted copies included (`replay`), and against
+        # the remembered takes' own fingerprints and the request's earlier takes (`replay_single`).
         replay = replay_single = -1.0
         for i in range(len(fps)):
-            replay = max(replay, max_similarity(fps[i], heard[~single]))
-            replay_single = max(replay_single, max_similarity(fps[i], np.concatenate([heard[single], fps[:i]])))
-        # A corrupt remembered fingerprint makes `replay` +inf (a refusal); anything else must be finite.
+            replay = max(replay, max_similarity(fps[i], heard))
+            replay_single = max(replay_single, max_similarity(fps[i], np.concatenate([heard[own], fps[:i]])))
+        # A damaged remembered take makes both +inf (a refusal); anything else must be finite.
         rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
                 and not np.isnan(rival_score) and not np.isnan(replay) and not np.isnan(replay_single)):
@@ -342,7 +350,7 @@ class Unlocker:
         if rule.is_replay(replay):
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         if rule.is_replay(replay_single, single=True):
-            reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take heard alone ≥ "
+            reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take already heard ≥ "
                            f"{th.get('replay_single', th['replay']):.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4),
                                            "replay_similarity_single": round(replay_single, 4),
@@ -402,14 +410,13 @@ class Unlocker:
 
     def is_replay(self, fingerprints: list[list[float]], others: list[str]) -> bool:
         """Whether any take is a copy of any of `others` (takes remembered at the same moment, as
-        `EnrollmentStore.remember` returns them): each take against each set, and against each take
-        remembered alone at that take's threshold."""
+        `EnrollmentStore.remember` returns them), by the rule `verify` applies."""
         if not others:
             return False
-        history, single = stored_rows(others, self.fingerprint_dim)
+        history, own = stored_rows(others, self.fingerprint_dim)
         probes = np.asarray(fingerprints, dtype=np.float32)
-        return any(self.verifier.is_replay(max_similarity(fp, history[~single]))
-                   or self.verifier.is_replay(max_similarity(fp, history[single]), single=True) for fp in probes)
+        return any(self.verifier.is_replay(max_similarity(fp, history))
+                   or self.verifier.is_replay(max_similarity(fp, history[own]), single=True) for fp in probes)
 
     def same_voice(self, enrolled: Template, new: Template) -> bool:
         """Whether a new enrollment is the enrolled voice (its password may differ): re-enrolling with an

@@ -501,6 +501,15 @@ class Params(BaseModel):
                              f"({e.max_duration_s}); the service would refuse every recording")
         return self
 
+    @model_validator(mode="after")
+    def _replay_shifts_under_the_silence_cut(self) -> "Params":
+        cut = self.features.digital_silence_s * self.data.sample_rate
+        if cut and self.evaluate.replay_shifts[-1] >= cut:
+            raise ValueError(f"evaluate.replay_shifts: {self.evaluate.replay_shifts[-1]} samples of zeros or more are "
+                             f"cut before the features (features.digital_silence_s × data.sample_rate = {cut:g}), so "
+                             f"that copy would be the take itself — keep every shift below {cut:g}")
+        return self
+
 
 # Every key that names a file or folder (relative ones are relative to the checkout's root).
 PATH_KEYS = frozenset({"path", "raw_dir", "download_dir", "out_dir", "folder", "metrics_file", "details_file",

@@ -44,7 +44,7 @@ from voicelock.errors import VoicelockError
 
 log = logging.getLogger(__name__)
 
-_ENCODED = "f16:"  # prefix of a stored fingerprint set; anything else is an older JSON list
+_ENCODED = "f16:"  # prefix of a stored fingerprint set; anything else is one fingerprint as JSON
 
 
 def fingerprints(word: np.ndarray, speaker: np.ndarray) -> np.ndarray:
@@ -83,19 +83,21 @@ def decode(entry: object, dim: int) -> np.ndarray:
             return rows
     except Exception:  # noqa: BLE001 — whatever is stored, a damaged row must refuse, not raise
         pass
-    log.warning("replay memory: a remembered take is damaged (%.60r…): it refuses every probe until it "
-                "is rotated out or the user re-enrolls", entry)
+    log.warning("replay memory: a remembered take is damaged (%.60r…): every probe of that user is refused "
+                "until the administrator deletes the enrollment or a model promotion re-embeds it", entry)
     return np.full((1, dim), np.nan, dtype=np.float32)
 
 
 def stored_rows(entries: Iterable[object], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every fingerprint of every remembered take, as (N, dim) rows, and which rows are a take
-    remembered alone (a set of one: written before shift sets, or by a release without them), which
-    the replay rule judges at the threshold calibrated for single fingerprints."""
+    """Every fingerprint of every remembered take, as (N, dim) rows, and which rows are a take's own
+    fingerprint (the first of its set, or a take remembered alone). The replay rule judges every row
+    at `replay` and the takes' own fingerprints also at `replay_single`, as before sets: a copy that
+    does not move the frames (a level change) is nearest the take itself, and the set's threshold
+    would let more of those through."""
     sets = [decode(e, dim) for e in entries]
     if not sets:
         return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool)
-    return np.concatenate(sets), np.concatenate([np.full(len(s), len(s) == 1) for s in sets])
+    return np.concatenate(sets), np.concatenate([np.arange(len(s)) == 0 for s in sets])
 
 
 def max_similarity(probe: np.ndarray, history: np.ndarray | None) -> float:

@@ -72,7 +72,8 @@ heard = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("user", String(128), nullable=False, index=True),
     Column("fingerprint", Text, nullable=False),  # the take's own fingerprint, JSON (every version reads it)
-    # …and at the replay shifts (voicelock/replay.py `encode`); NULL: written by an older voicelock
+    # …and at the replay shifts (voicelock/replay.py `encode`); NULL: an older voicelock wrote the row,
+    # or the release has no shifts
     Column("fingerprint_set", Text, nullable=True),
     Column("at", Float, nullable=False),
 )

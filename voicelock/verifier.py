@@ -128,8 +128,8 @@ class Verifier:
 
     def is_replay(self, similarity: float, single: bool = False) -> bool:
         """A take as close as the replay threshold to one already heard (NaN counts as a replay).
-        `single`: the similarity is to a take remembered alone, not to a fingerprint set
-        (voicelock/replay.py), judged at `replay_single` — `replay` in a release without sets."""
+        `single`: the similarity is to a remembered take's own fingerprint (voicelock/replay.py,
+        `stored_rows`), judged at `replay_single` — `replay` in a release without sets."""
         name = "replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay"
         return not similarity < self.threshold(name)
 

@@ -2,8 +2,10 @@
 
 `fingerprint_set` holds the take's fingerprints at the release's replay shifts (voicelock/replay.py,
 `encode`: float16, base64); `fingerprint` keeps the take's own fingerprint as JSON, as before, so a
-replica still running the previous voicelock (a rolling deploy, a rollback) reads every row it finds.
-NULL for rows written before this revision or by such a replica: the take alone is remembered.
+replica of the previous voicelock that is still running during a rolling deploy reads every row it
+finds. One started after this revision refuses a database it has no revision for: to roll back, run
+`alembic downgrade 0003` first (nothing is lost but the sets). NULL for rows written before this
+revision, by such a replica, or under a release without replay shifts: the take alone is remembered.
 
 Revision ID: 0004
 Revises: 0003
