@@ -261,16 +261,18 @@ class Unlocker:
         word, speaker = self.embed_checked(prepared, names)
         fps = fingerprints(word, speaker)
         if checked:  # the cheap checks first: the sets cost an embedding per shift and take
-            self._check_takes_agree(word, speaker, fps, [fp[None, :] for fp in fps], names, single=True)
+            self._check_no_copies(fps, [fp[None, :] for fp in fps], names, single=True)
+            self._check_takes_agree(word, speaker, names)
         sets = self.fingerprint_sets(prepared, fps, names)
         if checked:
-            self._check_takes_agree(word, speaker, fps, sets, names)
+            self._check_no_copies(fps, sets, names)
         t_word, t_speaker = make_template(word, speaker)
         return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), fps.tolist(), self.model_id,
                         take_sets=[encode(s) for s in sets] if len(self.verifier.replay_shifts) > 1 else [])
 
-    def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, fps: np.ndarray, sets: list[np.ndarray],
-                           names: list[str], single: bool = False) -> None:
+    def _check_no_copies(self, fps: np.ndarray, sets: list[np.ndarray], names: list[str], single: bool = False) -> None:
+        """No take is a copy of another: each take's fingerprint against every other take's `sets`,
+        judged as `verify` judges a take against remembered ones (`single`: sets of one)."""
         for i in range(len(names)):
             for j in range(i):
                 # either take may be the padded copy of the other: each against the other's set
@@ -278,8 +280,9 @@ class Unlocker:
                                            single):
                     raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
                                          f"anew")
-        if not single:
-            return
+
+    def _check_takes_agree(self, word: np.ndarray, speaker: np.ndarray, names: list[str]) -> None:
+        """Every take says the same word in the same voice as the others."""
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
                                     ("speaker", speaker, self.p.min_speaker_agreement)):
             total = emb.sum(axis=0)
