@@ -576,3 +576,22 @@ def test_training_batches_draw_by_the_params_engine_weights():
     weights = TrainingBatches(split, tp, augmenter, seed=0).sampler.weights
     assert weights["A"] == 3.0 and all(weights[f"A~{w:g}"] == 3.0 for w in augmenter.speaker_warps)
     assert {weights[s] for s in weights if not s.startswith("A")} == {1.0}
+
+
+def test_a_clips_embedding_does_not_depend_on_the_batch_it_is_embedded_in():
+    # embed() batches for speed (128 a batch on a CPU): clips of other lengths beside a clip, or a batch
+    # boundary through a split, must not move its embedding (masks per clip; BatchNorm in eval mode).
+    from voicelock.model.train import embed
+
+    torch.manual_seed(0)
+    model = VoiceLockNet(64, PARAMS.model).eval()
+    rng = np.random.default_rng(1)
+    feats = rng.normal(-40, 10, (300, 64, 101)).astype(np.float16)
+    frames = rng.integers(30, 102, 300)
+    alone = [embed(model, feats[i:i + 1], frames[i:i + 1], torch.device("cpu")) for i in (0, 127, 128, 299)]
+    for size in (None, 7, 512):
+        words, speakers = embed(model, feats, frames, torch.device("cpu"), batch_size=size)
+        assert words.shape == (300, PARAMS.model.word_embedding)
+        for (w, s), i in zip(alone, (0, 127, 128, 299)):
+            np.testing.assert_allclose(words[i], w[0], atol=1e-5)
+            np.testing.assert_allclose(speakers[i], s[0], atol=1e-5)
