@@ -317,3 +317,34 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     assert old.model_id == f"sha256:{digest.hexdigest()[:32]}"
     assert Release.load(trained.evaluate.out_dir).model_id != old.model_id  # the knob on: another id
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"replay_single": None}, "no finite replay_single"),
+    ({"replay_single": float("nan")}, "no finite replay_single"),
+    ({"replay_shifts": [0, 40, 400]}, "reach 400 samples"),  # 400 zeros = 25 ms are cut: the take itself
+    ({"replay_shifts": [0, 40.5]}, "replay_shifts"),
+])
+def test_a_release_whose_replay_rule_cannot_be_served_is_refused_where_it_is_opened(
+        trained: Params, tmp_path: Path, damage: dict, message: str):
+    """The service, the CLI and the promotion gate all open a release with `Release.load`: a damaged
+    replay rule must stop each of them before a take is remembered under it, and the gate must not
+    promote it (`unservable`)."""
+    import torch
+
+    from voicelock.enrollment import Unlocker
+    from voicelock.promotion import unservable
+    from voicelock.release import Release
+
+    payload = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
+    assert len(payload["thresholds"]["replay_shifts"]) > 1 and payload["feature_params"]["digital_silence_s"] > 0
+    payload["thresholds"] = {k: v for k, v in {**payload["thresholds"], **damage}.items() if v is not None}
+    (tmp_path / "bad").mkdir()
+    torch.save(payload, tmp_path / "bad" / "model.pt")
+    with pytest.raises(VoicelockError, match=message):
+        Release.load(tmp_path / "bad")
+    with pytest.raises(VoicelockError, match=message):
+        Unlocker(tmp_path / "bad", trained.enroll)
+    assert message.split()[-1] in unservable(tmp_path / "bad")
+    Release.load(tmp_path / "bad", calibrated=False)  # the gate may still re-calibrate it as production
+    assert unservable(trained.evaluate.out_dir) is None

@@ -150,16 +150,6 @@ class Unlocker:
         # shorten): how remembered sets are read back. Measured, not derived from the parameters.
         word, speaker = self.embed_here([np.full(self.sample_rate // 10, 0.01, dtype=np.float32)])
         self.fingerprint_dim = word.shape[1] + speaker.shape[1]
-        # Checked now, not at the first enrollment: a damaged release must not start serving.
-        single = self.thresholds.get("replay_single", self.thresholds.get("replay"))
-        if len(self.verifier.replay_shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
-            raise VoicelockError("the release has replay_shifts but no finite replay_single threshold — re-run the "
-                                 "evaluate stage (dvc repro evaluate)")
-        cut = self.extractor.params.digital_silence_s * self.sample_rate
-        if cut and max(self.verifier.replay_shifts) >= cut:
-            raise VoicelockError(f"the release's replay_shifts reach {max(self.verifier.replay_shifts)} samples, but "
-                                 f"zeros from {cut:g} on are cut before the features (features.digital_silence_s): "
-                                 f"such a copy is the take itself — use shorter shifts and re-run dvc repro evaluate")
 
     @property
     def vocabulary(self) -> list[str]:

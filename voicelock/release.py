@@ -95,7 +95,26 @@ class Release:
                                  f"for a model evaluated by an older voicelock (`make repro` promotes a new one)")
         scorer = SpeakerScorer(meta.get("cohort"), int(meta.get("cohort_top_k", 50)))
         templates = {w: np.asarray(v, dtype=np.float32) for w, v in (meta.get("word_templates") or {}).items()}
-        return cls.from_checkpoint(model, meta, thresholds, scorer, templates)
+        release = cls.from_checkpoint(model, meta, thresholds, scorer, templates)
+        if calibrated and (why := release.replay_problem()):
+            raise VoicelockError(f"{path}: {why}")
+        return release
+
+    def replay_problem(self) -> str | None:
+        """Why the release's replay rule cannot be served, or None. Checked where a release is opened, so
+        the service and the CLI refuse to start on it and the promotion gate (`unservable`) never
+        promotes it — not at the first enrollment, when takes would already be remembered under it."""
+        shifts = self.verifier.replay_shifts  # refuses damaged shifts itself
+        single = self.thresholds.get("replay_single")  # calibrated beside every set rule this voicelock writes
+        if len(shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
+            return ("the release has replay_shifts but no finite replay_single threshold (a take's own "
+                    "fingerprint would go unjudged) — re-run the evaluate stage (dvc repro evaluate)")
+        cut = self.feature_params.digital_silence_s * self.sample_rate
+        if cut and max(shifts) >= cut:
+            return (f"the release's replay_shifts reach {max(shifts)} samples, but zeros from {cut:g} on are cut "
+                    f"before the features (features.digital_silence_s): such a copy is the take itself — use "
+                    f"shorter evaluate.replay_shifts and re-run dvc repro evaluate")
+        return None
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the release folder afresh: model.pt (everything) and thresholds.json (to read)."""
