@@ -89,6 +89,30 @@ def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():
     assert calibrate_replay_threshold(served, 0.002) > float(sets[0, 1] @ probes[1])
 
 
+def test_reported_replay_refusals_apply_the_whole_served_rule():
+    """The service refuses a take as close as `replay` to a remembered set *or* as close as
+    `replay_single` to the remembered take's own fingerprint; `replay_false_refusals` must count both,
+    or the figure would report a laxer rule than the one served."""
+    from voicelock.replay import RememberedTakes, genuine_replay_refusals
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    own, copy, far = np.eye(4)[0], np.eye(4)[1], np.eye(4)[3]
+    close_to_own = unit(own + 0.12 * far)  # cosine 0.993 to the take's own fingerprint, 0 to its copy
+    close_to_copy = unit(copy + 0.12 * far)  # 0.993 to the shifted copy, 0 to the take
+    probes = np.stack([own, close_to_own, close_to_copy, unit(own + copy)])
+    sets = np.stack([np.stack([own, copy])])  # take 0 remembered with one shifted copy
+    served = RememberedTakes(probes, np.array([0]), sets)
+    who, what = np.array(["a"] * 4), np.array(["yes"] * 4)
+    rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.995, "replay_single": 0.99})
+    refused = genuine_replay_refusals(served, who, what, rule.is_replay)
+    # probes 1-3 meet take 0: its own fingerprint at 0.99 refuses probe 1, the set at 0.995 neither 2 nor 3
+    assert refused.tolist() == [True, False, False]
+    strict = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.99})
+    assert genuine_replay_refusals(served, who, what, strict.is_replay).tolist() == [True, True, False]
+
+
 def test_replay_shifts_come_from_the_release_and_default_to_the_take_alone():
     assert Verifier(SpeakerScorer(), THRESHOLDS).replay_shifts == (0,)  # calibrated before shift sets
     assert Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_shifts": [0, 40, 80]}).replay_shifts == (0, 40, 80)

@@ -34,6 +34,7 @@ from voicelock.replay import (
     delayed,
     fingerprints,
     genuine_repeat_similarities,
+    genuine_replay_refusals,
 )
 from voicelock.scoring import SpeakerScorer, build_cohort
 from voicelock.trials import (
@@ -184,9 +185,11 @@ def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thres
     nearest_ok = scores[known].argmax(axis=1) == own
     above = scores[known][np.arange(own.size), own] >= thresholds["challenge_word"]
     repeats = genuine_repeat_similarities(word, speaker, speakers, words, served)
+    refused = (repeats >= thresholds["replay"] if served is None  # every take remembered alone, at `replay`
+               else genuine_replay_refusals(served, speakers, words, Verifier(SpeakerScorer(), thresholds).is_replay))
     return {
         "challenge_word_frr": float(1 - np.mean(nearest_ok & above)) if own.size else float("nan"),
-        "replay_false_refusals": float(np.mean(repeats >= thresholds["replay"])) if repeats.size else float("nan"),
+        "replay_false_refusals": float(np.mean(refused)) if refused.size else float("nan"),
         "replay_closest_genuine": float(repeats.max()) if repeats.size else float("nan"),
     }
 

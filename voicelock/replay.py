@@ -35,7 +35,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,12 +133,8 @@ def genuine_repeat_similarities(word: np.ndarray, speaker: np.ndarray, speakers:
     With it: every other take of the word against each remembered take's set — the rule the service
     applies once takes are remembered with their shifted copies."""
     if served is not None:
-        out = []
-        for row, fingerprint_set in zip(served.stored.tolist(), served.sets):
-            others = np.flatnonzero((speakers == speakers[row]) & (words == words[row]))
-            others = others[others != row]
-            if others.size:
-                out.append((served.probes[others] @ fingerprint_set.T).max(axis=1))
+        out = [(probes @ fingerprint_set.T).max(axis=1)
+               for probes, fingerprint_set in _later_takes(served, speakers, words)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
     fp = fingerprints(word, speaker)
     out = []
@@ -149,6 +145,29 @@ def genuine_repeat_similarities(word: np.ndarray, speaker: np.ndarray, speakers:
         sims = fp[rows] @ fp[rows].T
         out.append(sims[np.triu_indices(rows.size, k=1)])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _later_takes(served: RememberedTakes, speakers: np.ndarray,
+                 words: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each remembered take's set with the fingerprints of the other takes of its speaker's word: the
+    genuine new takes that meet it."""
+    for row, fingerprint_set in zip(served.stored.tolist(), served.sets):
+        others = np.flatnonzero((speakers == speakers[row]) & (words == words[row]))
+        others = others[others != row]
+        if others.size:
+            yield served.probes[others], fingerprint_set
+
+
+def genuine_replay_refusals(served: RememberedTakes, speakers: np.ndarray, words: np.ndarray,
+                            is_replay: Callable[[float, bool], bool]) -> np.ndarray:
+    """For each genuine new take against each earlier remembered take of its word: refused as a replay
+    by the service's whole rule (`Verifier.is_replay`) — the set at `replay`, *or* the take's own
+    fingerprint (row 0) at `replay_single`. What is reported is then what the service does."""
+    out = []
+    for probes, fingerprint_set in _later_takes(served, speakers, words):
+        for sims in probes @ fingerprint_set.T:
+            out.append(is_replay(float(sims.max()), False) or is_replay(float(sims[0]), True))
+    return np.asarray(out, dtype=bool)
 
 
 def calibrate_replay_threshold(genuine_repeats: np.ndarray, margin: float) -> float:
