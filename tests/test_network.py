@@ -595,3 +595,23 @@ def test_a_clips_embedding_does_not_depend_on_the_batch_it_is_embedded_in():
         for (w, s), i in zip(alone, (0, 127, 128, 299)):
             np.testing.assert_allclose(words[i], w[0], atol=1e-5)
             np.testing.assert_allclose(speakers[i], s[0], atol=1e-5)
+
+
+def test_a_recordings_level_changes_no_embedding():
+    # model.input_level_db: the same clip 20 dB quieter (every band, every frame) embeds the same; the
+    # loudest frame is sought among the spoken frames only, so loud padding after them changes nothing.
+    torch.manual_seed(0)
+    assert PARAMS.model.input_level_db is not None
+    model = VoiceLockNet(64, PARAMS.model).eval()
+    feats, frames = torch.randn(3, 64, 101) * 8 - 40, torch.tensor([101, 60, 30])
+    loud_padding = feats.clone()
+    loud_padding[1, :, 60:] = 0.0
+    loud_padding[2, :, 30:] = 0.0
+    plain, quieter, padded = model(feats, frames), model(feats - 20, frames), model(loud_padding, frames)
+    for other in (quieter, padded):
+        torch.testing.assert_close(other.word, plain.word, atol=1e-5, rtol=0)
+        torch.testing.assert_close(other.speaker, plain.speaker, atol=1e-5, rtol=0)
+    # As recorded (None), the network hears the level: the test above has something to catch.
+    torch.manual_seed(0)
+    as_recorded = VoiceLockNet(64, PARAMS.model.model_copy(update={"input_level_db": None})).eval()
+    assert (as_recorded(feats, frames).word - as_recorded(feats - 20, frames).word).abs().max() > 1e-3

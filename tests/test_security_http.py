@@ -248,6 +248,31 @@ def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Serv
         assert unlock(url, fresh, wav).json()["unlocked"] is True, what
 
 
+def test_3_a_replay_turned_down_or_up_is_still_the_recording_heard(server: Server, params: Params,
+                                                                   case: UnlockCase):
+    """A copy of an accepted take at another level: the network hears each clip at one level
+    (`model.input_level_db`), so the copy's fingerprint is the take's and the account that heard the
+    take refuses it; an account that never heard it unlocks with it (the copy is still the owner)."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import fingerprints
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    url, take = server.url, samples_of(case.genuine[0])
+    heard_fp = fingerprints(*lock.embed_here([lock.prepare(take, 16000, "take")]))[0]
+    for i, db in enumerate((-15, -8, 3)):
+        copy = take * 10 ** (db / 20)
+        assert np.sqrt(np.mean(copy ** 2)) > params.enroll.min_rms and np.abs(copy).max() < 1.0
+        sent = sf.read(io.BytesIO(pcm_wav(copy, 16000)), dtype="float32")[0]
+        fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, "copy")]))[0]
+        assert float(fp @ heard_fp) > 0.999, f"{db:+d} dB moved the fingerprint to {float(fp @ heard_fp):.4f}"
+        heard, fresh = f"row3l{i}", f"row3m{i}"
+        for user in (heard, fresh):
+            assert enroll(url, user, case.read(case.enroll)).status_code == 200
+        assert unlock(url, heard, pcm_wav(take, 16000)).json()["unlocked"] is True
+        assert not_unlocked(unlock(url, heard, pcm_wav(copy, 16000))), f"{db:+d} dB"
+        assert unlock(url, fresh, pcm_wav(copy, 16000)).json()["unlocked"] is True, f"{db:+d} dB"
+
+
 # --- 4. bounded decoding: bombs ------------------------------------------------------------------
 
 

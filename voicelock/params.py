@@ -166,6 +166,9 @@ class ModelParams(_Section):
     pooled_blocks: int = Field(1, ge=1, description="the heads pool the last N blocks' outputs, side by side")
     front_channels: int = Field(0, ge=0, description="0: none; else two 2-D convolutions (frequency × time) "
                                                      "with this many channels before the stem")
+    input_level_db: float | None = Field(
+        None, ge=-60, le=0, description="each clip shifted so its loudest frame sits at this level (dB, the "
+                                        "bands' mean) before the network reads it; None: as recorded")
     speaker_backend: Literal["none", "lda"] = Field(
         "none", description="linear map fitted on the training speakers after training (voicelock/model/backend.py)")
     backend_dims: int = Field(48, ge=1)
