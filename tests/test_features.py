@@ -123,3 +123,18 @@ def test_engines_are_optional_but_a_table_without_them_is_named(tmp_path: Path):
     (tmp_path / "speakers.csv").write_text("id,voice\na,en-us\n")
     with pytest.raises(VoicelockError, match=r"speakers\.csv: needs columns id and engine"):
         with_engines(manifest, tmp_path)
+
+
+def test_a_clips_features_do_not_depend_on_the_clips_beside_it(tiny_params: Params):
+    # The batching embedder puts concurrent requests' clips in one batch: a clip as long as the batch
+    # would otherwise hear its own end mirrored when alone and zeros beside a longer clip.
+    fx = FeatureExtractor(tiny_params.features, 16000)
+    rng = np.random.default_rng(3)
+    t = np.arange(20000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + rng.normal(0, 0.1, t.size))).astype(np.float32)
+    clips = [speech[:16000], speech[:19000], speech[:9000], speech[:16000] * 0.5, speech[:20000]]
+    together, n_together = fx.from_arrays(clips)
+    for i, clip in enumerate(clips):
+        alone, n_alone = fx.from_arrays([clip])
+        assert n_together[i] == n_alone[0]
+        torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=0)

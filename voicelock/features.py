@@ -118,13 +118,23 @@ class FeatureExtractor(torch.nn.Module):
         return self._log_mel(waves)[..., : self.frames]
 
     def from_arrays(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features for clips already decoded (float32 mono at `sample_rate`), any lengths."""
-        width = max(self.clip_samples, max(c.size for c in clips))
-        waves = torch.zeros(len(clips), width)
-        for i, c in enumerate(clips):
-            waves[i, : c.size] = torch.from_numpy(c)
-        lengths = torch.tensor([max(c.size, 1) for c in clips])
-        return self(waves, lengths)
+        """Features for clips already decoded (float32 mono at `sample_rate`), any lengths: each clip's
+        features exactly as it has them alone.
+
+        Why batched by width: the mel transform pads a batch's ends by reflecting its last samples, so
+        a clip as long as its batch hears its own end mirrored, and beside a longer clip hears zeros —
+        the batching embedder's partners (other users' requests) moved a take's fingerprint by up to
+        0.0035, near the replay threshold's margin. Clips of one padded width share a batch."""
+        widths = [max(self.clip_samples, c.size) for c in clips]
+        feats = torch.empty(len(clips), self.n_features, self.frames)
+        frames = torch.empty(len(clips), dtype=torch.int64)
+        for width in sorted(set(widths)):
+            rows = [i for i, w in enumerate(widths) if w == width]
+            waves = torch.zeros(len(rows), width)
+            for j, i in enumerate(rows):
+                waves[j, : clips[i].size] = torch.from_numpy(clips[i])
+            feats[rows], frames[rows] = self(waves, torch.tensor([max(clips[i].size, 1) for i in rows]))
+        return feats, frames
 
 
 @dataclass
