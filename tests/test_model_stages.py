@@ -306,6 +306,7 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
 
     payload = torch.load(Path(trained.evaluate.out_dir) / "model.pt", weights_only=False)
     del payload["feature_params"]["digital_silence_s"]
+    del payload["model_params"]["input_level_db"]  # nor did the network have a level then
     (tmp_path / "old").mkdir()
     torch.save(payload, tmp_path / "old" / "model.pt")
     old = Release.load(tmp_path / "old")
@@ -316,7 +317,12 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     assert old.model_id == f"sha256:{digest.hexdigest()[:32]}"
-    assert Release.load(trained.evaluate.out_dir).model_id != old.model_id  # the knob on: another id
+    assert Release.load(trained.evaluate.out_dir).model_id != old.model_id  # the knobs on: another id
+    # The level the network hears each clip at changes what it computes, not its weights: another id.
+    payload["feature_params"]["digital_silence_s"] = 0.0
+    payload["model_params"]["input_level_db"] = -20.0
+    torch.save(payload, tmp_path / "old" / "model.pt")
+    assert Release.load(tmp_path / "old").model_id != old.model_id
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -324,6 +330,8 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
     ({"replay_single": float("nan")}, "no finite replay_single"),
     ({"replay_shifts": [0, 40, 400]}, "reach 400 samples"),  # 400 zeros = 25 ms are cut: the take itself
     ({"replay_shifts": [0, 40.5]}, "replay_shifts"),
+    ({"replay": 1.0}, "replay threshold 1.0 is not a number between 0 and 1"),  # no copy short of exact
+    ({"replay_single": 1.5}, "replay_single threshold 1.5 is not a number"),
 ])
 def test_a_release_whose_replay_rule_cannot_be_served_is_refused_where_it_is_opened(
         trained: Params, tmp_path: Path, damage: dict, message: str):

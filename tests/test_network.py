@@ -608,7 +608,8 @@ def test_a_recordings_level_changes_no_embedding():
     loud_padding[1, :, 60:] = 0.0
     loud_padding[2, :, 30:] = 0.0
     plain, quieter, padded = model(feats, frames), model(feats - 20, frames), model(loud_padding, frames)
-    for other in (quieter, padded):
+    unlock_copy = inference_copy(model)  # what an unlock runs
+    for other in (quieter, padded, unlock_copy(feats - 20, frames)):
         torch.testing.assert_close(other.word, plain.word, atol=1e-5, rtol=0)
         torch.testing.assert_close(other.speaker, plain.speaker, atol=1e-5, rtol=0)
     # As recorded (None), the network hears the level: the test above has something to catch.

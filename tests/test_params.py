@@ -93,3 +93,13 @@ def test_under_makes_every_path_absolute_under_the_checkout(tmp_path: Path):
     assert moved.service.database_url == params.service.database_url  # a URL, not a path
     assert moved.under("/elsewhere") == moved  # absolute paths stay
     assert moved.model_dump().keys() == params.model_dump().keys() and moved.seed == params.seed
+
+
+def test_a_clip_level_is_only_set_on_log_mel(tmp_path: Path):
+    # To MFCCs a level change is a change of c0 alone: shifting every coefficient would distort them.
+    raw = tiny_params_dict(tmp_path)
+    raw["features"]["kind"], raw["model"]["input_norm"], raw["model"]["input_level_db"] = "mfcc", "batchnorm", -12
+    with pytest.raises(VoicelockError, match="model.input_level_db needs features.kind: logmel"):
+        load_params(write_params(tmp_path, raw))
+    raw["model"]["input_level_db"] = None
+    assert load_params(write_params(tmp_path, raw)).model.input_level_db is None

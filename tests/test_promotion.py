@@ -155,12 +155,18 @@ def test_a_production_model_this_voicelock_cannot_serve_is_replaced_on_the_candi
 
     monkeypatch.setattr(promotion, "production_metrics", measured)
     monkeypatch.setattr(promotion, "production_model", lambda name: model("voicelock:old", old, {}))
-    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", "", figures))
+    new = params.evaluate.out_dir
+    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", new, figures))
     decision = promotion.decide(params)
     assert decision.promote is True and decision.production is None
     assert "cannot be served by this voicelock" in decision.reasons[0] and "'word_margin' threshold" in decision.reasons[0]
     too_open = {**figures, OOD + "far_other_speaker_password": params.promotion.max_unseen_far * 2}
-    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", "", too_open))
+    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:new", new, too_open))
     decision = promotion.decide(params)
     assert decision.promote is False and any("above promotion.max_unseen_far" in r for r in decision.reasons)
     assert promotion.unservable(params.evaluate.out_dir) is None  # today's release is served as it is
+    # A candidate the service would refuse to start on is never promoted, whatever its figures.
+    monkeypatch.setattr(promotion, "production_model", lambda name: None)
+    monkeypatch.setattr(promotion, "candidate_model", lambda p: model("voicelock-candidate:old", old, figures))
+    decision = promotion.decide(params)
+    assert decision.promote is False and "voicelock-candidate:old cannot be served" in decision.reasons[0]

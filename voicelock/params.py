@@ -469,6 +469,14 @@ class Params(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _level_reads_log_mel(self) -> "Params":
+        # A level change is one constant added to every log-mel band; to MFCCs it is a change of c0 alone.
+        if self.model.input_level_db is not None and self.features.kind != "logmel":
+            raise ValueError(f"model.input_level_db needs features.kind: logmel (it is {self.features.kind}) — "
+                             "set model.input_level_db: null for MFCCs")
+        return self
+
+    @model_validator(mode="after")
     def _unseen_voices_unseen(self) -> "Params":
         """The unseen-voices corpus is only worth its name if no training speaker shares its accent or
         its timbre: refuse any overlap, naming it."""

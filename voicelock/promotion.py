@@ -171,7 +171,8 @@ def unservable(model_dir: str | Path) -> str | None:
 
 
 def decide(params: Params) -> GateDecision:
-    """Compare the packaged candidate with production, both evaluated on the current splits.
+    """Compare the packaged candidate with production, both evaluated on the current splits. A
+    candidate this voicelock would not serve (`unservable`) is never promoted.
 
     A production model this voicelock will not serve is no incumbent to keep: the service would not
     start on it. The candidate then replaces it on its own figures (each present and finite, every
@@ -180,6 +181,9 @@ def decide(params: Params) -> GateDecision:
     cand_metrics = dict(candidate.info.metadata.get("metrics", {}))
     cand_metrics.update(with_prefix(candidate.info.metadata.get("ood_metrics", {})))
     production = production_model(params.service.model_name)
+    if why := unservable(candidate.path):  # the service would refuse to start on it
+        return GateDecision(False, [f"{candidate.tag} cannot be served by this voicelock: {why}"], cand_metrics,
+                            None, str(candidate.tag), None if production is None else str(production.tag))
     if production is not None and production.info.labels.get("candidate") == str(candidate.tag):
         return GateDecision(False, [f"{candidate.tag} is already in production as {production.tag}"], cand_metrics,
                             None, str(candidate.tag), str(production.tag))

@@ -36,6 +36,14 @@ _FIELDS = ("state_dict", "feature_params", "sample_rate", "thresholds", "cohort"
 _ADDED_LATER = {"digital_silence_s": 0.0}
 
 
+def _number(value: Any) -> float:
+    """A threshold as a float; NaN for anything that is not a number (so every range check fails)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 @dataclass
 class Release:
     """An evaluated model and what it ships. `meta` keeps the checkpoint's other records (stage, words,
@@ -56,7 +64,10 @@ class Release:
         every template valid). Two copies of one model share it, whatever their file or store tag."""
         features = {k: v for k, v in self.feature_params.model_dump().items()
                     if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
-        digest = hashlib.sha256(json.dumps([features, self.sample_rate], sort_keys=True).encode())
+        heard = [features, self.sample_rate]
+        if self.model.input_level_db is not None:  # what the network does with the features, beside its weights
+            heard.append({"input_level_db": self.model.input_level_db})
+        digest = hashlib.sha256(json.dumps(heard, sort_keys=True).encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -109,6 +120,11 @@ class Release:
         if len(shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
             return ("the release has replay_shifts but no finite replay_single threshold (a take's own "
                     "fingerprint would go unjudged) — re-run the evaluate stage (dvc repro evaluate)")
+        for name in ("replay", "replay_single"):
+            value = self.thresholds.get(name)
+            if value is not None and not 0.0 < _number(value) < 1.0:  # calibrated below 1: an exact copy reaches it
+                return (f"the release's {name} threshold {value!r} is not a number between 0 and 1, so a copy "
+                        f"might never reach it — re-run the evaluate stage (dvc repro evaluate)")
         cut = self.feature_params.digital_silence_s * self.sample_rate
         if cut and max(shifts) >= cut:
             return (f"the release's replay_shifts reach {max(shifts)} samples, but zeros from {cut:g} on are cut "

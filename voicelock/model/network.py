@@ -74,8 +74,9 @@ class PCEN(nn.Module):
     unseen voices most of their refusals (`bench/unseen_noise.py`). The smoother runs forward in
     time only, so the padding after a clip's spoken frames changes none of them. `eps` (1e-6, −60 dB
     on the features' scale, whose floor is −100 dB) keeps quieter backgrounds from being lifted: the
-    gain control acts above about −55 dB. `smoothing` is per 10 ms frame (`features.hop_length` 160 at
-    16 kHz); another hop wants another value.
+    gain control acts above about −55 dB on the scale the network reads: with `model.input_level_db`
+    (−12), about 43 dB below the clip's loudest frame, whatever level it was recorded at. `smoothing`
+    is per 10 ms frame (`features.hop_length` 160 at 16 kHz); another hop wants another value.
     """
 
     MAX_KEPT = 8  # smoother matrices kept, one per clip length and device

@@ -67,8 +67,9 @@ def embed(model: VoiceLockNet, features: np.ndarray, frames: np.ndarray, device:
 
     Why 128 clips a batch on a CPU (None): the 2-D front's activations of 512 clips (~50 MB) spill out of
     the cache, and the element-wise passes (masks, ReLUs, BatchNorms) then wait on memory — 128 embed
-    the same clips 40% faster (0.98 → 0.60 ms a clip, bench/training.py's machine), every embedding
-    equal bit for bit. Every `dvc repro` embeds the 20,200 training clips five times or so."""
+    the same clips 40% faster (0.98 → 0.60 ms a clip on the AMD EPYC of the README, every embedding
+    equal bit for bit there; another CPU's kernels may round a batch size otherwise, as they may any
+    change). Every `dvc repro` embeds the 20,200 training clips five times or so."""
     if batch_size is None:
         batch_size = 128 if device.type == "cpu" else 512
     model.eval()
