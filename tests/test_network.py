@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
-from voicelock.model.network import PCEN, DilatedConv1d, VoiceLockNet, count_parameters, inference_copy
+from voicelock.model.network import PCEN, DilatedConv1d, VoiceLockNet, at_level, count_parameters, inference_copy
 from voicelock.model.one_pole import decay_matrix
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
@@ -200,8 +200,9 @@ def test_log_and_pcen_views_are_the_log_mel_and_its_pcen_each_normalised_and_mas
         views = model.input_views(feats, frames)
         mask = torch.arange(50)[None, :] < frames[:, None]
         assert views.shape == (2, 2, 64, 50)
-        torch.testing.assert_close(views[:, 0], model.input_bn(feats / 10.0) * mask[:, None])
-        torch.testing.assert_close(views[:, 1], model.pcen_bn(model.pcen(feats)) * mask[:, None])
+        heard = at_level(feats, frames, PARAMS.model.input_level_db)  # both views read the clip at one level
+        torch.testing.assert_close(views[:, 0], model.input_bn(heard / 10.0) * mask[:, None])
+        torch.testing.assert_close(views[:, 1], model.pcen_bn(model.pcen(heard)) * mask[:, None])
         assert not views[1, :, :, 20:].any()  # silence after the spoken frames is zero in both views
         # The second view reaches the embedding: its own normalisation moves the output.
         before = model(feats, frames).word
