@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,11 +27,13 @@ import soundfile as sf
 
 from voicelock.enrollment import Unlocker
 from voicelock.errors import VoicelockError
-from voicelock.evaluation import unseen_metrics
-from voicelock.params import Params, load_params
+from voicelock.params import load_params
 from voicelock.promotion_rules import RULES
 from voicelock.release import Release
 from voicelock.replay import fingerprints
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.unseen_noise import judged  # noqa: E402 — the release judged on a corpus as evaluate_unseen does
 
 
 def scaled_copy(src: Path, dst: Path, db: float) -> None:
@@ -46,14 +49,6 @@ def scaled_copy(src: Path, dst: Path, db: float) -> None:
             sf.write(out, np.clip(samples * gain, -1.0, 1.0), rate, subtype="PCM_16")
         else:
             shutil.copy2(path, out)
-
-
-def judged(release: Release, params: Params, corpus: str) -> dict:
-    """The released model's unseen-voice figures on `corpus`, at its shipped thresholds."""
-    metrics, _ = unseen_metrics(release.model, release.extractor(), release.thresholds, release.scorer,
-                                release.word_templates, params.model_copy(update={
-                                    "ood": params.ood.model_copy(update={"out_dir": corpus})}))
-    return metrics
 
 
 def replays_passing(lock: Unlocker, takes: list[Path], levels: list[float]) -> dict[float, int]:
