@@ -7,7 +7,7 @@
    gives the as-recorded figures at every level short of clipping.
 2. The owner's takes (data/owner) each remembered as the service remembers an accepted take (its
    fingerprint set at `evaluate.replay_shifts`), then sent again at each level: how many such copies
-   the replay rule (`Verifier.is_replay`, both thresholds) would take for a new recording.
+   the replay rule (`Verifier.replays`, both thresholds) would take for a new recording.
 
     python bench/unseen_level.py [--params params.yaml] [--levels -24,-12,8] [--takes 30]
 
@@ -69,7 +69,7 @@ def replays_passing(lock: Unlocker, takes: list[Path], levels: list[float]) -> d
                 continue
             probe = fingerprints(*lock.embed_here([heard]))[0]
             sims = remembered @ probe
-            if not (lock.verifier.is_replay(float(sims.max())) or lock.verifier.is_replay(float(sims[0]), True)):
+            if not lock.verifier.replays(float(sims.max()), float(sims[0])):
                 passing[db] += 1
     return passing
 

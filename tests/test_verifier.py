@@ -68,6 +68,10 @@ def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold()
     rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.98})
     assert rule.is_replay(0.985, single=True) and not rule.is_replay(0.985)
     assert not Verifier(SpeakerScorer(), THRESHOLDS).is_replay(0.985, single=True)
+    # The whole rule: either half refuses, and each half reads only its own similarity.
+    assert rule.replay_checks(0.5, 0.985) == {"replay": False, "replay_single": True} and rule.replays(0.5, 0.985)
+    assert rule.replay_checks(0.995, 0.5) == {"replay": True, "replay_single": False} and rule.replays(0.995, 0.5)
+    assert not rule.replays(0.985, 0.975) and rule.replays(float("nan"), 0.5) and rule.replays(0.5, float("nan"))
 
 
 def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():
@@ -106,11 +110,11 @@ def test_reported_replay_refusals_apply_the_whole_served_rule():
     served = RememberedTakes(probes, np.array([0]), sets)
     who, what = np.array(["a"] * 4), np.array(["yes"] * 4)
     rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.995, "replay_single": 0.99})
-    refused = genuine_replay_refusals(served, who, what, rule.is_replay)
+    refused = genuine_replay_refusals(served, who, what, rule.replays)
     # probes 1-3 meet take 0: its own fingerprint at 0.99 refuses probe 1, the set at 0.995 neither 2 nor 3
     assert refused.tolist() == [True, False, False]
     strict = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.99})
-    assert genuine_replay_refusals(served, who, what, strict.is_replay).tolist() == [True, True, False]
+    assert genuine_replay_refusals(served, who, what, strict.replays).tolist() == [True, True, False]
 
 
 def test_replay_shifts_come_from_the_release_and_default_to_the_take_alone():

@@ -340,9 +340,10 @@ class Unlocker:
                                      f"{th['speaker_raw']:.3f})"}
             reasons.append("; ".join(why for check, why in failed.items() if not passed[check][0])
                            or "password and voice not accepted")
-        if rule.is_replay(replay):
+        fired = rule.replay_checks(replay, replay_single)
+        if fired["replay"]:
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
-        if rule.is_replay(replay_single, single=True):
+        if fired["replay_single"]:
             reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take already heard ≥ "
                            f"{th.get('replay_single', th['replay']):.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4),
@@ -408,8 +409,8 @@ class Unlocker:
             return False
         history, own = stored_rows(others, self.fingerprint_dim)
         probes = np.asarray(fingerprints, dtype=np.float32)
-        return any(self.verifier.is_replay(max_similarity(fp, history))
-                   or self.verifier.is_replay(max_similarity(fp, history[own]), single=True) for fp in probes)
+        return any(self.verifier.replays(max_similarity(fp, history), max_similarity(fp, history[own]))
+                   for fp in probes)
 
     def same_voice(self, enrolled: Template, new: Template) -> bool:
         """Whether a new enrollment is the enrolled voice (its password may differ): re-enrolling with an

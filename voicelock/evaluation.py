@@ -185,10 +185,10 @@ def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thres
     nearest_ok = scores[known].argmax(axis=1) == own
     above = scores[known][np.arange(own.size), own] >= thresholds["challenge_word"]
     repeats = genuine_repeat_similarities(word, speaker, speakers, words, served)
-    is_replay = Verifier(SpeakerScorer(), thresholds).is_replay
-    refused = (np.asarray([is_replay(float(r)) or is_replay(float(r), True) for r in repeats], dtype=bool)
+    replays = Verifier(SpeakerScorer(), thresholds).replays
+    refused = (np.asarray([replays(float(r), float(r)) for r in repeats], dtype=bool)
                if served is None  # every take remembered alone: its own fingerprint is its whole set
-               else genuine_replay_refusals(served, speakers, words, is_replay))
+               else genuine_replay_refusals(served, speakers, words, replays))
     return {
         "challenge_word_frr": float(1 - np.mean(nearest_ok & above)) if own.size else float("nan"),
         "replay_false_refusals": float(np.mean(refused)) if refused.size else float("nan"),

@@ -159,14 +159,14 @@ def _later_takes(served: RememberedTakes, speakers: np.ndarray,
 
 
 def genuine_replay_refusals(served: RememberedTakes, speakers: np.ndarray, words: np.ndarray,
-                            is_replay: Callable[[float, bool], bool]) -> np.ndarray:
+                            replays: Callable[[float, float], bool]) -> np.ndarray:
     """For each genuine new take against each earlier remembered take of its word: refused as a replay
-    by the service's whole rule (`Verifier.is_replay`) — the set at `replay`, *or* the take's own
-    fingerprint (row 0) at `replay_single`. What is reported is then what the service does."""
+    by the service's rule (`Verifier.replays`) — the whole set, and the take's own fingerprint (row
+    0). What is reported is then what the service does."""
     out = []
     for probes, fingerprint_set in _later_takes(served, speakers, words):
         for sims in probes @ fingerprint_set.T:
-            out.append(is_replay(float(sims.max()), False) or is_replay(float(sims[0]), True))
+            out.append(replays(float(sims.max()), float(sims[0])))
     return np.asarray(out, dtype=bool)
 
 

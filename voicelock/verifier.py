@@ -127,11 +127,30 @@ class Verifier:
                 "speaker_raw": np.asarray(raw_scores) >= self.threshold("speaker_raw")}
 
     def is_replay(self, similarity: float, single: bool = False) -> bool:
-        """A take as close as the replay threshold to one already heard (NaN counts as a replay).
-        `single`: the similarity is to a remembered take's own fingerprint (voicelock/replay.py,
-        `stored_rows`), judged at `replay_single` — `replay` in a release without sets."""
+        """One half of the replay rule: a take as close as its threshold to one already heard (NaN
+        counts as a replay). `single`: the similarity is to a remembered take's own fingerprint
+        (voicelock/replay.py, `stored_rows`), judged at `replay_single` — `replay` in a release without
+        sets. The unlock paths decide with `replays`, which applies both halves; enrollment
+        checks its takes against each other one half at a time."""
         name = "replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay"
         return not similarity < self.threshold(name)
+
+    def replay_checks(self, to_sets: float, to_own: float) -> dict[str, bool]:
+        """Each half of the replay rule on its own, keyed by its threshold's name (`replays` needs
+        none of them to fire; `Unlocker.verify` names the ones that did).
+
+        `to_sets`: a take's closest similarity to every remembered fingerprint, shifted copies
+        included; `to_own`: to the remembered takes' own (unshifted) fingerprints and the request's
+        earlier takes. Why two: a shifted copy of a take is a near neighbour of a genuine new take
+        too, so the sets are judged at the looser `replay`, while a take's own fingerprint — which
+        only a copy of that recording comes as close to — is judged at the tighter `replay_single`."""
+        return {"replay": self.is_replay(to_sets), "replay_single": self.is_replay(to_own, single=True)}
+
+    def replays(self, to_sets: float, to_own: float) -> bool:
+        """The replay rule, the one place it is decided: a take is a replay when either half fires
+        (`replay_checks`). The service, the CLI, the enrollment store's race check, the evaluation's
+        `replay_false_refusals` and bench/unseen_level.py all ask this."""
+        return any(self.replay_checks(to_sets, to_own).values())
 
     def challenge_word_ok(self, asked_score: float, asked_is_nearest: bool) -> bool:
         """A challenge take holds the asked word: nearest word template, and above its threshold."""
