@@ -356,3 +356,28 @@ def test_a_release_whose_replay_rule_cannot_be_served_is_refused_where_it_is_ope
     assert message.split()[-1] in unservable(tmp_path / "bad")
     Release.load(tmp_path / "bad", calibrated=False)  # the gate may still re-calibrate it as production
     assert unservable(trained.evaluate.out_dir) is None
+
+
+def test_a_stage_refuses_a_checkpoint_built_with_other_settings(trained: Params, tmp_path: Path):
+    """params.yaml changed, the stage that wrote the checkpoint not re-run: fine-tuning would save the new
+    settings beside the old network, and evaluation would measure features the release does not serve."""
+    from voicelock.evaluation import run_evaluation
+    from voicelock.model.finetune import finetune
+
+    level = -6.0 if trained.model.input_level_db != -6.0 else -18.0
+    moved = trained.model_copy(update={
+        "model": trained.model.model_copy(update={"input_level_db": level}),
+        "finetune": trained.finetune.model_copy(update={"out_dir": str(tmp_path / "finetuned")})})
+    with pytest.raises(VoicelockError, match=r"pretrained/model\.pt: built with other settings than params\.yaml "
+                                             r"\(model\.input_level_db: .* in the checkpoint, -?[0-9.]+ in params"
+                                             r"\.yaml\) — re-run `dvc repro pretrain`"):
+        finetune(moved)
+    assert not (tmp_path / "finetuned").exists()
+    hops = trained.features.hop_length + 1
+    other_features = trained.model_copy(update={
+        "features": trained.features.model_copy(update={"hop_length": hops}),
+        "evaluate": trained.evaluate.model_copy(update={"out_dir": str(tmp_path / "release")})})
+    with pytest.raises(VoicelockError, match=rf"finetuned/model\.pt: .*features\.hop_length: \d+ in the checkpoint, "
+                                             rf"{hops} in params\.yaml\) — re-run `dvc repro finetune`"):
+        run_evaluation(other_features, tmp_path / "metrics.json", tmp_path / "plots")
+    assert not (tmp_path / "release").exists()

@@ -22,7 +22,7 @@ from voicelock.features import FeatureExtractor, load_split
 from voicelock.liveness import challenge_word_trials, template_scores, word_templates
 from voicelock.metrics import eer, error_curve, min_dcf, threshold_for_far
 from voicelock.metrics_files import write_metrics
-from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint
+from voicelock.model.checkpoint import MODEL_FILE, check_built_as_configured, load_checkpoint
 from voicelock.model.finetune import clips_to_split, owner_splits
 from voicelock.model.network import VoiceLockNet
 from voicelock.model.train import Split, embed
@@ -295,7 +295,9 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
 def run_evaluation(params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict:
     """Evaluate the fine-tuned model; write the release (voicelock/release.py), metrics (rates; counts
     and thresholds beside them, `write_metrics`) and plots."""
-    model, meta = load_checkpoint(Path(params.finetune.out_dir) / MODEL_FILE)
+    path = Path(params.finetune.out_dir) / MODEL_FILE
+    model, meta = load_checkpoint(path)
+    check_built_as_configured(path, meta, params, "finetune")  # the figures must be of the features served
     metrics, result, scorer, templates = evaluate_model(model, params)
     write_metrics(metrics, metrics_path, params.evaluate.details_file)
     _write_plots(result, Path(plots_dir))

@@ -13,7 +13,7 @@ import torch
 
 from voicelock.errors import VoicelockError
 from voicelock.model.network import VoiceLockNet
-from voicelock.params import FeatureParams, ModelParams
+from voicelock.params import FeatureParams, ModelParams, Params
 
 MODEL_FILE = "model.pt"
 
@@ -46,3 +46,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise VoicelockError(f"{path}: not a voicelock checkpoint ({e}) — re-run training") from None
     model.to(device).eval()
     return model, payload
+
+
+def check_built_as_configured(path: str | Path, meta: dict[str, Any], params: Params, rerun: str) -> None:
+    """Refuse a checkpoint whose network or features differ from params.yaml's.
+
+    Why: the stage that reads it (fine-tuning, evaluation) computes features with params.yaml's
+    `features` and saves or reports under its `model`, while the network behaves as it was built. Run
+    after params.yaml changed without `dvc repro` re-running the stage that wrote the checkpoint, the
+    figures would be measured on features the release does not serve, or the saved model would claim
+    settings it was not trained with. `rerun`: the stage whose re-run fixes it."""
+    built = {"model": ModelParams(**meta["model_params"]).model_dump(),
+             "features": FeatureParams(**meta["feature_params"]).model_dump(),
+             "data.sample_rate": {"": int(meta["sample_rate"])}}
+    wanted = {"model": params.model.model_dump(), "features": params.features.model_dump(),
+              "data.sample_rate": {"": params.data.sample_rate}}
+    differ = [f"{section}{'.' + key if key else ''}: {built[section][key]!r} in the checkpoint, "
+              f"{wanted[section].get(key)!r} in params.yaml"
+              for section in built for key in built[section] if built[section][key] != wanted[section].get(key)]
+    if differ:
+        raise VoicelockError(f"{path}: built with other settings than params.yaml ({'; '.join(differ)}) — "
+                             f"re-run `dvc repro {rerun}` (or restore params.yaml)")

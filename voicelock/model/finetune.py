@@ -17,7 +17,7 @@ from voicelock.data.layout import Clip, scan_corpus
 from voicelock.data.owner import check_owner_clips, split_owner_clips
 from voicelock.features import FeatureExtractor, load_split
 from voicelock.model.augment import make_augmenter
-from voicelock.model.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+from voicelock.model.checkpoint import MODEL_FILE, check_built_as_configured, load_checkpoint, save_checkpoint
 from voicelock.model.train import HISTORY_FILE, OwnerTask, Split, kernel_path, reproducible, train, write_history
 from voicelock.params import Params
 
@@ -48,7 +48,9 @@ def owner_splits(params: Params, extractor: FeatureExtractor) -> tuple[str, Spli
 
 
 def finetune(params: Params) -> Path:
-    model, meta = load_checkpoint(Path(params.pretrain.out_dir) / MODEL_FILE)
+    path = Path(params.pretrain.out_dir) / MODEL_FILE
+    model, meta = load_checkpoint(path)
+    check_built_as_configured(path, meta, params, "pretrain")  # so the saved settings are the network's
     extractor = FeatureExtractor(params.features, params.data.sample_rate)
     owner, tune, _ = owner_splits(params, extractor)
     cache = params.features.out_dir
