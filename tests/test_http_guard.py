@@ -171,6 +171,10 @@ def test_unbounded_or_unreadable_lengths_are_refused_before_the_app():
     status, body = _asgi_call(guard, "POST", "/unlock", {"transfer-encoding": "chunked",
                                                          "content-type": "multipart/form-data; boundary=b"})
     assert status == 411 and b"Content-Length" in body
+    # A small declared length beside chunked framing: the server would read the chunks, not the length.
+    status, body = _asgi_call(guard, "POST", "/challenge", {"content-length": "5", "transfer-encoding": "chunked",
+                                                            "content-type": "application/json"})
+    assert status == 411 and b"no Transfer-Encoding" in body
     status, body = _asgi_call(guard, "POST", "/unlock", {"content-length": "12abc"})
     assert status == 400 and b"not a number" in body
     status, _ = _asgi_call(guard, "POST", "/unlock", {"content-length": "1001"})

@@ -137,6 +137,27 @@ def test_bad_requests_get_4xx_with_reasons(server: Server, trained: Params):
         assert c.get(f"{url}/healthz").status_code == 200
 
 
+def test_a_body_framed_by_chunks_is_refused_whatever_length_it_declares(server: Server, trained: Params):
+    """Content-Length: 5 beside Transfer-Encoding: chunked — the server reads the chunks (a tester sent
+    100 MB of JSON to /challenge this way, past the 21 MB limit). Raw bytes: no HTTP client sends both."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    head = (f"POST /challenge HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 65536
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            part = sock.recv(4096)
+            if not part:
+                break
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 411"), answer[:200]
+    assert b"Traceback" not in answer
+
+
 def test_adaptive_batching_gives_the_same_answers(trained: Params, tiny_params_path: Path,
                                                   tmp_path_factory: pytest.TempPathFactory):
     """service.batching moves embeddings to a second, batching service: the scores the core computes
