@@ -73,7 +73,8 @@ COMMON_ERRORS = {
 ROUTES: dict[tuple[str, str], tuple[type[_Answer], dict[str, str]]] = {
     ("/enroll", "post"): (EnrollAnswer, {
         "403": "X-Unlock-Token is wrong, used or expired, the recordings are another voice, or X-Admin-Key is wrong",
-        "409": "the user is already enrolled: unlock first and send its token as X-Unlock-Token"}),
+        "409": "the user is already enrolled: unlock first and send its token as X-Unlock-Token; or the name "
+               "was deleted and is retired (service.retire_deleted_names): only X-Admin-Key enrolls it"}),
     ("/unlock", "post"): (UnlockAnswer, {
         "404": "unknown user (only with service.explain: true; otherwise the answer is a refusal)",
         "409": "enrolled with another model whose recordings could not be re-embedded: enroll again",

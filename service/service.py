@@ -155,7 +155,8 @@ class VoiceLock:
         """Enroll `user` from 3–10 recordings of their password (WAV/FLAC/OGG, any rate, mono or stereo).
 
         A name already enrolled is replaced only with proof of ownership: header X-Unlock-Token (the
-        token of a successful unlock, single use) or X-Admin-Key; otherwise 409 (no proof) or 403."""
+        token of a successful unlock, single use) or X-Admin-Key; otherwise 409 (no proof) or 403. A
+        deleted user's name is retired: only X-Admin-Key enrolls it again (409 otherwise)."""
         proof = _proof(ctx.request)
         return await self._answer(ctx, lambda: self.core.enroll(
             user, [(f"file {i + 1}", Path(f).read_bytes()) for i, f in enumerate(files)], **proof))
@@ -186,7 +187,8 @@ class VoiceLock:
 
     @users.delete("/{user}")
     def delete_user(self, user: str, request: Request) -> JSONResponse:
-        """Forget a user's enrollment; needs header X-Unlock-Token (from a successful unlock) or X-Admin-Key."""
+        """Forget a user's enrollment; needs header X-Unlock-Token (from a successful unlock) or X-Admin-Key.
+        The name stays taken (service.retire_deleted_names) until the administrator enrolls it."""
         return _json(lambda: self.core.delete(user, **_proof(request)))
 
 

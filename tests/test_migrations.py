@@ -72,7 +72,7 @@ def test_databases_made_before_migrations_are_adopted_and_completed(tmp_path: Pa
             assert "sealed_takes" in {c["name"] for c in inspect(conn).get_columns("enrollments")}
             assert "fingerprint_set" in {c["name"] for c in inspect(conn).get_columns("heard")}
             head = ScriptDirectory.from_config(_config(conn)).get_current_head()
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0004"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0005"
             assert compare_metadata(MigrationContext.configure(conn), metadata) == [] or url == early
 
 

@@ -122,3 +122,28 @@ def test_a_model_upgrade_writes_once(database: str):
     assert sum(w is True for w in wrote) == 1
     assert store.get("dan").model == "sha256:new" and store.heard_recently("dan", 50) == []
     assert store.get("dan").word == [0.0, 1.0]  # the new model's template replaced the old one
+
+
+def test_a_deleted_name_stays_taken_even_against_an_enrollment_racing_the_delete(database: str):
+    """A token's holder deletes the account while others try to enroll the name: every enrollment
+    either meets the account (409) or the retirement the delete committed (409) — none gets the name.
+    Only the administrator enrolls it again, and that frees it; `retire=False` leaves it free."""
+    from voicelock.store import Conflict
+
+    store = EnrollmentStore(database)
+    store.save("eve", template(), 1.0)
+    token = store.issue_token("eve", 10.0, 120.0)
+    stores = [EnrollmentStore(database) for _ in range(6)]
+    results = at_once(6, lambda i: stores[i].delete("eve", 11.0, token=token) if i == 0
+                      else stores[i].save("eve", template(word=(0.0, 1.0)), 11.0))
+    assert results[0] is True, results
+    assert all(isinstance(r, Conflict) for r in results[1:]), results
+    assert store.get("eve") is None and store.is_retired("eve")
+    with pytest.raises(Conflict, match="retired — enrolling it again needs the administrator's X-Admin-Key"):
+        store.save("eve", template(word=(0.0, 1.0)), 12.0)
+    assert store.save("eve", template(word=(0.0, 1.0)), 13.0, admin=True) is False  # a new row, by the admin
+    assert not store.is_retired("eve") and store.get("eve").word == [0.0, 1.0]
+    store.save("fay", template(), 1.0)
+    assert store.delete("fay", 14.0, admin=True, retire=False) and not store.is_retired("fay")
+    assert store.save("fay", template(word=(0.0, 1.0)), 15.0) is False
+    assert not store.delete("nobody", 16.0, admin=True) and not store.is_retired("nobody")  # nothing to retire

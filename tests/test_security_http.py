@@ -375,6 +375,22 @@ def test_8_delete_needs_proof_even_without_an_api_key(server: Server, case: Unlo
     assert httpx.delete(f"{url}/users/row8", headers={"X-Admin-Key": ADMIN_KEY}).status_code == 404
 
 
+def test_8_a_deleted_name_is_not_free_for_whoever_held_the_token(server: Server, case: UnlockCase):
+    """A tester took an account over: unlock once (a recording of the owner will do), DELETE with the
+    token, enroll the free name with another voice — past the same-voice check a re-enrollment gets.
+    The name stays retired (`service.retire_deleted_names`) until the administrator enrolls it."""
+    url = server.url
+    assert enroll(url, "row8b", case.read(case.enroll)).status_code == 200
+    token = unlock(url, "row8b", case.genuine[0].read_bytes()).json()["token"]
+    assert httpx.delete(f"{url}/users/row8b", headers={"X-Unlock-Token": token}).status_code == 200
+    other_voice = [p.read_bytes() for p in case.impostors[:3]]
+    r = enroll(url, "row8b", other_voice)
+    assert r.status_code == 409 and "retired" in r.json()["error"] and "X-Admin-Key" in r.json()["error"], r.text
+    assert unlock(url, "row8b", case.impostors[3].read_bytes()).json()["unlocked"] is False
+    r = enroll(url, "row8b", other_voice, headers={"X-Admin-Key": ADMIN_KEY})
+    assert r.status_code == 200 and r.json()["replaced"] is False, r.text
+
+
 # --- 11. names arrive as sent ---------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from voicelock.errors import Busy, LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
 from voicelock.sealing import Sealer
-from voicelock.store import TOKEN_INVALID, Conflict, EnrollmentStore, Forbidden, already_enrolled
+from voicelock.store import TOKEN_INVALID, Conflict, EnrollmentStore, Forbidden, already_enrolled, retired
 
 log = logging.getLogger(__name__)
 # Letters, digits and _ . @ -, starting with a letter or digit: no whitespace, no path or SQL syntax.
@@ -100,6 +100,8 @@ class UnlockApi:
         # `save` checks the proof again, atomically; this only refuses early.
         if found is not None and not token:
             raise Conflict(already_enrolled(user))
+        if found is None and not admin and self.store.is_retired(user):  # `save` checks again, atomically
+            raise Conflict(retired(user))
         if found is not None and not self.store.token_valid(user, token, self.clock()):
             raise Forbidden(TOKEN_INVALID)
         template = self.lock.enroll(clips, names, self.sealer)
@@ -215,7 +217,7 @@ class UnlockApi:
 
     def _delete(self, user: str, token: str | None, admin_key: str | None) -> dict:
         user = self.check_user(user)
-        if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key)):
+        if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key), self.p.retire_deleted_names):
             raise NotFound(f"user '{user}' is not enrolled")
         return {"deleted": True, "user": user}
 

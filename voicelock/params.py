@@ -366,6 +366,7 @@ class ServiceParams(_Section):
     admin_key_env: str
     takes_key_env: str
     proof_token_seconds: float = Field(gt=0, le=3600)
+    retire_deleted_names: bool
     lockout_failures: int = Field(ge=1)
     lockout_seconds: float = Field(gt=0)
     lockout_max_seconds: float = Field(gt=0)

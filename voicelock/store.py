@@ -78,6 +78,14 @@ heard = Table(
     Column("at", Float, nullable=False),
 )
 
+# Names whose enrollment was deleted (migration 0005 says why): only the administrator enrolls them again.
+# The name and when, nothing of the voice.
+retired_names = Table(
+    "retired_names", metadata,
+    Column("user", String(128), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
 # Every enroll / unlock / delete decision, for the operator: who, what, the outcome and its reason, the
 # model, when. Never audio, embeddings or scores (an attacker with the log must learn nothing that
 # helps the next guess). The newest `service.audit_max_rows` are kept.
@@ -121,6 +129,12 @@ def already_enrolled(user: str) -> str:
 
 
 TOKEN_INVALID = "X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock again for a new one"
+
+
+def retired(user: str) -> str:
+    """The refusal for enrolling a deleted user's name without the administrator's key."""
+    return (f"user '{user}' was deleted and the name is retired — enrolling it again needs the administrator's "
+            f"X-Admin-Key; or choose another name")
 
 
 def _hash(secret: str) -> str:
@@ -260,6 +274,12 @@ class EnrollmentStore:
         row = self._row(template, now)
         with self.engine.begin() as conn:
             if _insert_if_missing(conn, enrollments, user=user, **row):
+                # Checked after the insert, in its transaction: an insert that waited on a concurrent
+                # delete of the name reads the retirement that delete committed.
+                if admin:
+                    conn.execute(delete(retired_names).where(retired_names.c.user == user))
+                elif self._retired(conn, user):
+                    raise Conflict(retired(user))
                 return False
             if not admin:
                 if not token:
@@ -302,10 +322,13 @@ class EnrollmentStore:
                         row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0,
                         data.get("take_sets", []))
 
-    def delete(self, user: str, now: float, token: str | None = None, admin: bool = False) -> bool:
+    def delete(self, user: str, now: float, token: str | None = None, admin: bool = False,
+               retire: bool = True) -> bool:
         """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting
         and re-enrolling must not reset a lock). Needs the same proof as replacing an enrollment;
-        without it the answer is the same whether or not the user exists."""
+        without it the answer is the same whether or not the user exists. `retire`: the name stays
+        taken (`retired_names`) until the administrator enrolls it — in the same transaction, so no
+        enrollment slips in between."""
         with self.engine.begin() as conn:
             if not admin and not (token and self._spend_token(conn, user, token, now)):
                 raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
@@ -313,7 +336,18 @@ class EnrollmentStore:
             removed = conn.execute(delete(enrollments).where(enrollments.c.user == user)).rowcount
             for table in (proof_tokens, challenges, heard):
                 conn.execute(delete(table).where(table.c.user == user))
+            if removed and retire:
+                _insert_if_missing(conn, retired_names, user=user, at=now)
         return removed > 0
+
+    def is_retired(self, user: str) -> bool:
+        """Whether `user` names a deleted enrollment that only the administrator may enroll again."""
+        with self.engine.connect() as conn:
+            return self._retired(conn, user)
+
+    @staticmethod
+    def _retired(conn: Connection, user: str) -> bool:
+        return conn.execute(select(retired_names.c.user).where(retired_names.c.user == user)).first() is not None
 
     # --- lockout --------------------------------------------------------------------------------
 
