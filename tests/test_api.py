@@ -161,6 +161,28 @@ def test_an_unlock_token_reenrolls_the_same_voice_only(lenient):
     assert core.enroll("gina", files(case.enroll), token=token)["replaced"] is True
 
 
+def test_a_token_reenrollment_mixing_in_another_voice_is_refused(lenient):
+    """A tester re-enrolled with two owner takes and three of his own: their mean passed for the owner's
+    voice, and his own voice then unlocked. Every take must be the enrolled voice. The mix here is
+    chosen so that its mean passes (asserted), so only the per-take check can refuse it."""
+    core, _, case = lenient
+    lock = core.lock
+    owner = lock.enroll_files(case.enroll)
+    strangers = [p for p in case.impostors  # a take whose voice alone is not the owner's
+                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)]
+    owner_takes = (case.enroll + case.genuine)[: lock.p.max_clips - 1]
+    mean_passes = lambda t: lock.verifier.challenge_voice_ok(float(lock.scorer(  # noqa: E731
+        np.asarray(owner.speaker, np.float32), np.asarray(t.speaker, np.float32)[None, :])[0]))
+    mixes = (owner_takes[:n] + [p] for p in strangers for n in range(len(owner_takes), 1, -1))
+    mix = next((m for m in mixes if mean_passes(lock.enroll_files(m))), None)
+    assert mix is not None, "no mix of owner takes and one stranger's take whose mean passes for the owner"
+    core.enroll("gia", files(case.enroll))
+    token = core.unlock("gia", "probe.wav", files(case.genuine)[0][1])["token"]
+    with pytest.raises(Forbidden, match="every recording of it"):
+        core.enroll("gia", files(mix), token=token)
+    assert lock.same_voice(owner, lock.enroll_files(owner_takes[:3]))  # the owner's own takes still do
+
+
 def test_refused_recordings_and_challenges_are_charged_as_they_should_be(lenient, lenient_params_path: Path):
     """A clip too short to hold a word is no guess: it must not lock the owner out for free. A
     liveness challenge is one: drawing challenges until the words suit an attacker's recordings costs

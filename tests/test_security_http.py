@@ -192,6 +192,31 @@ def test_2_reenrolling_needs_proof_and_never_clears_a_lockout(server: Server, ca
     assert unlock(url, "row2", case.genuine[1].read_bytes()).status_code == 429
 
 
+def test_2_a_token_reenrollment_with_another_voice_mixed_in_is_refused(server: Server, case: UnlockCase,
+                                                                       params: Params):
+    """The owner's takes with one of another voice: the mean passed for the owner's voice, and that voice
+    then unlocked (a tester's takeover). The mix is picked, with the served release, so that its mean
+    passes — only the per-take rule refuses it."""
+    from voicelock.enrollment import Unlocker
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    owner = lock.enroll_files(case.enroll)
+    strangers = [p for p in case.impostors
+                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)]
+    owner_takes = (case.enroll + case.genuine)[: params.enroll.max_clips - 1]
+    mean_passes = lambda t: lock.verifier.challenge_voice_ok(float(lock.scorer(  # noqa: E731
+        np.asarray(owner.speaker, np.float32), np.asarray(t.speaker, np.float32)[None, :])[0]))
+    mix = next((m for p in strangers for n in range(len(owner_takes), 1, -1)
+                if mean_passes(lock.enroll_files(m := owner_takes[:n] + [p]))), None)
+    assert mix is not None, "no mix of owner takes and one stranger's take whose mean passes for the owner"
+    url = server.url
+    assert enroll(url, "row2m", case.read(case.enroll)).status_code == 200
+    token = {"X-Unlock-Token": unlock(url, "row2m", case.genuine[0].read_bytes()).json()["token"]}
+    r = enroll(url, "row2m", case.read(mix), token)
+    assert r.status_code == 403 and "every recording of it" in r.json()["error"], r.text
+    assert unlock(url, "row2m", mix[-1].read_bytes()).json()["unlocked"] is False  # the stranger stays out
+
+
 # --- 3. replay -----------------------------------------------------------------------------------
 
 

@@ -115,8 +115,8 @@ class UnlockApi:
             if not self.lock.same_voice(self._current(user, found), template):
                 self.store.spend_token(user, token, now)
                 raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
-                                "voice only (it is now used up); changing the voice needs the administrator's "
-                                "X-Admin-Key")
+                                "voice only, every recording of it (the token is now used up); changing the voice "
+                                "needs the administrator's X-Admin-Key")
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 

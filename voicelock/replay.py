@@ -55,6 +55,13 @@ def fingerprints(word: np.ndarray, speaker: np.ndarray) -> np.ndarray:
     return both.astype(np.float32)
 
 
+def speaker_halves(fps: np.ndarray, word_dim: int) -> np.ndarray:
+    """The unit speaker embeddings inside (N, Dw + Ds) fingerprints (`fingerprints`' speaker half):
+    what a template keeps of each take's voice."""
+    speaker = np.asarray(fps, dtype=np.float32).reshape(len(fps), -1)[:, word_dim:]
+    return speaker / (np.linalg.norm(speaker, axis=1, keepdims=True) + 1e-12)
+
+
 def delayed(clip: np.ndarray, shifts: Sequence[int]) -> list[np.ndarray]:
     """The clip after `s` zero samples, for each s of `shifts` (0: the clip itself)."""
     return [np.concatenate([np.zeros(s, dtype=clip.dtype), clip]) if s else clip for s in shifts]
