@@ -51,6 +51,8 @@ class ChallengeAnswer(_Answer):
 class DeleteAnswer(_Answer):
     deleted: bool
     user: str
+    name_retired: bool = Field(description="the name stays taken: only X-Admin-Key enrolls it again "
+                                           "(service.retire_deleted_names)")
 
 
 class LockAnswer(_Answer):

@@ -377,6 +377,13 @@ def test_a_stage_refuses_a_checkpoint_built_with_other_settings(trained: Params,
     other_features = trained.model_copy(update={
         "features": trained.features.model_copy(update={"hop_length": hops}),
         "evaluate": trained.evaluate.model_copy(update={"out_dir": str(tmp_path / "release")})})
+    # Where the cache lives and how fast it is written say nothing of what a clip's features are.
+    from voicelock.model.checkpoint import check_built_as_configured, load_checkpoint
+
+    elsewhere = trained.model_copy(update={"features": trained.features.model_copy(
+        update={"out_dir": str(tmp_path / "cache"), "batch_size": trained.features.batch_size + 1})})
+    path = Path(trained.finetune.out_dir) / "model.pt"
+    check_built_as_configured(path, load_checkpoint(path)[1], elsewhere, "finetune")
     with pytest.raises(VoicelockError, match=rf"finetuned/model\.pt: .*features\.hop_length: \d+ in the checkpoint, "
                                              rf"{hops} in params\.yaml\) — re-run `dvc repro finetune`"):
         run_evaluation(other_features, tmp_path / "metrics.json", tmp_path / "plots")

@@ -53,7 +53,7 @@ def test_what_one_replica_writes_the_other_sees(replicas: tuple[Server, Server],
     assert answer["unlocked"] is True, answer
     # The token from replica b is the proof replica a accepts, once.
     r = httpx.delete(f"{a.url}/users/rita", headers={"X-Unlock-Token": answer["token"]}, timeout=30)
-    assert r.json() == {"deleted": True, "user": "rita"}
+    assert r.json() == {"deleted": True, "user": "rita", "name_retired": True}
     assert httpx.delete(f"{b.url}/users/rita", headers={"X-Unlock-Token": answer["token"]},
                         timeout=30).status_code == 403
     assert unlock(b.url, "rita", case.genuine[1].read_bytes()).json()["unlocked"] is False  # gone on b too

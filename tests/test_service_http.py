@@ -83,7 +83,8 @@ def test_enroll_unlock_delete_and_persistence(server: Server, case: UnlockCase):
     with client() as c:
         assert unlock(c, server.url, "alice", case.genuine[0].read_bytes()).json()["unlocked"] is False  # heard
         token = {"X-Unlock-Token": answer["token"]}
-        assert c.delete(f"{server.url}/users/alice", headers=token).json() == {"deleted": True, "user": "alice"}
+        assert c.delete(f"{server.url}/users/alice", headers=token).json() == {"deleted": True, "user": "alice",
+                                                                                "name_retired": True}
         assert unlock(c, server.url, "alice", case.genuine[1].read_bytes()).json()["unlocked"] is False
         assert_clean_error(c.delete(f"{server.url}/users/alice", headers=token), 403, "X-Unlock-Token")
 

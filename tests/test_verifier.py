@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import find_unlock_case
+from voicelock.audio import read_wav
 from voicelock.cli import main as cli_main
 from voicelock.errors import VoicelockError
 from voicelock.params import Params, load_params
@@ -213,6 +214,35 @@ def test_every_path_decides_through_the_one_rule(lenient_params_path: Path, case
     monkeypatch.setattr(Verifier, "accepts", lambda self, w, s, r, v: np.zeros(np.shape(w), dtype=bool))
     assert not lock.verify_file(template, case.genuine[0]).unlocked
     assert unlock_rates(trials, lock.thresholds)["frr"] == 1.0
+
+
+def test_every_replay_decision_follows_the_one_replay_rule(lenient_params_path: Path, case, monkeypatch):
+    """The replay rule broken to fire on nothing, then on everything: the unlock, the check for a recording
+    accepted twice at once and the reported false refusals all follow it."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import RememberedTakes, genuine_replay_refusals
+
+    params: Params = load_params(lenient_params_path)
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    template = lock.enroll_files(case.enroll)
+    heard = lock.verify_file(template, case.genuine[0])
+    assert heard.unlocked
+    remembered = lock.remembered(heard)
+    assert remembered  # the lenient release has replay shifts: the take is kept as a set
+    served = RememberedTakes(np.asarray(heard.fingerprints * 2, np.float32), np.array([0]),
+                             np.stack([np.asarray(np.atleast_2d(heard.fingerprints[0]), np.float32)]))
+    who, what = np.array(["a", "a"]), np.array(["w", "w"])
+    samples, rate = read_wav(str(case.genuine[0]))
+    assert not lock.verify(template, samples, rate, recent=remembered).unlocked  # the same take again
+    assert lock.replays_any(heard.fingerprints, remembered)
+    assert genuine_replay_refusals(served, who, what, lock.verifier.replays).tolist() == [True]
+    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b: {"replay": False, "replay_single": False})
+    assert lock.verify(template, samples, rate, recent=remembered).unlocked
+    assert not lock.replays_any(heard.fingerprints, remembered)
+    assert genuine_replay_refusals(served, who, what, lock.verifier.replays).tolist() == [False]
+    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b: {"replay": True, "replay_single": False})
+    other = lock.verify_file(template, case.genuine[1])
+    assert not other.unlocked and "replayed recording" in other.reason
 
 
 def test_calibration_sets_the_raw_floor_then_holds_the_target_jointly():

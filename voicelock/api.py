@@ -115,8 +115,9 @@ class UnlockApi:
             if not self.lock.same_voice(self._current(user, found), template):
                 self.store.spend_token(user, token, now)
                 raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
-                                "voice only, every recording of it (the token is now used up); changing the voice "
-                                "needs the administrator's X-Admin-Key")
+                                "voice only, every recording of it (the token is now used up): unlock again for a "
+                                "new token and record every take anew; changing the voice needs the "
+                                "administrator's X-Admin-Key")
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
@@ -166,7 +167,8 @@ class UnlockApi:
             self.lock.check(x, r, n)
         found = self.store.get(user)
         if found is None and self.p.explain:
-            raise NotFound(f"user '{user}' is not enrolled — enroll first")
+            raise NotFound(f"user '{user}' was deleted; only the administrator can enroll the name again"
+                           if self.store.is_retired(user) else f"user '{user}' is not enrolled — enroll first")
         if self.p.liveness != "challenge":
             self._charge(user, now)  # before any re-embedding: that work is only done for a charged attempt
         if found is not None:
@@ -186,7 +188,7 @@ class UnlockApi:
         if unlocked:
             raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history,
                                         self.lock.remembered(decision))
-            unlocked = not self.lock.is_replay(decision.fingerprints, raced)
+            unlocked = not self.lock.replays_any(decision.fingerprints, raced)
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:
             self.store.clear_failures(user)
@@ -219,7 +221,8 @@ class UnlockApi:
         user = self.check_user(user)
         if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key), self.p.retire_deleted_names):
             raise NotFound(f"user '{user}' is not enrolled")
-        return {"deleted": True, "user": user}
+        # Said, so that the caller knows the name cannot simply be enrolled again.
+        return {"deleted": True, "user": user, "name_retired": self.p.retire_deleted_names}
 
     # --- helpers ----------------------------------------------------------------------------------
 

@@ -345,7 +345,7 @@ class Unlocker:
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         if fired["replay_single"]:
             reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take already heard ≥ "
-                           f"{th.get('replay_single', th['replay']):.4f})")
+                           f"{rule.replay_threshold(single=True):.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4),
                                            "replay_similarity_single": round(replay_single, 4),
                                            "speaker_raw": round(raw_score, 4)}
@@ -402,7 +402,7 @@ class Unlocker:
         renewed.sealed_takes = template.sealed_takes
         return renewed
 
-    def is_replay(self, fingerprints: list[list[float]], others: list[str]) -> bool:
+    def replays_any(self, fingerprints: list[list[float]], others: list[str]) -> bool:
         """Whether any take is a copy of any of `others` (takes remembered at the same moment, as
         `EnrollmentStore.remember` returns them), by the rule `verify` applies."""
         if not others:
@@ -421,9 +421,9 @@ class Unlocker:
         passed for the owner's voice, and his own voice then unlocked. Simulated on the test speakers
         (a token re-enrollment mixing the owner's takes of a new word with another voice's, that voice
         then unlocking): 8.2% of mixes took the account with the mean alone, 0.43% with every take
-        checked; on the unseen voices 5.4% and 0.06%. The price: genuine re-enrollments (the same or a
-        new password) pass 89% of the time instead of 96% (unseen voices 78% instead of 85%) — the
-        owner records again, or the administrator re-enrolls (docs/decisions.md, "service")."""
+        checked; on the unseen voices 5.4% and 0.06%. The price: the owner changing the password is
+        refused 22% of the time instead of 9% (unseen voices 43% instead of 28%) — they unlock and record
+        again, or the administrator re-enrolls (docs/decisions.md, "service")."""
         takes = speaker_halves(np.asarray(new.takes, dtype=np.float32), len(new.word)) if new.takes else None
         if takes is None or len(takes) != new.clips:  # a template without its takes proves nothing
             return False

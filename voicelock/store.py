@@ -269,26 +269,35 @@ class EnrollmentStore:
         refuses the second). An existing name is replaced only with proof of ownership — `admin`, or a
         valid `token` from that user's successful unlock, spent in the same transaction — so a failed
         enrollment never costs the token. The lockout state is never touched: re-enrolling must not
-        reset a lock.
+        reset a lock. A retired name (a deleted user's, `delete`) is enrolled only by `admin`, which
+        frees it.
         """
         row = self._row(template, now)
-        with self.engine.begin() as conn:
-            if _insert_if_missing(conn, enrollments, user=user, **row):
-                # Checked after the insert, in its transaction: an insert that waited on a concurrent
-                # delete of the name reads the retirement that delete committed.
-                if admin:
-                    conn.execute(delete(retired_names).where(retired_names.c.user == user))
-                elif self._retired(conn, user):
-                    raise Conflict(retired(user))
-                return False
-            if not admin:
-                if not token:
-                    raise Conflict(already_enrolled(user))
-                if not self._spend_token(conn, user, token, now):
-                    raise Forbidden(TOKEN_INVALID)
-            # The replay memory stays: recordings heard before a re-enrollment must not open it after.
-            conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
-        return True
+        for _ in range(2):  # a second time only when a concurrent delete removed the name meanwhile
+            with self.engine.begin() as conn:
+                if _insert_if_missing(conn, enrollments, user=user, **row):
+                    # Checked after the insert, in its transaction: an insert that waited on a concurrent
+                    # delete of the name reads the retirement that delete committed.
+                    if admin:
+                        conn.execute(delete(retired_names).where(retired_names.c.user == user))
+                    elif self._retired(conn, user):
+                        raise Conflict(retired(user))
+                    return False
+                # The existing row, locked before the token is spent: PostgreSQL's ON CONFLICT DO NOTHING
+                # locks nothing, so a concurrent delete could remove the row under the UPDATE below (the
+                # admin told "replaced" while nothing was stored), or deadlock with this token's row.
+                if conn.engine.dialect.name != "sqlite" and conn.execute(
+                        select(enrollments.c.user).where(enrollments.c.user == user).with_for_update()).first() is None:
+                    continue  # deleted meanwhile: a new name again, retired or not
+                if not admin:
+                    if not token:
+                        raise Conflict(already_enrolled(user))
+                    if not self._spend_token(conn, user, token, now):
+                        raise Forbidden(TOKEN_INVALID)
+                # The replay memory stays: recordings heard before a re-enrollment must not open it after.
+                conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
+                return True
+        raise Conflict(f"user '{user}' was deleted while this enrollment was being stored — enroll again")
 
     def upgrade(self, user: str, template: Template, previous_model: str, now: float,
                 forget_heard: bool = True) -> bool:

@@ -130,14 +130,17 @@ class Verifier:
         """One half of the replay rule: a take as close as its threshold to one already heard (NaN
         counts as a replay). `single`: the similarity is to a remembered take's own fingerprint
         (voicelock/replay.py, `stored_rows`), judged at `replay_single` — `replay` in a release without
-        sets. The unlock paths decide with `replays`, which applies both halves; enrollment
+        sets. Decisions use `replays` (or `replay_checks`), which apply both halves; enrollment
         checks its takes against each other one half at a time."""
-        name = "replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay"
-        return not similarity < self.threshold(name)
+        return not similarity < self.replay_threshold(single)
+
+    def replay_threshold(self, single: bool = False) -> float:
+        """The threshold of one half of the replay rule (`is_replay`)."""
+        return self.threshold("replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay")
 
     def replay_checks(self, to_sets: float, to_own: float) -> dict[str, bool]:
-        """Each half of the replay rule on its own, keyed by its threshold's name (`replays` needs
-        none of them to fire; `Unlocker.verify` names the ones that did).
+        """Each half of the replay rule on its own, keyed by its threshold's name: `replays` refuses
+        when any fires, and `Unlocker.verify` refuses the same way and names the ones that fired.
 
         `to_sets`: a take's closest similarity to every remembered fingerprint, shifted copies
         included; `to_own`: to the remembered takes' own (unshifted) fingerprints and the request's
@@ -147,9 +150,10 @@ class Verifier:
         return {"replay": self.is_replay(to_sets), "replay_single": self.is_replay(to_own, single=True)}
 
     def replays(self, to_sets: float, to_own: float) -> bool:
-        """The replay rule, the one place it is decided: a take is a replay when either half fires
-        (`replay_checks`). The service, the CLI, the enrollment store's race check, the evaluation's
-        `replay_false_refusals` and bench/unseen_level.py all ask this."""
+        """The replay rule: a take is a replay when either half fires (`replay_checks`, which
+        `Unlocker.verify` reads to name the half). `Unlocker.replays_any` (the check for a recording
+        accepted twice at once), the evaluation's `replay_false_refusals` and bench/unseen_level.py ask
+        this."""
         return any(self.replay_checks(to_sets, to_own).values())
 
     def challenge_word_ok(self, asked_score: float, asked_is_nearest: bool) -> bool:

@@ -270,10 +270,11 @@ async function reenroll() {
 async function forget() {
   const user = userName();
   const token = proofFor(user);
-  await call("DELETE", `/users/${encodeURIComponent(user)}`, undefined, token);
+  const answer = await call("DELETE", `/users/${encodeURIComponent(user)}`, undefined, token);
   dropProof();
   hideResult();
-  say(`Deleted the enrollment of “${user}”.`, "ok");
+  const retired = answer.name_retired ? " The name stays reserved: only the administrator can enroll it again." : "";
+  say(`Deleted the enrollment of “${user}”.${retired}`, "ok");
 }
 
 // ---- unlock ------------------------------------------------------------------------------------

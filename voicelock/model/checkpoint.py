@@ -16,6 +16,8 @@ from voicelock.model.network import VoiceLockNet
 from voicelock.params import FeatureParams, ModelParams, Params
 
 MODEL_FILE = "model.pt"
+# Feature settings that say where or how fast the cache is written, not what a clip's features are.
+_WHERE_NOT_WHAT = ("out_dir", "batch_size")
 
 
 def save_checkpoint(path: str | Path, model: VoiceLockNet, model_params: ModelParams, feature_params: FeatureParams,
@@ -56,10 +58,15 @@ def check_built_as_configured(path: str | Path, meta: dict[str, Any], params: Pa
     after params.yaml changed without `dvc repro` re-running the stage that wrote the checkpoint, the
     figures would be measured on features the release does not serve, or the saved model would claim
     settings it was not trained with. `rerun`: the stage whose re-run fixes it."""
-    built = {"model": ModelParams(**meta["model_params"]).model_dump(),
-             "features": FeatureParams(**meta["feature_params"]).model_dump(),
-             "data.sample_rate": {"": int(meta["sample_rate"])}}
-    wanted = {"model": params.model.model_dump(), "features": params.features.model_dump(),
+    try:
+        built = {"model": ModelParams(**meta["model_params"]).model_dump(),
+                 "features": FeatureParams(**meta["feature_params"]).model_dump(exclude=set(_WHERE_NOT_WHAT)),
+                 "data.sample_rate": {"": int(meta["sample_rate"])}}
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise VoicelockError(f"{path}: its recorded settings are unreadable ({str(e).splitlines()[0]}) — "
+                             f"re-run `dvc repro {rerun}`") from None
+    wanted = {"model": params.model.model_dump(),
+              "features": params.features.model_dump(exclude=set(_WHERE_NOT_WHAT)),
               "data.sample_rate": {"": params.data.sample_rate}}
     differ = [f"{section}{'.' + key if key else ''}: {built[section][key]!r} in the checkpoint, "
               f"{wanted[section].get(key)!r} in params.yaml"
