@@ -192,6 +192,35 @@ def test_a_token_reenrollment_mixing_in_another_voice_is_refused(lenient):
     assert lock.same_voice(owner, lock.enroll_files(owner_takes[:3]))  # the owner's own takes still do
 
 
+def test_a_template_walked_to_another_voice_is_held_to_its_anchor(lenient):
+    """A tester walked a template to his voice in seven token re-enrollments of owner/attacker mixes,
+    each step passing for the one before. A token re-enrollment keeps the anchor (the voice of the last
+    enrollment made without a token) and must match it too. The walked state is stored by hand: the
+    template already the stranger's voice, its anchor the owner's."""
+    core, clock, case = lenient
+    lock = core.lock
+    owner = lock.enroll_files(case.enroll)
+    strangers = [p for p in case.impostors
+                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)][:3]
+    assert len(strangers) == 3, "fewer than three takes whose voice is not the owner's"
+    core.enroll("ivy", files(case.enroll))
+    token = core.unlock("ivy", "probe.wav", files(case.genuine)[0][1])["token"]
+    assert core.enroll("ivy", files(case.enroll), token=token)["replaced"] is True
+    kept = core.store.get("ivy")
+    assert kept.anchor == pytest.approx(owner.speaker, abs=1e-5)  # a token re-enrollment keeps the anchor
+    walked = lock.enroll_files(strangers)
+    assert lock.same_voice(walked, lock.enroll_files(strangers))  # the step itself would pass
+    walked.anchor = kept.anchor
+    core.store.save("ivy", walked, clock(), admin=True)  # the state seven walked steps leave
+    assert core.store.get("ivy").anchor == pytest.approx(owner.speaker, abs=1e-5)
+    token = core.store.issue_token("ivy", clock(), 60.0)
+    with pytest.raises(Forbidden, match="not the enrolled voice"):
+        core.enroll("ivy", files(strangers), token=token)
+    # The administrator's enrollment is a new anchor: its own voice.
+    assert core.enroll("ivy", files(strangers), admin_key=ADMIN)["replaced"] is True
+    assert core.store.get("ivy").anchor == []
+
+
 def test_refused_recordings_and_challenges_are_charged_as_they_should_be(lenient, lenient_params_path: Path):
     """A clip too short to hold a word is no guess: it must not lock the owner out for free. A
     liveness challenge is one: drawing challenges until the words suit an attacker's recordings costs

@@ -216,6 +216,32 @@ def test_2_a_token_reenrollment_with_another_voice_mixed_in_is_refused(server: S
     assert unlock(url, "row2m", mix[-1].read_bytes()).json()["unlocked"] is False  # the stranger stays out
 
 
+def test_2_a_template_walked_to_another_voice_is_held_to_its_anchor(server: Server, case: UnlockCase,
+                                                                    params: Params):
+    """Seven token re-enrollments of owner/attacker mixes walked a template to a tester's voice. The
+    walked state (the template another voice's, its anchor the owner's) is written to the service's
+    database by hand, with a token; re-enrolling that voice over HTTP must still be refused."""
+    import time
+
+    from voicelock.enrollment import Unlocker
+    from voicelock.store import EnrollmentStore
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    owner = lock.enroll_files(case.enroll)
+    strangers = [p for p in case.impostors
+                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)][:3]
+    assert len(strangers) == 3
+    url = server.url
+    assert enroll(url, "row2w", case.read(case.enroll)).status_code == 200
+    store = EnrollmentStore(params.service.database_url)
+    walked = lock.enroll_files(strangers)
+    walked.anchor = owner.speaker
+    store.save("row2w", walked, time.time(), admin=True)
+    token = store.issue_token("row2w", time.time(), 60.0)
+    r = enroll(url, "row2w", case.read(strangers), {"X-Unlock-Token": token})
+    assert r.status_code == 403 and "not the enrolled voice" in r.json()["error"], r.text
+
+
 # --- 3. replay -----------------------------------------------------------------------------------
 
 

@@ -112,12 +112,14 @@ class UnlockApi:
             # not that they may give the account to another voice. The enrolled voice is compared in
             # this model's space (re-made from its recordings if it was enrolled with another model);
             # a mismatch uses the token up, so one unlock buys one comparison.
-            if not self.lock.same_voice(self._current(user, found), template):
+            current = self._current(user, found)
+            if not self.lock.same_voice(current, template):
                 self.store.spend_token(user, token, now)
                 raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
                                 "voice only, every recording of it (the token is now used up): unlock again for a "
                                 "new token and record every take anew; changing the voice needs the "
                                 "administrator's X-Admin-Key")
+            template.anchor = current.anchor or current.speaker  # a token never moves the anchor
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 

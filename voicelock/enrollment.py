@@ -52,6 +52,10 @@ class Template:
     # Each take's fingerprint set at the release's replay shifts (`replay.encode`), when it has them: a
     # copy padded by a few ms is still the take. Beside `takes`, which older voicelocks read alone.
     take_sets: list[str] = field(default_factory=list)
+    # The voice of the last enrollment made without an unlock token (a new name, or the administrator's),
+    # as a speaker centroid; [] when that is this template's own `speaker`. A token re-enrollment keeps
+    # it and must match it too (`Unlocker.same_voice`), so the voice cannot be walked away step by step.
+    anchor: list[float] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -59,8 +63,9 @@ class Template:
             raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
-        if not record["take_sets"]:  # a file without sets stays readable by the voicelock before them
-            del record["take_sets"]
+        for added in ("take_sets", "anchor"):  # a file without them stays readable by voicelocks before them
+            if not record[added]:
+                del record[added]
         path.write_text(json.dumps(record))
 
     @classmethod
@@ -400,6 +405,8 @@ class Unlocker:
         names = [f"enrollment take {i + 1}" for i in range(len(clips))]
         renewed = self.template_of([self.prepare(c, rate, n) for c, n in zip(clips, names)], names, checked=False)
         renewed.sealed_takes = template.sealed_takes
+        # The anchor lives in the old model's space and its recordings are not kept: the voice re-made
+        # here becomes the anchor (a promotion is the operator's act, not a token holder's).
         return renewed
 
     def replays_any(self, fingerprints: list[list[float]], others: list[str]) -> bool:
@@ -428,8 +435,13 @@ class Unlocker:
         if takes is None or len(takes) != new.clips:  # a template without its takes proves nothing
             return False
         voices = np.concatenate([np.asarray(new.speaker, dtype=np.float32)[None, :], takes])
-        scores = self.scorer(np.asarray(enrolled.speaker, dtype=np.float32), voices)
-        return bool(np.all(np.isfinite(scores)) and all(self.verifier.challenge_voice_ok(float(s)) for s in scores))
+        # Against the voice enrolled now and its anchor: a tester walked a template to his own voice in
+        # seven token re-enrollments of owner/attacker mixes, each step passing for the step before.
+        for reference in (enrolled.speaker, enrolled.anchor or enrolled.speaker):
+            scores = self.scorer(np.asarray(reference, dtype=np.float32), voices)
+            if not (np.all(np.isfinite(scores)) and all(self.verifier.challenge_voice_ok(float(s)) for s in scores)):
+                return False
+        return True
 
     def enroll_files(self, paths: list[str | Path], sealer: Sealer | None = None) -> Template:
         return self.enroll([read_wav(_recording(p)) for p in paths], [str(p) for p in paths], sealer)

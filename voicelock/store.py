@@ -316,7 +316,7 @@ class EnrollmentStore:
     @staticmethod
     def _row(template: Template, now: float) -> dict:
         return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes,
-                                        "take_sets": template.take_sets}),
+                                        "take_sets": template.take_sets, "anchor": template.anchor}),
                 "clips": template.clips, "model": template.model, "created_at": now,
                 "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None,
                 "model_since": template.model_since or None}
@@ -329,7 +329,7 @@ class EnrollmentStore:
         data = json.loads(row.template)
         return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
                         row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0,
-                        data.get("take_sets", []))
+                        data.get("take_sets", []), data.get("anchor", []))
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False,
                retire: bool = True) -> bool:
