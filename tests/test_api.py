@@ -161,6 +161,11 @@ def test_an_unlock_token_reenrolls_the_same_voice_only(lenient):
     assert core.enroll("gina", files(case.enroll), token=token)["replaced"] is True
 
 
+def not_the_voice_of(lock: Unlocker, owner, takes: list[Path]) -> list[Path]:
+    """The takes whose voice alone does not pass for `owner`'s (at the challenge-voice threshold)."""
+    return [p for p in takes if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)]
+
+
 def mean_passes_for(lock: Unlocker, owner, takes: list[Path]) -> bool:
     """Whether the mean of `takes` passes for `owner`'s voice (the re-enrollment rule without its
     per-take half); False for takes that cannot enroll at all (they disagree, or one copies another)."""
@@ -179,8 +184,7 @@ def test_a_token_reenrollment_mixing_in_another_voice_is_refused(lenient):
     core, _, case = lenient
     lock = core.lock
     owner = lock.enroll_files(case.enroll)
-    strangers = [p for p in case.impostors  # a take whose voice alone is not the owner's
-                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)]
+    strangers = not_the_voice_of(lock, owner, case.impostors)
     owner_takes = (case.enroll + case.genuine)[: lock.p.max_clips - 1]
     mixes = (owner_takes[:n] + [p] for p in strangers for n in range(len(owner_takes), 1, -1))
     mix = next((m for m in mixes if mean_passes_for(lock, owner, m)), None)
@@ -200,8 +204,7 @@ def test_a_template_walked_to_another_voice_is_held_to_its_anchor(lenient):
     core, clock, case = lenient
     lock = core.lock
     owner = lock.enroll_files(case.enroll)
-    strangers = [p for p in case.impostors
-                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)][:3]
+    strangers = not_the_voice_of(lock, owner, case.impostors)[:3]
     assert len(strangers) == 3, "fewer than three takes whose voice is not the owner's"
     core.enroll("ivy", files(case.enroll))
     token = core.unlock("ivy", "probe.wav", files(case.genuine)[0][1])["token"]

@@ -197,13 +197,12 @@ def test_2_a_token_reenrollment_with_another_voice_mixed_in_is_refused(server: S
     """The owner's takes with one of another voice: the mean passed for the owner's voice, and that voice
     then unlocked (a tester's takeover). The mix is picked, with the served release, so that its mean
     passes — only the per-take rule refuses it."""
-    from tests.test_api import mean_passes_for
+    from tests.test_api import mean_passes_for, not_the_voice_of
     from voicelock.enrollment import Unlocker
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     owner = lock.enroll_files(case.enroll)
-    strangers = [p for p in case.impostors
-                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)]
+    strangers = not_the_voice_of(lock, owner, case.impostors)
     owner_takes = (case.enroll + case.genuine)[: params.enroll.max_clips - 1]
     mix = next((m for p in strangers for n in range(len(owner_takes), 1, -1)
                 if mean_passes_for(lock, owner, m := owner_takes[:n] + [p])), None)
@@ -223,13 +222,13 @@ def test_2_a_template_walked_to_another_voice_is_held_to_its_anchor(server: Serv
     database by hand, with a token; re-enrolling that voice over HTTP must still be refused."""
     import time
 
+    from tests.test_api import not_the_voice_of
     from voicelock.enrollment import Unlocker
     from voicelock.store import EnrollmentStore
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     owner = lock.enroll_files(case.enroll)
-    strangers = [p for p in case.impostors
-                 if not lock.verifier.challenge_voice_ok(lock.verify_file(owner, p).speaker_score)][:3]
+    strangers = not_the_voice_of(lock, owner, case.impostors)[:3]
     assert len(strangers) == 3
     url = server.url
     assert enroll(url, "row2w", case.read(case.enroll)).status_code == 200

@@ -437,7 +437,7 @@ class Unlocker:
         voices = np.concatenate([np.asarray(new.speaker, dtype=np.float32)[None, :], takes])
         # Against the voice enrolled now and its anchor: a tester walked a template to his own voice in
         # seven token re-enrollments of owner/attacker mixes, each step passing for the step before.
-        for reference in (enrolled.speaker, enrolled.anchor or enrolled.speaker):
+        for reference in [enrolled.speaker] + ([enrolled.anchor] if enrolled.anchor else []):
             scores = self.scorer(np.asarray(reference, dtype=np.float32), voices)
             if not (np.all(np.isfinite(scores)) and all(self.verifier.challenge_voice_ok(float(s)) for s in scores)):
                 return False
