@@ -1,7 +1,9 @@
 """Unlock latency on CPU: one clip, one thread, from samples in memory to the decision.
 
-Prints p50/p99 of `Unlocker.verify` for a 1 s clip (feature extraction + both embeddings + scoring)
-and batch throughput of features + embeddings. Target: p50 <= 5 ms.
+Prints p50/p99 of `Unlocker.verify` for a 1 s clip (feature extraction + both embeddings + scoring;
+with a band-limited replay view, the network also reads the clip's view) and batch throughput of
+features + embeddings. Target: p50 <= 5 ms. A release with a band-limited view is also timed without
+it, alternating in the same run, so the view's cost is a ratio on one machine.
 
 Uses the evaluated model at evaluate.out_dir (run `dvc repro` first), or an untrained network of the
 same size when there is none (latency does not depend on the weights). `--model DIR` times another
@@ -58,13 +60,19 @@ def main() -> None:
 
         default_threads = torch.get_num_threads()
         limit_threads(1)  # torch and numpy's BLAS: "one thread" means both (voicelock/runtime.py)
+        # The same release without its band-limited view (if it has one): the view's cost, alternating.
+        full_band = Unlocker(args.model or _model_dir(params, Path(tmp)), params.enroll)
+        full_band.verifier.thresholds["replay_band_hz"] = 0
+        has_view = bool(lock.verifier.replay_band_hz)
         for c in clips:  # warm-up
             lock.verify(template, c, rate)
-        times = []
+            full_band.verify(template, c, rate)
+        times, without = [], []
         for i in range(args.clips):
-            t0 = time.perf_counter()
-            lock.verify(template, clips[i % len(clips)], rate)
-            times.append(time.perf_counter() - t0)
+            for unlocker, out in ((lock, times), (full_band, without)) if has_view else ((lock, times),):
+                t0 = time.perf_counter()
+                unlocker.verify(template, clips[i % len(clips)], rate)
+                out.append(time.perf_counter() - t0)
         p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
         # The service then remembers an accepted unlock's take at every replay shift
         # (`Unlocker.remembered`, voicelock/replay.py): timed apart, on decisions that unlocked.
@@ -86,8 +94,14 @@ def main() -> None:
         throughput = reps * args.batch / (time.perf_counter() - t0)
     print(f"model: {count_parameters(lock.model):,} parameters as served (BatchNorms folded into their layers)")
     print(f"single-clip unlock (1 s clip, 1 thread): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 5 ms)")
+    if without:
+        base = float(np.median(without) * 1000)
+        print(f"  the same without the band-limited replay view ({lock.verifier.replay_band_hz:g} Hz), alternating: "
+              f"p50 {base:.2f} ms — the view costs {p50 / base:.2f}× the decision")
     shifts = lock.verifier.replay_shifts
-    print(f"an accepted unlock's replay memory ({len(shifts) - 1} shifted copies of its take, `replay_shifts`): "
+    views = 2 if lock.verifier.replay_band_hz else 1
+    print(f"an accepted unlock's replay memory ({len(shifts) * views - views} shifted copies of its take, "
+          f"`replay_shifts`, in {views} view(s)): "
           f"p50 {remember_p50:.2f} ms more, once the decision is made "
           f"({len(accepted)} of {len(clips)} probes accepted)")
     print(f"batch of {args.batch} (features + embeddings, {torch.get_num_threads()} threads): "

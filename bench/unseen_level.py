@@ -59,17 +59,17 @@ def replays_passing(lock: Unlocker, takes: list[Path], levels: list[float]) -> d
     for path in takes:
         samples, rate = sf.read(path, dtype="float32")
         take = lock.prepare(samples, rate, path.name)
-        own = fingerprints(*lock.embed_here([take]))
-        remembered = lock.fingerprint_sets([take], own, [path.name])[0]
+        word, speaker, band = lock.embed_views([take], [path.name])
+        remembered = lock.fingerprint_sets([take], fingerprints(word, speaker), band, [path.name])[0]
         for db in levels:
             copy = np.clip(samples * 10 ** (db / 20), -1.0, 1.0).astype(np.float32)
             try:
                 heard = lock.prepare(copy, rate, path.name)
             except VoicelockError:  # too quiet to hold a word (enroll.min_rms): refused before any replay check
                 continue
-            probe = fingerprints(*lock.embed_here([heard]))[0]
-            sims = remembered @ probe
-            if not lock.verifier.replays(float(sims.max()), float(sims[0])):
+            word, speaker, band = lock.embed_views([heard], [path.name])
+            probe = np.concatenate([fingerprints(word, speaker), band])  # its views: the full band first
+            if not lock.replays_take(probe, [remembered]):
                 passing[db] += 1
     return passing
 

@@ -158,6 +158,32 @@ def test_an_enrollment_take_padded_by_a_few_ms_is_the_same_recording(trained: Pa
         lock.enroll([(clips[0], 16000), (clips[1], 16000), (copy, 16000)])
 
 
+def test_an_enrollment_take_low_passed_is_the_same_recording(trained: Params):
+    """A take and a copy of it low-passed above `evaluate.replay_band_hz` embed apart in the full band,
+    but meet in the band-limited view: one enrollment cannot count them as two takes."""
+    from scipy import signal
+
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import fingerprints, max_similarity
+
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
+    assert lock.verifier.replay_band_hz > 0, "the release must have a band-limited replay view"
+    clips = [sf.read(p, dtype="float32")[0] for p in _owner_clips(trained, trained.owner.password)[:2]]
+    take = lock.prepare(clips[0], 16000, "take")
+    word, speaker, band = lock.embed_views([take], ["take"])
+    full_set = lock.fingerprint_sets([take], fingerprints(word, speaker), band, ["take"])[0]
+    full_set = full_set[: len(lock.verifier.replay_shifts)]
+    missed = []
+    for cut in (3500, 4000, 5000, 6000):
+        copy = signal.sosfilt(signal.butter(10, cut, fs=16000, output="sos"), clips[0]).astype(np.float32)
+        fp = fingerprints(*lock.embed_here([lock.prepare(copy, 16000, "copy")]))[0]
+        if not lock.verifier.replays(max_similarity(fp, full_set), float(fp @ full_set[0]), -1.0):  # full band
+            missed.append(copy)
+    assert missed, "the full band already takes every low-passed copy for the take: nothing to show"
+    with pytest.raises(VoicelockError, match="is the same recording as"):
+        lock.enroll([(clips[0], 16000), (clips[1], 16000), (missed[0], 16000)])
+
+
 def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tiny_corpus: Path, tmp_path: Path,
                                     capsys):
     clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
@@ -332,6 +358,8 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
     ({"replay_shifts": [0, 40.5]}, "replay_shifts"),
     ({"replay": 1.0}, "replay threshold 1.0 is not a number between 0 and 1"),  # no copy short of exact
     ({"replay_single": 1.5}, "replay_single threshold 1.5 is not a number"),
+    ({"replay_band_hz": "3000"}, "replay_band_hz '3000' is damaged"),
+    ({"replay_band_hz": 9000}, "replay_band_hz 9000 is not below half its sample rate"),  # the full band
 ])
 def test_a_release_whose_replay_rule_cannot_be_served_is_refused_where_it_is_opened(
         trained: Params, tmp_path: Path, damage: dict, message: str):

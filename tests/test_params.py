@@ -39,6 +39,8 @@ def test_repository_params_are_valid():
         ("evaluate", "replay_shifts", [0, 16000], "replay_shifts"),  # a second of delay: not a padded copy
         ("evaluate", "replay_shifts", [0, 400], "replay_shifts: 400 samples of zeros or more are cut"),
         ("evaluate", "replay_shifts", list(range(0, 680, 40)), "replay_shifts"),  # 17 embeddings a take
+        ("evaluate", "replay_band_hz", 8000, "replay_band_hz: 8000 Hz"),  # the whole band at 16 kHz
+        ("evaluate", "replay_band_hz", 100, "replay_band_hz: 100 Hz"),  # no voice is left below it
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, section, key, value, named):

@@ -322,6 +322,56 @@ def test_3_a_replay_turned_down_or_up_is_still_the_recording_heard(server: Serve
         assert unlock(url, fresh, pcm_wav(copy, 16000)).json()["unlocked"] is True, f"{db:+d} dB"
 
 
+def low_passed_copies(take: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
+    """An accepted take as an attacker holding its recording might send it again: resampled through
+    8 kHz and uploaded at 8 kHz (a phone line's rate, which the service accepts), or low-passed at
+    16 kHz (10th-order Butterworth, as any audio editor's filter) — each above the release's
+    `evaluate.replay_band_hz` cut."""
+    from scipy import signal
+
+    copies = {"sent at 8 kHz": (resample(take, 16000, 8000), 8000)}
+    for cut in (3500, 4500, 6000):
+        sos = signal.butter(10, cut, fs=16000, output="sos")
+        copies[f"low-passed at {cut} Hz"] = (signal.sosfilt(sos, take).astype(np.float32), 16000)
+    return copies
+
+
+def test_3_a_low_passed_replay_is_still_the_recording_heard(server: Server, params: Params, case: UnlockCase):
+    """Copies of an accepted take low-passed above `evaluate.replay_band_hz` embed like a new take in
+    the full band (a tester unlocked one account six times from one recording so); the take is also
+    remembered band-limited, and the probe is judged in that view too. Sent: the copies the verifier
+    accepts from an account that never heard the take *and* that the full band alone would take for a
+    new recording — so what refuses them is the band-limited view. Each goes to its own account, so no
+    lockout refuses it, and unlocks another account that never heard the take."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.replay import fingerprints, max_similarity
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    assert lock.verifier.replay_band_hz > 0, "the release must have a band-limited replay view"
+    template = lock.enroll_files(case.enroll)
+    url, take = server.url, samples_of(case.genuine[0])
+    heard = lock.prepare(take, 16000, "take")
+    word, speaker, band = lock.embed_views([heard], ["take"])
+    full_set = lock.fingerprint_sets([heard], fingerprints(word, speaker), band, ["take"])[0]
+    full_set = full_set[: len(lock.verifier.replay_shifts)]  # its rows in the full band only
+    passing = []
+    for what, (samples, rate) in low_passed_copies(take).items():
+        wav = pcm_wav(samples, rate)
+        sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
+        copy_fp = fingerprints(*lock.embed_here([lock.prepare(sent, rate, what)]))[0]
+        full_band_only = lock.verifier.replays(max_similarity(copy_fp, full_set), float(copy_fp @ full_set[0]), -1.0)
+        if lock.verify(template, sent, rate).unlocked and not full_band_only:
+            passing.append((what, wav))
+    assert passing, "no low-passed copy passes the voice and word checks and the full band: nothing to show"
+    for i, (what, wav) in enumerate(passing):
+        heard_by, fresh = f"row3w{i}", f"row3v{i}"
+        for user in (heard_by, fresh):
+            assert enroll(url, user, case.read(case.enroll)).status_code == 200
+        assert unlock(url, heard_by, pcm_wav(take, 16000)).json()["unlocked"] is True
+        assert not_unlocked(unlock(url, heard_by, wav)), what
+        assert unlock(url, fresh, wav).json()["unlocked"] is True, what
+
+
 # --- 4. bounded decoding: bombs ------------------------------------------------------------------
 
 

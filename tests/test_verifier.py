@@ -56,10 +56,15 @@ def test_a_remembered_take_reads_back_as_stored_and_a_damaged_one_refuses():
                "[" * 5000 + "]" * 5000, json.dumps([float("nan")] * 176), b"\x00" * 704]
     for entry in damaged:
         assert max_similarity(probe, decode(entry, 176)) == float("inf"), str(entry)[:40]
-    rows, own = stored_rows([], 176)
+    rows, own, in_band = stored_rows([], 176)
     assert rows.shape == (0, 176) and max_similarity(probe, rows) == -1.0
-    rows, own = stored_rows([encode(sets), sets[0].tolist()], 176)  # each take's own fingerprint comes first
-    assert rows.shape == (9, 176) and own.tolist() == [True] + [False] * 7 + [True]
+    rows, own, in_band = stored_rows([encode(sets), sets[0].tolist()], 176)  # each take's own fingerprint first
+    assert rows.shape == (9, 176) and own.tolist() == [True] + [False] * 7 + [True] and not in_band.any()
+    # With a band-limited view and 4 shifts, a set of 8 rows is 4 of the full band, then 4 of the view;
+    # a set of any other size (a take remembered alone, a damaged one) is the full band's.
+    rows, own, in_band = stored_rows([encode(sets), sets[0].tolist(), "damaged"], 176, shifts=4, band=True)
+    assert own.tolist() == [True] + [False] * 7 + [True, True]
+    assert in_band.tolist() == [False] * 4 + [True] * 4 + [False, False]
 
 
 def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold():
@@ -70,9 +75,22 @@ def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold()
     assert rule.is_replay(0.985, single=True) and not rule.is_replay(0.985)
     assert not Verifier(SpeakerScorer(), THRESHOLDS).is_replay(0.985, single=True)
     # The whole rule: either half refuses, and each half reads only its own similarity.
-    assert rule.replay_checks(0.5, 0.985) == {"replay": False, "replay_single": True} and rule.replays(0.5, 0.985)
-    assert rule.replay_checks(0.995, 0.5) == {"replay": True, "replay_single": False} and rule.replays(0.995, 0.5)
-    assert not rule.replays(0.985, 0.975) and rule.replays(float("nan"), 0.5) and rule.replays(0.5, float("nan"))
+    checks = rule.replay_checks
+    assert checks(0.5, 0.985, -1) == {"replay": False, "replay_single": True} and rule.replays(0.5, 0.985, -1)
+    assert checks(0.995, 0.5, -1) == {"replay": True, "replay_single": False} and rule.replays(0.995, 0.5, -1)
+    assert not rule.replays(0.985, 0.975, 1.0)  # no band-limited view in this release: that part is not judged
+    assert rule.replays(float("nan"), 0.5, -1) and rule.replays(0.5, float("nan"), -1)
+
+
+def test_a_band_limited_view_is_judged_at_its_own_threshold():
+    """Genuine takes come closer to each other below the view's cut than in the full band, so the view
+    has its own threshold: the full band's `replay` stays as tight as before, and the view still refuses."""
+    rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.98,
+                                      "replay_band_hz": 3000, "replay_band": 0.995})
+    assert rule.replay_checks(0.5, 0.5, 0.996) == {"replay": False, "replay_single": False, "replay_band": True}
+    assert not rule.replays(0.5, 0.5, 0.993) and rule.replays(0.992, 0.5, 0.5) and rule.replays(0.5, 0.5, float("nan"))
+    with pytest.raises(VoicelockError, match="replay_band"):  # a view without its threshold never decides
+        Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_band_hz": 3000}).replays(0.5, 0.5, 0.5)
 
 
 def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():
@@ -124,6 +142,40 @@ def test_replay_shifts_come_from_the_release_and_default_to_the_take_alone():
     for damaged in ([], [40, 80], [0, 0.5], [0, 99999], "0,40", [0, True]):
         with pytest.raises(VoicelockError, match="replay_shifts"):
             Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_shifts": damaged}).replay_shifts
+
+
+def test_the_band_limited_view_keeps_the_band_and_removes_the_rest():
+    """What an attacker's low-pass above the cut leaves is what the view keeps, so both copies meet."""
+    from voicelock.replay import band_limited
+
+    t = np.arange(16000) / 16000
+    low, high = np.sin(2 * np.pi * 1000 * t), np.sin(2 * np.pi * 5000 * t)
+    view = band_limited((low + high).astype(np.float32), 16000, 3000)
+    assert view.dtype == np.float32 and view.shape == (16000,)
+    assert np.abs(view - low).max() < 1e-4  # the 1 kHz tone intact, the 5 kHz one gone
+    np.testing.assert_allclose(band_limited(view, 16000, 3000), view, atol=1e-5)  # the view of the view: itself
+
+
+def test_the_replay_band_comes_from_the_release_and_defaults_to_none():
+    assert Verifier(SpeakerScorer(), THRESHOLDS).replay_band_hz == 0.0  # calibrated before the view
+    assert Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_band_hz": 3000}).replay_band_hz == 3000.0
+    for damaged in (-1, 100, "3000", None, True, float("nan")):
+        with pytest.raises(VoicelockError, match="replay_band_hz"):
+            Verifier(SpeakerScorer(), {**THRESHOLDS, "replay_band_hz": damaged}).replay_band_hz
+
+
+def test_each_view_of_a_take_meets_only_the_remembered_rows_of_its_own_view():
+    """`replay_similarities`: the full band against the full band's rows and the takes' own rows, the
+    band-limited view against the view's rows; a damaged row still refuses."""
+    from voicelock.replay import replay_similarities, stored_rows
+
+    full, band, other, own = np.eye(4, dtype=np.float32)
+    rows, is_own, in_band = stored_rows([np.stack([own, other, band, full])], 4, shifts=2, band=True)
+    assert replay_similarities(np.stack([full, band]), rows, is_own, in_band) == (0.0, 0.0, 1.0)
+    assert replay_similarities(np.stack([own, other]), rows, is_own, in_band) == (1.0, 1.0, 0.0)
+    assert replay_similarities(own[None, :], rows, is_own, in_band)[2] == -1.0  # no view of the take: not judged
+    rows, is_own, in_band = stored_rows(["damaged"], 4, shifts=2, band=True)
+    assert replay_similarities(np.stack([full, band]), rows, is_own, in_band)[:2] == (float("inf"), float("inf"))
 
 
 def test_template_is_the_unit_centroid_and_scores_are_cosines():
@@ -234,13 +286,13 @@ def test_every_replay_decision_follows_the_one_replay_rule(lenient_params_path: 
     who, what = np.array(["a", "a"]), np.array(["w", "w"])
     samples, rate = read_wav(str(case.genuine[0]))
     assert not lock.verify(template, samples, rate, recent=remembered).unlocked  # the same take again
-    assert lock.replays_any(heard.fingerprints, remembered)
+    assert lock.replays_any(heard, remembered)
     assert genuine_replay_refusals(served, who, what, lock.verifier.replays).tolist() == [True]
-    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b: {"replay": False, "replay_single": False})
+    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b, c: {"replay": False, "replay_single": False})
     assert lock.verify(template, samples, rate, recent=remembered).unlocked
-    assert not lock.replays_any(heard.fingerprints, remembered)
+    assert not lock.replays_any(heard, remembered)
     assert genuine_replay_refusals(served, who, what, lock.verifier.replays).tolist() == [False]
-    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b: {"replay": True, "replay_single": False})
+    monkeypatch.setattr(Verifier, "replay_checks", lambda self, a, b, c: {"replay": True, "replay_single": False})
     other = lock.verify_file(template, case.genuine[1])
     assert not other.unlocked and "replayed recording" in other.reason
 

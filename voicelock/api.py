@@ -190,7 +190,7 @@ class UnlockApi:
         if unlocked:
             raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history,
                                         self.lock.remembered(decision))
-            unlocked = not self.lock.replays_any(decision.fingerprints, raced)
+            unlocked = not self.lock.replays_any(decision, raced)
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:
             self.store.clear_failures(user)

@@ -28,7 +28,16 @@ from voicelock.liveness import template_scores
 from voicelock.model.network import inference_copy
 from voicelock.params import EnrollParams
 from voicelock.release import Release
-from voicelock.replay import delayed, encode, fingerprints, max_similarity, speaker_halves, stored_rows
+from voicelock.replay import (
+    band_limited,
+    encode,
+    fingerprints,
+    max_similarity,
+    replay_similarities,
+    speaker_halves,
+    stored_rows,
+    views,
+)
 from voicelock.sealing import Sealer
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
@@ -92,6 +101,9 @@ class Decision:
     # Every take's fingerprint (password first, then challenge takes), as heard: what a concurrent
     # unlock's takes are compared with (voicelock/api.py).
     fingerprints: list[list[float]] = field(default_factory=list, repr=False)
+    # …and each take's band-limited view's (voicelock/replay.py `band_limited`; empty for a release
+    # without one): the rest of what the replay rule compares.
+    band_fingerprints: list[list[float]] = field(default_factory=list, repr=False)
     # The takes as the network heard them (prepared clips): what `Unlocker.remembered` fingerprints at
     # the replay shifts when the caller keeps a replay memory (the service does; the CLI does not).
     heard: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -100,7 +112,7 @@ class Decision:
     def explain(self) -> dict:
         """Everything but the fingerprints: for the CLI and a service with `explain: true`."""
         return {f.name: (dict(value) if isinstance(value := getattr(self, f.name), dict) else value)
-                for f in fields(self) if f.name not in ("fingerprints", "heard")}
+                for f in fields(self) if f.name not in ("fingerprints", "band_fingerprints", "heard")}
 
 
 @dataclass
@@ -221,19 +233,38 @@ class Unlocker:
                                      f"record it again")
         return word, speaker
 
-    def fingerprint_sets(self, prepared: list[np.ndarray], fps: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """Each prepared take's fingerprints at the release's `replay_shifts` (voicelock/replay.py), the
-        take's own fingerprint `fps[i]` first: how the take is remembered. Costs one embedding per
-        delay and take, so it runs only for takes that will be remembered (enrollment, an unlock)."""
-        shifts = self.verifier.replay_shifts
+    def band_views(self, prepared: list[np.ndarray]) -> list[np.ndarray]:
+        """The takes' band-limited views (voicelock/replay.py `band_limited`), none for a release without."""
+        band = self.verifier.replay_band_hz
+        return [band_limited(clip, self.sample_rate, band) for clip in prepared] if band else []
+
+    def embed_views(self, prepared: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`embed_checked` of the takes, and the fingerprints of their band-limited views ((0, D) for a
+        release without), in one call: what the replay rule compares a take by."""
+        band = self.band_views(prepared)
+        word, speaker = self.embed_checked(prepared + band, names + names[: len(band)])
+        n = len(prepared)
+        return word[:n], speaker[:n], fingerprints(word[n:], speaker[n:])
+
+    def fingerprint_sets(self, prepared: list[np.ndarray], fps: np.ndarray, band_fps: np.ndarray,
+                         names: list[str]) -> list[np.ndarray]:
+        """Each prepared take's fingerprints in the rows `views` gives (voicelock/replay.py): at the
+        release's `replay_shifts`, then its band-limited view at them — the take's own fingerprint
+        `fps[i]` (and its view's, `band_fps[i]`) where shift 0 is: how the take is remembered. Costs
+        one embedding per delay, view and take, so it runs only for takes that will be remembered
+        (enrollment, an unlock)."""
+        shifts, band = self.verifier.replay_shifts, self.verifier.replay_band_hz
         sets = []
-        for clip, fp, name in zip(prepared, fps, names, strict=True):
+        for i, (clip, name) in enumerate(zip(prepared, names, strict=True)):
+            at_zero = [fps[i]] + ([band_fps[i]] if band else [])
             if len(shifts) == 1:
-                sets.append(fp[None, :])
+                sets.append(np.stack(at_zero))
                 continue
             # one take a call: a batching embedder (service/embedder.py) takes at most max_batch_size
-            late = fingerprints(*self.embed_checked(delayed(clip, shifts[1:]), [name] * (len(shifts) - 1)))
-            sets.append(np.concatenate([fp[None, :], late]))
+            copies = views(clip, shifts[1:], self.sample_rate, band)
+            late = fingerprints(*self.embed_checked(copies, [name] * len(copies)))
+            late = late.reshape(len(at_zero), len(shifts) - 1, -1)
+            sets.append(np.concatenate([np.concatenate([own[None, :], rest]) for own, rest in zip(at_zero, late)]))
         return sets
 
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None,
@@ -253,26 +284,29 @@ class Unlocker:
         """Template from prepared clips. `checked`: refuse takes that are copies of each other or
         disagree (a different word or voice) — a new enrollment's checks; recordings that passed them
         once and are re-embedded by a new model (`checked=False`) are not judged again."""
-        word, speaker = self.embed_checked(prepared, names)
+        word, speaker, band_fps = self.embed_views(prepared, names)
         fps = fingerprints(word, speaker)
-        if checked:  # the cheap checks first: the sets cost an embedding per shift and take
-            self._check_no_copies(fps, [fp[None, :] for fp in fps], names, single=True)
+        if checked:  # the cheap checks first: the sets cost an embedding per shift, view and take
+            self._check_no_copies([fp[None, :] for fp in fps], [fp[None, :] for fp in fps], names, single=True)
             self._check_takes_agree(word, speaker, names)
-        sets = self.fingerprint_sets(prepared, fps, names)
+        sets = self.fingerprint_sets(prepared, fps, band_fps, names)
         if checked:
-            self._check_no_copies(fps, sets, names)
+            self._check_no_copies([self._views(fps, band_fps, i) for i in range(len(fps))], sets, names)
         t_word, t_speaker = make_template(word, speaker)
+        remembers_sets = len(self.verifier.replay_shifts) > 1 or self.verifier.replay_band_hz
         return Template(t_word.tolist(), t_speaker.tolist(), len(prepared), fps.tolist(), self.model_id,
-                        take_sets=[encode(s) for s in sets] if len(self.verifier.replay_shifts) > 1 else [])
+                        take_sets=[encode(s) for s in sets] if remembers_sets else [])
 
-    def _check_no_copies(self, fps: np.ndarray, sets: list[np.ndarray], names: list[str], single: bool = False) -> None:
-        """No take is a copy of another: each take's fingerprint against every other take's `sets`,
-        judged as `verify` judges a take against remembered ones (`single`: sets of one)."""
+    def _check_no_copies(self, probes: list[np.ndarray], sets: list[np.ndarray], names: list[str],
+                         single: bool = False) -> None:
+        """No take is a copy of another: each take's fingerprints (`probes[i]`, (V, D): its views)
+        against every other take's set, judged as `verify` judges a take against remembered ones
+        (`single`: each take's own fingerprint against the other's, at `replay_single`)."""
         for i in range(len(names)):
             for j in range(i):
                 # either take may be the padded copy of the other: each against the other's set
-                if self.verifier.is_replay(max(float(np.max(sets[j] @ fps[i])), float(np.max(sets[i] @ fps[j]))),
-                                           single):
+                if (self.verifier.is_replay(float(np.max(sets[j] @ probes[i][0])), single=True) if single else
+                        self.replays_take(probes[i], [sets[j]]) or self.replays_take(probes[j], [sets[i]])):
                     raise VoicelockError(f"{names[i]} is the same recording as {names[j]} — record every take "
                                          f"anew")
 
@@ -307,7 +341,7 @@ class Unlocker:
         if template.model != self.model_id:  # its vectors would be read in spaces they do not live in
             raise VoicelockError(f"the template was made with model {template.model or '(unrecorded)'}, this is "
                                  f"{self.model_id} — re-make it from its sealed recordings (`reembed`) or enroll again")
-        word, speaker = self.embed_checked(prepared, names)
+        word, speaker, band_fps = self.embed_views(prepared, names)
         if (len(template.word), len(template.speaker)) != (word.shape[1], speaker.shape[1]):
             raise VoicelockError(f"the template has {len(template.word)}/{len(template.speaker)}-dimensional "
                                  f"word/speaker centroids but this model embeds into {word.shape[1]}/"
@@ -320,17 +354,21 @@ class Unlocker:
         kept = template.take_sets or template.takes  # the takes' sets where the template has them
         # a value that is not a list (in either field) is damaged: one NaN row, a refusal
         kept = kept if isinstance(kept, list) and isinstance(template.take_sets, list) else [None]
-        heard, own = stored_rows(kept + list(recent or []), self.fingerprint_dim)
-        # Each take against every remembered fingerprint, shifted copies included (`replay`), and against
-        # the remembered takes' own fingerprints and the request's earlier takes (`replay_single`).
-        replay = replay_single = -1.0
+        heard, own, in_band = self._memory(kept + list(recent or []))
+        # Each take against every remembered fingerprint of the full band, shifted copies included
+        # (`replay`), against the remembered takes' own fingerprints and the request's earlier takes
+        # (`replay_single`), and in its band-limited view against theirs (`replay_band`).
+        replay = replay_single = replay_band = -1.0
         for i in range(len(fps)):
-            replay = max(replay, max_similarity(fps[i], heard))
-            replay_single = max(replay_single, max_similarity(fps[i], np.concatenate([heard[own], fps[:i]])))
-        # A damaged remembered take makes both +inf (a refusal); anything else must be finite.
+            to_sets, to_own, to_band = replay_similarities(self._views(fps, band_fps, i), heard, own, in_band)
+            replay = max(replay, to_sets)
+            replay_single = max(replay_single, to_own, max_similarity(fps[i], fps[:i]))
+            earlier_band = max_similarity(band_fps[i], band_fps[:i]) if len(band_fps) else -1.0
+            replay_band = max(replay_band, to_band, earlier_band)
+        # A damaged remembered take makes all three +inf (a refusal); anything else must be finite.
         rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
-                and not np.isnan(rival_score) and not np.isnan(replay) and not np.isnan(replay_single)):
+                and not np.isnan(rival_score) and not np.isnan([replay, replay_single, replay_band]).any()):
             raise VoicelockError(f"{name}: the recording could not be scored (non-finite score) — record it again")
         reasons = []
         password = (word_scores[:1], speaker_scores[:1], raw_scores[:1], rival_scores[:1])
@@ -345,15 +383,20 @@ class Unlocker:
                                      f"{th['speaker_raw']:.3f})"}
             reasons.append("; ".join(why for check, why in failed.items() if not passed[check][0])
                            or "password and voice not accepted")
-        fired = rule.replay_checks(replay, replay_single)
+        fired = rule.replay_checks(replay, replay_single, replay_band)
         if fired["replay"]:
             reasons.append(f"replayed recording (similarity {replay:.4f} to one already heard ≥ {th['replay']:.4f})")
         if fired["replay_single"]:
             reasons.append(f"replayed recording (similarity {replay_single:.4f} to a take already heard ≥ "
                            f"{rule.replay_threshold(single=True):.4f})")
+        if fired.get("replay_band"):
+            reasons.append(f"replayed recording (similarity {replay_band:.4f} below {rule.replay_band_hz:g} Hz to one "
+                           f"already heard ≥ {th['replay_band']:.4f})")
         details: dict[str, float | str] = {"replay_similarity": round(replay, 4),
                                            "replay_similarity_single": round(replay_single, 4),
                                            "speaker_raw": round(raw_score, 4)}
+        if len(band_fps):
+            details["replay_similarity_band"] = round(replay_band, 4)
         if np.isfinite(rival_score):  # the nearest other word's score (absent without a vocabulary)
             details["word_rival"] = round(rival_score, 4)
         if challenge:
@@ -376,7 +419,8 @@ class Unlocker:
         unlocked = not reasons
         thresholds = {k: float(th[k]) for k in REQUIRED_THRESHOLDS}
         return Decision(unlocked, word_score, speaker_score, thresholds,
-                        "; ".join(reasons) or "password and voice match", fps.tolist(), prepared, details)
+                        "; ".join(reasons) or "password and voice match", fps.tolist(), band_fps.tolist(), prepared,
+                        details)
 
     def remembered(self, decision: Decision) -> list[str] | None:
         """What the replay memory keeps of an accepted unlock beside its takes' fingerprints: each take's
@@ -386,10 +430,11 @@ class Unlocker:
         ~13–19 ms for a password take on one thread), and only for an unlock."""
         if not decision.unlocked:
             raise VoicelockError("only an accepted unlock's takes are remembered")
-        if len(self.verifier.replay_shifts) == 1:
+        if len(self.verifier.replay_shifts) == 1 and not self.verifier.replay_band_hz:
             return None
         names = [f"take {i + 1}" for i in range(len(decision.heard))]
-        sets = self.fingerprint_sets(decision.heard, np.asarray(decision.fingerprints, dtype=np.float32), names)
+        sets = self.fingerprint_sets(decision.heard, np.asarray(decision.fingerprints, dtype=np.float32),
+                                     np.asarray(decision.band_fingerprints, dtype=np.float32), names)
         return [encode(s) for s in sets]
 
     def reembed(self, template: Template, sealer: Sealer | None) -> Template:
@@ -409,15 +454,31 @@ class Unlocker:
         # here becomes the anchor (a promotion is the operator's act, not a token holder's).
         return renewed
 
-    def replays_any(self, fingerprints: list[list[float]], others: list[str]) -> bool:
-        """Whether any take is a copy of any of `others` (takes remembered at the same moment, as
-        `EnrollmentStore.remember` returns them), by the rule `verify` applies."""
+    def replays_any(self, decision: Decision, others: list[str]) -> bool:
+        """Whether any of the decision's takes is a copy of any of `others` (takes remembered at the
+        same moment, as `EnrollmentStore.remember` returns them), by the rule `verify` applies."""
         if not others:
             return False
-        history, own = stored_rows(others, self.fingerprint_dim)
-        probes = np.asarray(fingerprints, dtype=np.float32)
-        return any(self.verifier.replays(max_similarity(fp, history), max_similarity(fp, history[own]))
-                   for fp in probes)
+        full = np.asarray(decision.fingerprints, dtype=np.float32)
+        band = np.asarray(decision.band_fingerprints, dtype=np.float32).reshape(-1, full.shape[1])
+        return any(self.replays_take(self._views(full, band, i), others) for i in range(len(full)))
+
+    @staticmethod
+    def _views(fps: np.ndarray, band_fps: np.ndarray, i: int) -> np.ndarray:
+        """Take i's fingerprints as the replay rule compares them, (V, D): the full band, then its
+        band-limited view when there is one."""
+        return np.stack([fps[i]] + ([band_fps[i]] if len(band_fps) else []))
+
+    def _memory(self, entries: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remembered takes (encoded sets, JSON fingerprints or arrays) as `stored_rows` reads them for
+        this release's shifts and view."""
+        return stored_rows(entries, self.fingerprint_dim, len(self.verifier.replay_shifts),
+                           bool(self.verifier.replay_band_hz))
+
+    def replays_take(self, take: np.ndarray, remembered: list) -> bool:
+        """The replay rule (`Verifier.replays`) for one take's views (V, D: the full band, then its
+        band-limited view if the release has one) against remembered takes, as `verify` applies it."""
+        return self.verifier.replays(*replay_similarities(take, *self._memory(remembered)))
 
     def same_voice(self, enrolled: Template, new: Template) -> bool:
         """Whether a new enrollment is the enrolled voice (its password may differ): re-enrolling with an

@@ -30,11 +30,12 @@ from voicelock.params import EvaluateParams, Params
 from voicelock.release import Release
 from voicelock.replay import (
     RememberedTakes,
+    band_limited,
     calibrate_replay_threshold,
-    delayed,
     fingerprints,
     genuine_repeat_similarities,
     genuine_replay_refusals,
+    views,
 )
 from voicelock.scoring import SpeakerScorer, build_cohort
 from voicelock.trials import (
@@ -87,29 +88,35 @@ def embed_split(model: VoiceLockNet, split: Split) -> tuple[np.ndarray, np.ndarr
 
 
 def remembered_takes(model: VoiceLockNet, extractor: FeatureExtractor, root: str | Path, split: Split,
-                     shifts: list[int], every_take: bool = True) -> RememberedTakes | None:
+                     shifts: list[int], band_hz: float = 0.0, every_take: bool = True) -> RememberedTakes | None:
     """`split`'s takes fingerprinted as the service does (voicelock/replay.py `RememberedTakes`), from
-    their audio under `root`: the replay shifts are finer than a feature frame, so the feature cache
-    cannot give them. `every_take`: each take is remembered in turn (calibration: the most pairs); else
-    the first take of each speaker's word only (a reported figure: 1 + (K - 1) / 5 embeddings a clip
-    instead of K). None for `[0]` (takes remembered as they came: the cached embeddings serve)."""
-    if list(shifts) == [0]:
+    their audio under `root`: the replay shifts are finer than a feature frame and the band-limited
+    view (`band_hz`) is cut from the audio, so the feature cache cannot give them. `every_take`: each
+    take is remembered in turn (calibration: the most pairs); else the first take of each speaker's
+    word only (a reported figure: fewer embeddings). None for `[0]` without a band-limited view (takes
+    remembered as they came: the cached embeddings serve)."""
+    if list(shifts) == [0] and not band_hz:
         return None
     device = next(model.parameters()).device
-    index = split.index
+    index, rate, n_views = split.index, extractor.sample_rate, 2 if band_hz else 1
     first = pd.Series(True, index=index.index) if every_take else ~index.duplicated(["speaker", "word"])
     paths, probes, sets = index["path"].tolist(), [], []
     for i in tqdm(range(0, len(paths), 128), desc="replay sets", unit=" chunk"):
         rows = range(i, min(i + 128, len(paths)))
-        waves = [as_heard(Path(root) / paths[r], extractor.sample_rate,
-                          digital_silence_s=extractor.params.digital_silence_s) for r in rows]
-        late = [copy for r, w in zip(rows, waves) if first.iloc[r] for copy in delayed(w, shifts[1:])]
-        feats, frames = extractor.from_arrays(waves + late)
+        waves = [as_heard(Path(root) / paths[r], rate, digital_silence_s=extractor.params.digital_silence_s)
+                 for r in rows]
+        heard = waves + ([band_limited(w, rate, band_hz) for w in waves] if band_hz else [])
+        # each remembered take's set but for the rows its probe views already are (shift 0)
+        late = [copy for r, w in zip(rows, waves) if first.iloc[r] for copy in views(w, shifts[1:], rate, band_hz)]
+        feats, frames = extractor.from_arrays(heard + late)
         fps = fingerprints(*embed(model, feats.numpy(), frames.numpy(), device))
-        heard, late_fps = fps[: len(waves)], fps[len(waves):].reshape(-1, len(shifts) - 1, fps.shape[1])
-        probes.append(heard)
+        heard_fps = fps[: len(heard)].reshape(n_views, len(waves), -1).transpose(1, 0, 2)  # (n, V, D)
+        late_fps = fps[len(heard):].reshape(-1, n_views, len(shifts) - 1, fps.shape[1])
+        probes.append(heard_fps)
         stored = [r - i for r in rows if first.iloc[r]]
-        sets.extend(np.concatenate([heard[j][None, :], late_fps[k]]) for k, j in enumerate(stored))
+        # a set's rows as `views` orders them: each view at shift 0, then at the later shifts
+        sets.extend(np.concatenate([np.concatenate([heard_fps[j, v][None, :], late_fps[k, v]]) for v in range(n_views)])
+                    for k, j in enumerate(stored))
     return RememberedTakes(np.concatenate(probes), np.flatnonzero(first.to_numpy()), np.stack(sets))
 
 
@@ -148,7 +155,8 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     challenge_word: a challenge take's word against the other words' templates at
     `challenge_word_far`. replay: above the closest a genuine take of one word by one voice comes to
     another take's remembered set (`val_takes`, `remembered_takes` at `evaluate.replay_shifts`);
-    replay_single: above the closest two genuine takes come, one fingerprint each.
+    replay_single: above the closest two genuine takes come, one fingerprint each. replay_band (with
+    `evaluate.replay_band_hz`): as replay, in the band-limited view.
     """
     ep = params.evaluate
     word, speaker = embed_split(model, val)
@@ -163,6 +171,10 @@ def calibrate_all(model: VoiceLockNet, val: Split, params: Params, scorer: Speak
     repeats = genuine_repeat_similarities(word, speaker, speakers, words, val_takes)
     thresholds["replay"] = calibrate_replay_threshold(repeats, ep.replay_margin)
     thresholds["replay_shifts"] = list(ep.replay_shifts)
+    thresholds["replay_band_hz"] = ep.replay_band_hz
+    if ep.replay_band_hz:  # the band-limited view: its own threshold, as genuine takes come closer in it
+        thresholds["replay_band"] = calibrate_replay_threshold(
+            genuine_repeat_similarities(word, speaker, speakers, words, val_takes, view=1), ep.replay_margin)
     # Takes remembered alone (older rows and templates, the other takes of a request) are single
     # fingerprints: their threshold comes from pairs of single fingerprints, as before sets.
     thresholds["replay_single"] = calibrate_replay_threshold(
@@ -186,7 +198,7 @@ def liveness_metrics(embedded: tuple[np.ndarray, np.ndarray], test: Split, thres
     above = scores[known][np.arange(own.size), own] >= thresholds["challenge_word"]
     repeats = genuine_repeat_similarities(word, speaker, speakers, words, served)
     replays = Verifier(SpeakerScorer(), thresholds).replays
-    refused = (np.asarray([replays(float(r), float(r)) for r in repeats], dtype=bool)
+    refused = (np.asarray([replays(float(r), float(r), -1.0) for r in repeats], dtype=bool)
                if served is None  # every take remembered alone: its own fingerprint is its whole set
                else genuine_replay_refusals(served, speakers, words, replays))
     return {
@@ -282,11 +294,12 @@ def evaluate_model(model: VoiceLockNet, params: Params) -> tuple[dict, SplitEval
     scorer, templates = training_references(model, params)
     extractor, raw = FeatureExtractor(params.features, params.data.sample_rate), params.data.raw_dir
     thresholds = calibrate_all(model, val, params, scorer, templates,
-                               remembered_takes(model, extractor, raw, val, ep.replay_shifts))
+                               remembered_takes(model, extractor, raw, val, ep.replay_shifts, ep.replay_band_hz))
     log.info("thresholds for FAR %.4f on validation speakers: %s", ep.target_far, thresholds)
     embedded = embed_split(model, test)  # once, for every test figure
     result = evaluate_split(model, test, thresholds, ep, params.seed, scorer, templates, embedded)
-    test_takes = remembered_takes(model, extractor, raw, test, thresholds["replay_shifts"], every_take=False)
+    test_takes = remembered_takes(model, extractor, raw, test, thresholds["replay_shifts"],
+                                  thresholds["replay_band_hz"], every_take=False)
     metrics = {**result.metrics, **owner_metrics(model, params, test, thresholds, scorer, templates, embedded),
                **liveness_metrics(embedded, test, thresholds, templates, test_takes), "thresholds": thresholds}
     return metrics, result, scorer, templates
@@ -352,7 +365,7 @@ def unseen_metrics(model: VoiceLockNet, extractor: FeatureExtractor, thresholds:
     embedded = embed_split(model, split)
     result = evaluate_split(model, split, thresholds, ep, params.seed, scorer, templates, embedded)
     served = remembered_takes(model, extractor, params.ood.out_dir, split, thresholds.get("replay_shifts", [0]),
-                              every_take=False)
+                              thresholds.get("replay_band_hz", 0.0), every_take=False)
     metrics = {**result.metrics, **owner_metrics(model, params, split, thresholds, scorer, templates, embedded),
                **liveness_metrics(embedded, split, thresholds, templates, served), "thresholds": thresholds}
     speakers = pd.read_csv(Path(params.ood.out_dir) / SPEAKERS_FILE, dtype=str).set_index("id")["engine"]

@@ -315,6 +315,7 @@ class EvaluateParams(_Section):
     replay_margin: float = Field(ge=0, lt=0.5)
     replay_shifts: list[int] = Field([0], min_length=1, max_length=16,
                                      description="delays (samples) a remembered take is also fingerprinted at")
+    replay_band_hz: float = Field(0, ge=0, description="cut of the band-limited view (0: none)")
 
     @field_validator("replay_shifts")
     @classmethod
@@ -520,6 +521,10 @@ class Params(BaseModel):
             raise ValueError(f"evaluate.replay_shifts: {self.evaluate.replay_shifts[-1]} samples of zeros or more are "
                              f"cut before the features (features.digital_silence_s × data.sample_rate = {cut:g}), so "
                              f"that copy would be the take itself — keep every shift below {cut:g}")
+        band = self.evaluate.replay_band_hz
+        if band and not 500 <= band < self.data.sample_rate / 2:
+            raise ValueError(f"evaluate.replay_band_hz: {band:g} Hz — give 0 (no band-limited view) or a cut from "
+                             f"500 Hz to below half data.sample_rate ({self.data.sample_rate / 2:g} Hz)")
         return self
 
 

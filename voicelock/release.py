@@ -116,11 +116,18 @@ class Release:
         the service and the CLI refuse to start on it and the promotion gate (`unservable`) never
         promotes it — not at the first enrollment, when takes would already be remembered under it."""
         shifts = self.verifier.replay_shifts  # refuses damaged shifts itself
+        band = self.verifier.replay_band_hz  # and a damaged band-limited view
+        if band and band >= self.sample_rate / 2:
+            return (f"the release's replay_band_hz {band:g} is not below half its sample rate ({self.sample_rate} Hz): "
+                    f"that view would be the full band — re-run the evaluate stage (dvc repro evaluate)")
         single = self.thresholds.get("replay_single")  # calibrated beside every set rule this voicelock writes
         if len(shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
             return ("the release has replay_shifts but no finite replay_single threshold (a take's own "
                     "fingerprint would go unjudged) — re-run the evaluate stage (dvc repro evaluate)")
-        for name in ("replay", "replay_single"):
+        if band and "replay_band" not in self.thresholds:
+            return ("the release has a band-limited replay view (replay_band_hz) but no replay_band threshold — "
+                    "re-run the evaluate stage (dvc repro evaluate)")
+        for name in ("replay", "replay_single", "replay_band"):
             value = self.thresholds.get(name)
             if value is not None and not 0.0 < _number(value) < 1.0:  # calibrated below 1: an exact copy reaches it
                 return (f"the release's {name} threshold {value!r} is not a number between 0 and 1, so a copy "

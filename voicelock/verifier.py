@@ -76,6 +76,17 @@ class Verifier:
                                  f"at most 1600) — re-run the evaluate stage (dvc repro evaluate)")
         return tuple(shifts)
 
+    @property
+    def replay_band_hz(self) -> float:
+        """The cut of the band-limited view a take is also fingerprinted in (voicelock/replay.py
+        `band_limited`), 0 for none: what the replay threshold was calibrated with. A release calibrated
+        before the view has none recorded."""
+        band = (self.thresholds or {}).get("replay_band_hz", 0)
+        if type(band) not in (int, float) or not (band == 0 or 500 <= band <= 24000):
+            raise VoicelockError(f"the release's replay_band_hz {band!r} is damaged (need 0, or 500–24000 Hz) — "
+                                 f"re-run the evaluate stage (dvc repro evaluate)")
+        return float(band)
+
     def threshold(self, name: str) -> float:
         if self.thresholds is None or name not in self.thresholds:
             raise VoicelockError(f"no calibrated '{name}' threshold — use the evaluated model (models/release)")
@@ -127,34 +138,39 @@ class Verifier:
                 "speaker_raw": np.asarray(raw_scores) >= self.threshold("speaker_raw")}
 
     def is_replay(self, similarity: float, single: bool = False) -> bool:
-        """One half of the replay rule: a take as close as its threshold to one already heard (NaN
-        counts as a replay). `single`: the similarity is to a remembered take's own fingerprint
-        (voicelock/replay.py, `stored_rows`), judged at `replay_single` — `replay` in a release without
-        sets. Decisions use `replays` (or `replay_checks`), which apply both halves; enrollment
-        checks its takes against each other one half at a time."""
+        """One part of the replay rule in the full band: a take as close as its threshold to one
+        already heard (NaN counts as a replay). `single`: the similarity is to a remembered take's own
+        fingerprint (voicelock/replay.py, `stored_rows`), judged at `replay_single` — `replay` in a
+        release without sets. Decisions use `replays` (or `replay_checks`), which apply every part."""
         return not similarity < self.replay_threshold(single)
 
     def replay_threshold(self, single: bool = False) -> float:
-        """The threshold of one half of the replay rule (`is_replay`)."""
+        """The threshold of one full-band part of the replay rule (`is_replay`)."""
         return self.threshold("replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay")
 
-    def replay_checks(self, to_sets: float, to_own: float) -> dict[str, bool]:
+    def replay_checks(self, to_sets: float, to_own: float, to_band: float) -> dict[str, bool]:
         """Each half of the replay rule on its own, keyed by its threshold's name: `replays` refuses
         when any fires, and `Unlocker.verify` refuses the same way and names the ones that fired.
 
-        `to_sets`: a take's closest similarity to every remembered fingerprint, shifted copies
-        included; `to_own`: to the remembered takes' own (unshifted) fingerprints and the request's
-        earlier takes. Why two: a shifted copy of a take is a near neighbour of a genuine new take
-        too, so the sets are judged at the looser `replay`, while a take's own fingerprint — which
-        only a copy of that recording comes as close to — is judged at the tighter `replay_single`."""
-        return {"replay": self.is_replay(to_sets), "replay_single": self.is_replay(to_own, single=True)}
+        `to_sets`: a take's closest similarity to every remembered fingerprint in the full band,
+        shifted copies included; `to_own`: to the remembered takes' own (unshifted) fingerprints and
+        the request's earlier takes; `to_band`: its band-limited view's to the remembered takes' views
+        (voicelock/replay.py `replay_similarities`; judged only in a release with that view). Why
+        apart: a shifted copy of a take is a near neighbour of a genuine new take too, so the sets are
+        judged at the looser `replay`, while a take's own fingerprint — which only a copy of that
+        recording comes as close to — is judged at the tighter `replay_single`; and genuine takes come
+        closer below the view's cut than in the full band, so the view has its own `replay_band`."""
+        checks = {"replay": self.is_replay(to_sets), "replay_single": self.is_replay(to_own, single=True)}
+        if self.replay_band_hz:
+            checks["replay_band"] = not to_band < self.threshold("replay_band")
+        return checks
 
-    def replays(self, to_sets: float, to_own: float) -> bool:
-        """The replay rule: a take is a replay when either half fires (`replay_checks`, which
-        `Unlocker.verify` reads to name the half). `Unlocker.replays_any` (the check for a recording
-        accepted twice at once), the evaluation's `replay_false_refusals` and bench/unseen_level.py ask
-        this."""
-        return any(self.replay_checks(to_sets, to_own).values())
+    def replays(self, to_sets: float, to_own: float, to_band: float) -> bool:
+        """The replay rule: a take is a replay when any part fires (`replay_checks`, which
+        `Unlocker.verify` reads to name the part). `Unlocker.replays_any` (the check for a recording
+        accepted twice at once), enrollment's check for copies among its takes, the evaluation's
+        `replay_false_refusals` and bench/unseen_level.py and bench/replay_edits.py ask this."""
+        return any(self.replay_checks(to_sets, to_own, to_band).values())
 
     def challenge_word_ok(self, asked_score: float, asked_is_nearest: bool) -> bool:
         """A challenge take holds the asked word: nearest word template, and above its threshold."""
