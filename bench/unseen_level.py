@@ -7,7 +7,7 @@
    gives the as-recorded figures at every level short of clipping.
 2. The owner's takes (data/owner) each remembered as the service remembers an accepted take (its
    fingerprint set at `evaluate.replay_shifts`), then sent again at each level: how many such copies
-   the replay rule (`Verifier.replays`, both thresholds) would take for a new recording.
+   the replay rule (`Unlocker.replays_take`, every part of it) would take for a new recording.
 
     python bench/unseen_level.py [--params params.yaml] [--levels -24,-12,8] [--takes 30]
 

@@ -184,6 +184,36 @@ def test_an_enrollment_take_low_passed_is_the_same_recording(trained: Params):
         lock.enroll([(clips[0], 16000), (clips[1], 16000), (missed[0], 16000)])
 
 
+def test_the_evaluation_remembers_a_take_exactly_as_the_service_does(trained: Params):
+    """The replay thresholds are calibrated on sets the evaluation builds from audio; the service builds
+    them with `Unlocker.fingerprint_sets`. Row for row (views, shifts, order) they must be the same, or
+    the calibrated threshold would be of another rule."""
+    from voicelock.enrollment import Unlocker
+    from voicelock.evaluation import remembered_takes
+    from voicelock.features import load_split
+    from voicelock.model.train import Split
+    from voicelock.release import Release
+    from voicelock.replay import fingerprints
+
+    release = Release.load(trained.evaluate.out_dir)
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
+    shifts, band = list(lock.verifier.replay_shifts), lock.verifier.replay_band_hz
+    assert len(shifts) > 1 and band > 0
+    split = Split.from_feature_set(load_split(trained.features.out_dir, "testing"))
+    served = remembered_takes(release.model, release.extractor(), trained.data.raw_dir, split, shifts, band,
+                              every_take=False)
+    for g in (0, len(served.stored) - 1):
+        row = int(served.stored[g])
+        path = Path(trained.data.raw_dir) / split.index["path"].iloc[row]
+        take = lock.prepare(*sf.read(path, dtype="float32"), path.name)
+        word, speaker, band_fps = lock.embed_views([take], [path.name])
+        own = fingerprints(word, speaker)
+        np.testing.assert_allclose(served.probes[row], np.concatenate([own, band_fps]), atol=2e-4)
+        expected = lock.fingerprint_sets([take], own, band_fps, [path.name])[0]
+        assert served.sets[g].shape == expected.shape == (2 * len(shifts), own.shape[1])
+        np.testing.assert_allclose(served.sets[g], expected, atol=2e-4)
+
+
 def test_cli_enroll_unlock_evaluate(trained: Params, tiny_params_path: Path, tiny_corpus: Path, tmp_path: Path,
                                     capsys):
     clips = [str(p) for p in _owner_clips(trained, trained.owner.password)]
@@ -360,6 +390,8 @@ def test_a_release_saved_before_digital_silence_keeps_its_model_id(trained: Para
     ({"replay_single": 1.5}, "replay_single threshold 1.5 is not a number"),
     ({"replay_band_hz": "3000"}, "replay_band_hz '3000' is damaged"),
     ({"replay_band_hz": 9000}, "replay_band_hz 9000 is not below half its sample rate"),  # the full band
+    ({"replay_band": None}, "no finite replay_band"),  # a view nothing judges
+    ({"replay_band": "0.99"}, "no finite replay_band"),
 ])
 def test_a_release_whose_replay_rule_cannot_be_served_is_refused_where_it_is_opened(
         trained: Params, tmp_path: Path, damage: dict, message: str):

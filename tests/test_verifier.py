@@ -74,7 +74,7 @@ def test_a_take_remembered_alone_is_judged_at_the_single_fingerprint_threshold()
     rule = Verifier(SpeakerScorer(), {**THRESHOLDS, "replay": 0.99, "replay_single": 0.98})
     assert rule.is_replay(0.985, single=True) and not rule.is_replay(0.985)
     assert not Verifier(SpeakerScorer(), THRESHOLDS).is_replay(0.985, single=True)
-    # The whole rule: either half refuses, and each half reads only its own similarity.
+    # The whole rule: any part refuses, and each part reads only its own similarity.
     checks = rule.replay_checks
     assert checks(0.5, 0.985, -1) == {"replay": False, "replay_single": True} and rule.replays(0.5, 0.985, -1)
     assert checks(0.995, 0.5, -1) == {"replay": True, "replay_single": False} and rule.replays(0.995, 0.5, -1)
@@ -110,6 +110,29 @@ def test_the_replay_threshold_is_calibrated_under_the_rule_it_is_served_with():
     assert alone.tolist() == pytest.approx([float(probes[0] @ probes[1])])
     assert served.max() == pytest.approx(float(sets[0, 1] @ probes[1])) and served.max() > alone.max() + 0.01
     assert calibrate_replay_threshold(served, 0.002) > float(sets[0, 1] @ probes[1])
+
+
+def test_the_reported_refusals_and_the_calibration_read_a_sets_band_limited_view():
+    """A remembered set with the view: its view's rows meet only a probe's view. A genuine take that
+    comes close to a remembered take in the view alone is refused by the whole rule, and the view's
+    threshold is calibrated on the view's similarities, not the full band's."""
+    from voicelock.replay import RememberedTakes, genuine_repeat_similarities, genuine_replay_refusals
+
+    full, band, far, other = np.eye(4, dtype=np.float32)
+    close = (band + 0.05 * other) / np.linalg.norm(band + 0.05 * other)  # 0.9988 to the take's view
+    probes = np.stack([np.stack([full, band]), np.stack([far, close])])  # (takes, views, D)
+    served = RememberedTakes(probes, np.array([0]), np.stack([np.stack([full, band])]))  # one shift, two views
+    who, what = np.array(["a", "a"]), np.array(["w", "w"])
+    view = {**THRESHOLDS, "replay": 0.99, "replay_single": 0.99, "replay_band_hz": 3000}
+    assert genuine_replay_refusals(served, who, what, Verifier(SpeakerScorer(), {**view, "replay_band": 0.995})
+                                   .replays).tolist() == [True]  # the full band is far: the view refused it
+    assert genuine_replay_refusals(served, who, what, Verifier(SpeakerScorer(), {**view, "replay_band": 0.9995})
+                                   .replays).tolist() == [False]
+    none = np.zeros((2, 4), np.float32)
+    assert genuine_repeat_similarities(none, none, who, what, served, view=1) == pytest.approx([float(close @ band)])
+    assert genuine_repeat_similarities(none, none, who, what, served, view=0) == pytest.approx([0.0])
+    with pytest.raises(VoicelockError, match="only in remembered sets"):
+        genuine_repeat_similarities(none, none, who, what, None, view=1)
 
 
 def test_reported_replay_refusals_apply_the_whole_served_rule():

@@ -110,10 +110,10 @@ def remembered_takes(model: VoiceLockNet, extractor: FeatureExtractor, root: str
         late = [copy for r, w in zip(rows, waves) if first.iloc[r] for copy in views(w, shifts[1:], rate, band_hz)]
         feats, frames = extractor.from_arrays(heard + late)
         fps = fingerprints(*embed(model, feats.numpy(), frames.numpy(), device))
-        heard_fps = fps[: len(heard)].reshape(n_views, len(waves), -1).transpose(1, 0, 2)  # (n, V, D)
-        late_fps = fps[len(heard):].reshape(-1, n_views, len(shifts) - 1, fps.shape[1])
-        probes.append(heard_fps)
         stored = [r - i for r in rows if first.iloc[r]]
+        heard_fps = fps[: len(heard)].reshape(n_views, len(waves), -1).transpose(1, 0, 2)  # (n, V, D)
+        late_fps = fps[len(heard):].reshape(len(stored), n_views, len(shifts) - 1, fps.shape[1])
+        probes.append(heard_fps)
         # a set's rows as `views` orders them: each view at shift 0, then at the later shifts
         sets.extend(np.concatenate([np.concatenate([heard_fps[j, v][None, :], late_fps[k, v]]) for v in range(n_views)])
                     for k, j in enumerate(stored))

@@ -124,9 +124,10 @@ class Release:
         if len(shifts) > 1 and not (isinstance(single, float) and np.isfinite(single)):
             return ("the release has replay_shifts but no finite replay_single threshold (a take's own "
                     "fingerprint would go unjudged) — re-run the evaluate stage (dvc repro evaluate)")
-        if band and "replay_band" not in self.thresholds:
-            return ("the release has a band-limited replay view (replay_band_hz) but no replay_band threshold — "
-                    "re-run the evaluate stage (dvc repro evaluate)")
+        view = self.thresholds.get("replay_band")
+        if band and not (isinstance(view, float) and np.isfinite(view)):
+            return ("the release has a band-limited replay view (replay_band_hz) but no finite replay_band "
+                    "threshold — re-run the evaluate stage (dvc repro evaluate)")
         for name in ("replay", "replay_single", "replay_band"):
             value = self.thresholds.get(name)
             if value is not None and not 0.0 < _number(value) < 1.0:  # calibrated below 1: an exact copy reaches it

@@ -149,7 +149,7 @@ class Verifier:
         return self.threshold("replay_single" if single and "replay_single" in (self.thresholds or {}) else "replay")
 
     def replay_checks(self, to_sets: float, to_own: float, to_band: float) -> dict[str, bool]:
-        """Each half of the replay rule on its own, keyed by its threshold's name: `replays` refuses
+        """Each part of the replay rule on its own, keyed by its threshold's name: `replays` refuses
         when any fires, and `Unlocker.verify` refuses the same way and names the ones that fired.
 
         `to_sets`: a take's closest similarity to every remembered fingerprint in the full band,
