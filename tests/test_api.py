@@ -344,6 +344,67 @@ def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path
     assert promoted.enroll("gina", files(case.enroll), token=answer["token"])["replaced"] is True
 
 
+def test_a_promotion_re_makes_the_anchor_from_its_own_recordings(lenient, lenient_params_path: Path,
+                                                                  retrained_release: Path):
+    """A token re-enrollment keeps the anchor and its sealed recordings; the promoted model re-makes the
+    anchor from those — not from the voice enrolled last, which a walk may have moved — so a walk
+    interrupted by a promotion does not start again from where it had got to."""
+    core, clock, case = lenient
+    params = load_params(lenient_params_path)
+    sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    core.sealer = sealer
+    core.enroll("hana", files(case.enroll))
+    first = core.store.get("hana")
+    token = core.unlock("hana", "probe.wav", files(case.genuine)[0][1])["token"]
+    again = (case.genuine + case.enroll)[: params.enroll.min_clips]  # the same voice, other recordings
+    assert core.enroll("hana", files(again), token=token)["replaced"] is True
+    kept = core.store.get("hana")
+    assert kept.anchor == pytest.approx(first.speaker, abs=1e-5)
+    assert kept.anchor_sealed_takes == first.sealed_takes != kept.sealed_takes
+    promoted = UnlockApi(Unlocker(retrained_release, params.enroll), core.store, params, "voicelock:t2", clock,
+                         admin_key=ADMIN, sealer=sealer, model_since=2000.0)
+    promoted.unlock("hana", "probe.wav", files(case.genuine)[1][1])  # re-made at the first request
+    after = core.store.get("hana")
+    assert after.model == promoted.lock.model_id and after.anchor_sealed_takes == first.sealed_takes
+    anchor_voice = promoted.lock.template_of([promoted.lock.prepare(*sf.read(p, dtype="float32"), p.name)
+                                              for p in case.enroll], [p.name for p in case.enroll], checked=False)
+    # The anchor's recordings in the new model (to 16-bit rounding), not the voice enrolled last.
+    off_anchor = np.abs(np.subtract(after.anchor, anchor_voice.speaker)).max()
+    assert off_anchor < 1e-3 and np.abs(np.subtract(after.anchor, after.speaker)).max() > 10 * off_anchor
+    # An administrator's enrollment is a new anchor: its own voice, nothing else kept.
+    assert promoted.enroll("hana", files(case.enroll), admin_key=ADMIN)["replaced"] is True
+    assert promoted.store.get("hana").anchor == [] and promoted.store.get("hana").anchor_sealed_takes == ""
+
+
+def test_a_template_remembered_before_the_band_limited_view_is_re_fingerprinted(lenient):
+    """The view came with a release of the same network, so templates enrolled before it keep their
+    model and their full-band rows only: with its sealed recordings such a template is re-fingerprinted
+    at its next request (the anchor kept as it is); without them it keeps what it has."""
+    from voicelock.replay import decode, encode
+
+    core, clock, case = lenient
+    lock, dim = core.lock, core.lock.fingerprint_dim
+    shifts = len(lock.verifier.replay_shifts)
+    core.sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    enrolled, before = {}, {}
+    for user in ("ike", "jo"):
+        core.enroll(user, files(case.enroll))
+        enrolled[user] = core.store.get(user)
+        assert lock.remembers_as_released(enrolled[user])
+        before[user] = dataclasses.replace(
+            enrolled[user], take_sets=[encode(decode(t, dim)[:shifts]) for t in enrolled[user].take_sets],
+            anchor=[0.5] * len(enrolled[user].speaker),  # any anchor: the same model's, kept as it is
+            sealed_takes=enrolled[user].sealed_takes if user == "ike" else "")
+        core.store.save(user, before[user], clock(), admin=True)  # as the release before the view stored it
+        assert not lock.remembers_as_released(core.store.get(user))
+        assert core.unlock(user, "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
+    ike, jo = core.store.get("ike"), core.store.get("jo")
+    assert lock.remembers_as_released(ike) and ike.model == lock.model_id and ike.anchor == before["ike"].anchor
+    for renewed, first in zip(ike.take_sets, enrolled["ike"].take_sets, strict=True):
+        np.testing.assert_allclose(decode(renewed, dim), decode(first, dim), atol=2e-3)
+    assert not lock.remembers_as_released(jo)  # no recordings to re-fingerprint from: unchanged, still unlocks
+
+
 def test_another_models_template_without_its_recordings_is_never_scored_nor_named(lenient, lenient_params_path: Path,
                                                                                    retrained_release: Path, caplog):
     """No takes key at enrollment (nothing kept), or a different key now: the user must enroll again.
@@ -428,6 +489,11 @@ def test_what_is_remembered_stays_readable_by_the_previous_voicelock(lenient):
         assert fingerprint.shape == (dim,) and abs(float(np.linalg.norm(fingerprint)) - 1) < 1e-4
         fingerprint_set = decode(fp_set, dim)
         assert fingerprint_set.shape == (shifts, dim) and float(fingerprint_set[0] @ fingerprint) > 0.9999
+    # The view's rows follow the full band's: the first of them is the enrollment take's own view.
+    take = core.lock.prepare(*sf.read(case.enroll[0], dtype="float32"), "take")
+    band_fp = core.lock.embed_views([take], ["take"])[2][0]
+    first_set = decode(template["take_sets"][0], dim)
+    assert float(first_set[len(core.lock.verifier.replay_shifts)] @ band_fp) > 0.9999 > float(first_set[0] @ band_fp)
 
 
 def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient):

@@ -69,10 +69,10 @@ def test_databases_made_before_migrations_are_adopted_and_completed(tmp_path: Pa
         assert store.charge_attempt("olga", 5.0, 3, 60.0, 3600.0).allowed  # lockouts exist
         store.record("unlock", "olga", "refused", "not recognised", "m", 5.0, keep=10)  # audit exists
         with store.engine.connect() as conn:
-            assert "sealed_takes" in {c["name"] for c in inspect(conn).get_columns("enrollments")}
+            assert {"sealed_takes", "anchor_sealed_takes"} <= {c["name"] for c in inspect(conn).get_columns("enrollments")}
             assert "fingerprint_set" in {c["name"] for c in inspect(conn).get_columns("heard")}
             head = ScriptDirectory.from_config(_config(conn)).get_current_head()
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0005"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0006"
             assert compare_metadata(MigrationContext.configure(conn), metadata) == [] or url == early
 
 

@@ -119,7 +119,9 @@ class UnlockApi:
                                 "voice only, every recording of it (the token is now used up): unlock again for a "
                                 "new token and record every take anew; changing the voice needs the "
                                 "administrator's X-Admin-Key")
-            template.anchor = current.anchor or current.speaker  # a token never moves the anchor
+            # A token never moves the anchor, nor drops its recordings (a promotion re-makes it from them).
+            template.anchor = current.anchor or current.speaker
+            template.anchor_sealed_takes = current.anchor_sealed_takes if current.anchor else current.sealed_takes
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
@@ -261,9 +263,27 @@ class UnlockApi:
         re-made from its sealed recordings and stored (once: the next request finds it current); one
         labelled with the served tag by voicelock ≤ 0.1 is the same model and only relabelled. When
         neither is possible the user must enroll again (Conflict); when the template belongs to a newer
-        model than this replica serves, it is left alone (Busy)."""
+        model than this replica serves, it is left alone (Busy). One of the served model whose takes are
+        remembered without this release's replay views (enrolled before the band-limited view) is
+        re-fingerprinted from its sealed recordings, its replay memory kept (the same model's)."""
         if enrolled.model == self.lock.model_id:
-            return enrolled
+            if self.lock.remembers_as_released(enrolled) or not enrolled.sealed_takes or self.sealer is None:
+                return enrolled  # without its recordings it keeps the views it has (README, known limits)
+            try:
+                renewed = self.lock.reembed(enrolled, self.sealer)
+            except VoicelockError as e:  # its recordings cannot be opened: the views it has still judge
+                log.warning("could not re-fingerprint the enrollment of %r: %s", user, e)
+                return enrolled
+            # The same model's space: the anchor stays as it is, whether or not its recordings were kept.
+            renewed.anchor, renewed.anchor_sealed_takes = enrolled.anchor, enrolled.anchor_sealed_takes
+            renewed.model_since = enrolled.model_since
+            if self.store.upgrade(user, renewed, enrolled.model, self.clock(), forget_heard=False):
+                log.info("re-fingerprinted the enrollment of %r for this release's replay views", user)
+                return renewed
+            stored = self.store.get(user)
+            if stored is None or stored.model != self.lock.model_id:
+                raise Conflict(f"user '{user}' changed while being moved to this release — try again")
+            return stored
         if enrolled.model_since > self.model_since:
             # Made by a model promoted after ours: another replica already serves it (a rolling
             # deploy). Moving the template back would undo that, and each move forgets the replay memory.

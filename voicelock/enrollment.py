@@ -30,6 +30,7 @@ from voicelock.params import EnrollParams
 from voicelock.release import Release
 from voicelock.replay import (
     band_limited,
+    decode,
     encode,
     fingerprints,
     max_similarity,
@@ -65,6 +66,10 @@ class Template:
     # as a speaker centroid; [] when that is this template's own `speaker`. A token re-enrollment keeps
     # it and must match it too (`Unlocker.same_voice`), so the voice cannot be walked away step by step.
     anchor: list[float] = field(default_factory=list)
+    # The anchor's enrollment recordings, sealed (as `sealed_takes`), when the anchor is not this
+    # template's own voice and a takes key was set: a model promotion re-makes the anchor from them, so
+    # a template walked part of the way before a promotion is still held to the voice it started from.
+    anchor_sealed_takes: str = ""
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -72,7 +77,7 @@ class Template:
             raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
-        for added in ("take_sets", "anchor"):  # a file without them stays readable by voicelocks before them
+        for added in ("take_sets", "anchor", "anchor_sealed_takes"):  # without them: readable by older voicelocks
             if not record[added]:
                 del record[added]
         path.write_text(json.dumps(record))
@@ -260,7 +265,8 @@ class Unlocker:
             if len(shifts) == 1:
                 sets.append(np.stack(at_zero))
                 continue
-            # one take a call: a batching embedder (service/embedder.py) takes at most max_batch_size
+            # one take a call (14 clips at the shipped shifts and view), within the batching embedder's
+            # max_batch_size (service/embedder.py)
             copies = views(clip, shifts[1:], self.sample_rate, band)
             late = fingerprints(*self.embed_checked(copies, [name] * len(copies)))
             late = late.reshape(len(at_zero), len(shifts) - 1, -1)
@@ -365,7 +371,8 @@ class Unlocker:
             replay_single = max(replay_single, to_own, max_similarity(fps[i], fps[:i]))
             earlier_band = max_similarity(band_fps[i], band_fps[:i]) if len(band_fps) else -1.0
             replay_band = max(replay_band, to_band, earlier_band)
-        # A damaged remembered take makes all three +inf (a refusal); anything else must be finite.
+        # A damaged remembered take (one full-band NaN row) makes `replay` and `replay_single` +inf (a
+        # refusal); anything else must be finite.
         rival_score = float(rival_scores[0])  # -inf: no other word to lose to
         if not (np.isfinite(word_score) and np.all(np.isfinite(speaker_scores)) and np.isfinite(raw_score)
                 and not np.isnan(rival_score) and not np.isnan([replay, replay_single, replay_band]).any()):
@@ -425,9 +432,10 @@ class Unlocker:
     def remembered(self, decision: Decision) -> list[str] | None:
         """What the replay memory keeps of an accepted unlock beside its takes' fingerprints: each take's
         fingerprint set, encoded (voicelock/replay.py), so that none of its recordings — nor a copy
-        padded by a few ms — unlocks again; None for a release without replay shifts. Apart from
-        `verify` because only a caller with a memory pays its embeddings (one per replay shift and take,
-        ~13–19 ms for a password take on one thread), and only for an unlock."""
+        padded by a few ms, nor one low-passed — unlocks again; None for a release with neither replay
+        shifts nor a band-limited view. Apart from `verify` because only a caller with a memory pays its
+        embeddings (one per replay shift, view and take: ~38 ms for a password take on one thread on
+        the twenty-eighth sitting's machine), and only for an unlock."""
         if not decision.unlocked:
             raise VoicelockError("only an accepted unlock's takes are remembered")
         if len(self.verifier.replay_shifts) == 1 and not self.verifier.replay_band_hz:
@@ -450,9 +458,26 @@ class Unlocker:
         names = [f"enrollment take {i + 1}" for i in range(len(clips))]
         renewed = self.template_of([self.prepare(c, rate, n) for c, n in zip(clips, names)], names, checked=False)
         renewed.sealed_takes = template.sealed_takes
-        # The anchor lives in the old model's space and its recordings are not kept: the voice re-made
-        # here becomes the anchor (a promotion is the operator's act, not a token holder's).
+        # The anchor lives in the old model's space: re-made from its own recordings where they were
+        # kept. Where they were not (a template from before they were kept), the voice re-made here
+        # becomes the anchor — a promotion is the operator's act, not a token holder's.
+        if template.anchor and template.anchor_sealed_takes:  # kept only beside an anchor that is not its own voice
+            clips, rate = sealer.open(template.anchor_sealed_takes.encode())
+            names = [f"anchor take {i + 1}" for i in range(len(clips))]
+            prepared = [self.prepare(c, rate, n) for c, n in zip(clips, names)]
+            renewed.anchor = make_template(*self.embed_checked(prepared, names))[1].tolist()
+            renewed.anchor_sealed_takes = template.anchor_sealed_takes
         return renewed
+
+    def remembers_as_released(self, template: Template) -> bool:
+        """Whether the template's takes are remembered with this release's replay rows (`views` at its
+        shifts): a template enrolled under a release without the band-limited view has full-band rows
+        only, and its takes' low-passed copies would go unrecognised."""
+        shifts, band = len(self.verifier.replay_shifts), bool(self.verifier.replay_band_hz)
+        if shifts == 1 and not band:
+            return True
+        sets = template.take_sets if isinstance(template.take_sets, list) else []
+        return bool(sets) and all(len(decode(s, self.fingerprint_dim)) == shifts * (2 if band else 1) for s in sets)
 
     def replays_any(self, decision: Decision, others: list[str]) -> bool:
         """Whether any of the decision's takes is a copy of any of `others` (takes remembered at the

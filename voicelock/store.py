@@ -38,6 +38,8 @@ enrollments = Table(
     Column("created_at", Float, nullable=False),
     Column("sealed_takes", LargeBinary, nullable=True),  # encrypted recordings; NULL: no key at enrollment
     Column("model_since", Float, nullable=True),  # promotion time of the template's model; NULL: unknown
+    # the anchor's recordings, encrypted, when the anchor is not the template's own voice (Template)
+    Column("anchor_sealed_takes", LargeBinary, nullable=True),
 )
 # The lockout state per user name (also for names never enrolled, so a lockout tells nothing about
 # who exists). `failures` counts attempts charged in the current window, including ones still being
@@ -319,7 +321,8 @@ class EnrollmentStore:
                                         "take_sets": template.take_sets, "anchor": template.anchor}),
                 "clips": template.clips, "model": template.model, "created_at": now,
                 "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None,
-                "model_since": template.model_since or None}
+                "model_since": template.model_since or None,
+                "anchor_sealed_takes": template.anchor_sealed_takes.encode() if template.anchor_sealed_takes else None}
 
     def get(self, user: str) -> Template | None:
         with self.engine.connect() as conn:
@@ -329,7 +332,8 @@ class EnrollmentStore:
         data = json.loads(row.template)
         return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
                         row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0,
-                        data.get("take_sets", []), data.get("anchor", []))
+                        data.get("take_sets", []), data.get("anchor", []),
+                        row.anchor_sealed_takes.decode() if row.anchor_sealed_takes else "")
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False,
                retire: bool = True) -> bool:
