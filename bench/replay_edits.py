@@ -3,7 +3,8 @@
 Each of `--takes` owner takes (data/owner) is remembered as the service remembers an accepted take
 (`Unlocker.fingerprint_sets`: the take at every `evaluate.replay_shifts` delay and, when the release has
 one, in its band-limited view), then sent again edited as an attacker holding the recording might: padded,
-low-passed, resampled through 8 kHz (sent at 8 kHz), turned up until it clips, with noise added. Each copy
+low-passed, resampled through 8 kHz (sent at 8 kHz), high-passed, band-passed to a phone line's band,
+turned up until it clips, with noise added. Each copy
 is judged by the service's replay rule (`Unlocker.replays_take`: `Verifier.replays` on the copy's
 views, as `Unlocker.verify` compares them); a copy "passes" when the rule takes it for a new recording. The
 owner's *other* takes of the same word, judged the same way against each remembered take, show the
@@ -38,6 +39,16 @@ def low_pass(cut: float) -> Edit:
     return lambda x: (signal.sosfilt(sos, x).astype(np.float32), 16000)
 
 
+def high_pass(cut: float) -> Edit:
+    sos = signal.butter(4, cut, "highpass", fs=16000, output="sos")
+    return lambda x: (signal.sosfilt(sos, x).astype(np.float32), 16000)
+
+
+def telephone_band(x: np.ndarray) -> tuple[np.ndarray, int]:
+    sos = signal.butter(6, [300, 3400], "bandpass", fs=16000, output="sos")
+    return signal.sosfilt(sos, x).astype(np.float32), 16000
+
+
 def with_noise(snr_db: float) -> Edit:
     def edit(x: np.ndarray) -> tuple[np.ndarray, int]:
         rms = float(np.sqrt(np.mean(np.square(x))))
@@ -57,6 +68,8 @@ EDITS: dict[str, Edit] = {
     **{f"low-passed at {cut / 1000:g} kHz": low_pass(cut) for cut in (2500, 3500, 4000, 5000, 6000)},
     "low-passed at 4 kHz, 5 ms of zeros": lambda x: (np.concatenate([np.zeros(80, np.float32), low_pass(4000)(x)[0]]),
                                                       16000),
+    **{f"high-passed at {cut:g} Hz": high_pass(cut) for cut in (150, 300)},
+    "telephone band (300-3400 Hz)": telephone_band,
     **{f"turned up {db:g} dB, clipped": clipped(db) for db in (6, 8)},
     **{f"noise at {snr:g} dB SNR": with_noise(snr) for snr in (40, 30)},
 }
