@@ -374,36 +374,87 @@ def test_a_promotion_keeps_users_enrolled_before_it(lenient, lenient_params_path
     assert promoted.enroll("gina", files(case.enroll), token=answer["token"])["replaced"] is True
 
 
+def anchor_sealed(template) -> str:
+    """The sealed recordings in `Template.anchor_sealed_takes` (after the anchor's digest)."""
+    return template.anchor_sealed_takes.partition(":")[2]
+
+
 def test_a_promotion_re_makes_the_anchor_from_its_own_recordings(lenient, lenient_params_path: Path,
                                                                   retrained_release: Path):
-    """A token re-enrollment keeps the anchor and its sealed recordings; the promoted model re-makes the
-    anchor from those — not from the voice enrolled last, which a walk may have moved — so a walk
-    interrupted by a promotion does not start again from where it had got to."""
+    """Token re-enrollments keep the anchor and its sealed recordings — those of the first enrollment,
+    however many re-enrollments follow; the promoted model re-makes the anchor from them — not from the
+    voice enrolled last, which a walk may have moved — so a walk interrupted by a promotion does not
+    start again from where it had got to; and re-enrollments after the promotion keep them too."""
     core, clock, case = lenient
     params = load_params(lenient_params_path)
     sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
     core.sealer = sealer
     core.enroll("hana", files(case.enroll))
     first = core.store.get("hana")
-    token = core.unlock("hana", "probe.wav", files(case.genuine)[0][1])["token"]
-    again = (case.genuine + case.enroll)[: params.enroll.min_clips]  # the same voice, other recordings
-    assert core.enroll("hana", files(again), token=token)["replaced"] is True
-    kept = core.store.get("hana")
-    assert kept.anchor == pytest.approx(first.speaker, abs=1e-5)
-    assert kept.anchor_sealed_takes == first.sealed_takes != kept.sealed_takes
+    again = case.genuine[:1] + case.enroll[:2]  # the same voice, other recordings (genuine[1] stays unheard)
+    for takes in (case.enroll, again):  # two token re-enrollments: the second must not keep the first's recordings
+        token = core.store.issue_token("hana", clock(), 60.0)  # as an unlock gives one
+        assert core.enroll("hana", files(takes), token=token)["replaced"] is True
+        kept = core.store.get("hana")
+        assert kept.anchor == pytest.approx(first.speaker, abs=1e-5)
+        assert anchor_sealed(kept) == first.sealed_takes != kept.sealed_takes
     promoted = UnlockApi(Unlocker(retrained_release, params.enroll), core.store, params, "voicelock:t2", clock,
                          admin_key=ADMIN, sealer=sealer, model_since=2000.0)
-    promoted.unlock("hana", "probe.wav", files(case.genuine)[1][1])  # re-made at the first request
+    token = promoted.unlock("hana", "probe.wav", files(case.genuine)[1][1])["token"]  # re-made at the first request
     after = core.store.get("hana")
-    assert after.model == promoted.lock.model_id and after.anchor_sealed_takes == first.sealed_takes
+    assert after.model == promoted.lock.model_id and anchor_sealed(after) == first.sealed_takes
     anchor_voice = promoted.lock.template_of([promoted.lock.prepare(*sf.read(p, dtype="float32"), p.name)
                                               for p in case.enroll], [p.name for p in case.enroll], checked=False)
     # The anchor's recordings in the new model (to 16-bit rounding), not the voice enrolled last.
     off_anchor = np.abs(np.subtract(after.anchor, anchor_voice.speaker)).max()
     assert off_anchor < 1e-3 and np.abs(np.subtract(after.anchor, after.speaker)).max() > 10 * off_anchor
+    assert promoted.enroll("hana", files(case.enroll), token=token)["replaced"] is True  # and after the promotion
+    assert anchor_sealed(core.store.get("hana")) == first.sealed_takes
+    assert core.store.get("hana").anchor == pytest.approx(after.anchor, abs=1e-6)
     # An administrator's enrollment is a new anchor: its own voice, nothing else kept.
     assert promoted.enroll("hana", files(case.enroll), admin_key=ADMIN)["replaced"] is True
     assert promoted.store.get("hana").anchor == [] and promoted.store.get("hana").anchor_sealed_takes == ""
+
+
+def test_anchor_recordings_beside_another_anchor_are_ignored(lenient):
+    """A replica of the previous voicelock rewrites the anchor but never the anchor's recordings: an
+    administrator's enrollment there, then a token re-enrollment, leaves a new anchor beside the old
+    voice's recordings. Recordings whose digest is not the anchor's are never taken for it."""
+    from voicelock.enrollment import anchor_recordings, anchor_recordings_of
+
+    core, _, case = lenient
+    sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    owner = core.lock.enroll([sf.read(p, dtype="float32") for p in case.enroll], sealer=sealer)
+    kept = dataclasses.replace(owner, anchor=list(owner.speaker),
+                               anchor_sealed_takes=anchor_recordings(owner.speaker, owner.sealed_takes))
+    assert anchor_recordings_of(kept) == owner.sealed_takes
+    rewritten = dataclasses.replace(kept, anchor=[0.5] * len(owner.speaker))  # by the older voicelock
+    assert anchor_recordings_of(rewritten) == ""
+    assert anchor_recordings_of(dataclasses.replace(kept, anchor=[])) == ""  # beside no anchor
+    renewed = core.lock.reembed(rewritten, sealer)  # as a promotion would: not from the stale recordings
+    assert renewed.anchor == [] and renewed.anchor_sealed_takes == ""  # its own voice, as before 0006
+    assert core.lock.reembed(kept, sealer).anchor == pytest.approx(owner.speaker, abs=1e-3)  # the digest matches
+
+
+def test_a_re_fingerprint_of_a_stale_read_never_puts_back_a_replaced_template(lenient):
+    """Re-fingerprinting writes only over the row it read: an administrator's enrollment (or a delete)
+    meanwhile wins, whatever the re-fingerprint computed from the older copy."""
+    from voicelock.replay import decode, encode
+
+    core, clock, case = lenient
+    core.sealer = Sealer(TAKES_KEY, "VOICELOCK_TAKES_KEY")
+    shifts, dim = len(core.lock.verifier.replay_shifts), core.lock.fingerprint_dim
+    core.enroll("kai", files(case.enroll))
+    current = core.store.get("kai")
+    core.store.save("kai", dataclasses.replace(current, take_sets=[encode(decode(t, dim)[:shifts])
+                                                                    for t in current.take_sets]), clock(), admin=True)
+    stale = core.store.get("kai")  # read by a request that will re-fingerprint it…
+    assert not core.lock.remembers_as_released(stale)
+    assert core.enroll("kai", files(case.genuine[:3] if len(case.genuine) >= 3 else case.enroll),
+                       admin_key=ADMIN)["replaced"] is True  # …while the administrator replaces it
+    replaced = core.store.get("kai")
+    assert core._current("kai", stale).sealed_takes == replaced.sealed_takes  # the stored one is decided on
+    assert core.store.get("kai").sealed_takes == replaced.sealed_takes != stale.sealed_takes
 
 
 def test_a_template_remembered_before_the_band_limited_view_is_re_fingerprinted(lenient):
@@ -532,8 +583,7 @@ def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient
     core, _, case = lenient
     core.enroll("jane", files(case.enroll))
     old = core.store.get("jane")
-    assert core.store.upgrade("jane", dataclasses.replace(old, model=core.model_tag), old.model, 1.0,
-                              forget_heard=False)
+    assert core.store.upgrade("jane", dataclasses.replace(old, model=core.model_tag), old, 1.0, forget_heard=False)
     core.store.remember("jane", [np.eye(core.lock.fingerprint_dim)[0].tolist()], 2.0, keep=50)  # no set: an older row
     assert core.unlock("jane", "probe.wav", files(case.genuine)[0][1])["unlocked"] is True
     assert core.store.get("jane").model == core.lock.model_id and core.store.get("jane").word == old.word

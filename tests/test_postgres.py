@@ -118,7 +118,8 @@ def test_a_model_upgrade_writes_once(database: str):
     store.save("dan", template("sha256:old"), 1.0)
     store.remember("dan", [[1.0, 0.0]], 2.0, keep=50)
     stores = [EnrollmentStore(database) for _ in range(4)]
-    wrote = at_once(4, lambda i: stores[i].upgrade("dan", template("sha256:new", (0.0, 1.0)), "sha256:old", 3.0))
+    read = store.get("dan")
+    wrote = at_once(4, lambda i: stores[i].upgrade("dan", template("sha256:new", (0.0, 1.0)), read, 3.0))
     assert sum(w is True for w in wrote) == 1
     assert store.get("dan").model == "sha256:new" and store.heard_recently("dan", 50) == []
     assert store.get("dan").word == [0.0, 1.0]  # the new model's template replaced the old one

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from voicelock.audio import DecodeLimits, decode_bytes
-from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Template, Unlocker
+from voicelock.enrollment import NOT_RECOGNISED, ChallengeTake, Decision, Template, Unlocker, anchor_recordings
 from voicelock.errors import Busy, LockedOut, NotFound, TooLarge, VoicelockError
 from voicelock.liveness import draw_challenge
 from voicelock.params import Params
@@ -121,7 +121,8 @@ class UnlockApi:
                                 "administrator's X-Admin-Key")
             # A token never moves the anchor, nor drops its recordings (a promotion re-makes it from them).
             template.anchor = current.anchor or current.speaker
-            template.anchor_sealed_takes = current.anchor_sealed_takes if current.anchor else current.sealed_takes
+            template.anchor_sealed_takes = (current.anchor_sealed_takes if current.anchor
+                                            else anchor_recordings(current.speaker, current.sealed_takes))
         replaced = self.store.save(user, template, self.clock(), token, admin)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
@@ -270,14 +271,14 @@ class UnlockApi:
             if self.lock.remembers_as_released(enrolled) or not enrolled.sealed_takes or self.sealer is None:
                 return enrolled  # without its recordings it keeps the views it has (README, known limits)
             try:
-                renewed = self.lock.reembed(enrolled, self.sealer)
+                renewed = self.lock.reembed(enrolled, self.sealer, anchor=False)
             except VoicelockError as e:  # its recordings cannot be opened: the views it has still judge
                 log.warning("could not re-fingerprint the enrollment of %r: %s", user, e)
                 return enrolled
             # The same model's space: the anchor stays as it is, whether or not its recordings were kept.
             renewed.anchor, renewed.anchor_sealed_takes = enrolled.anchor, enrolled.anchor_sealed_takes
             renewed.model_since = enrolled.model_since
-            if self.store.upgrade(user, renewed, enrolled.model, self.clock(), forget_heard=False):
+            if self.store.upgrade(user, renewed, enrolled, self.clock(), forget_heard=False):
                 log.info("re-fingerprinted the enrollment of %r for this release's replay views", user)
                 return renewed
             stored = self.store.get(user)
@@ -300,7 +301,7 @@ class UnlockApi:
                                f"X-Admin-Key)") from None
         renewed.model_since = self.model_since
         # The same model's fingerprints stay comparable; another model's compare with nothing.
-        if self.store.upgrade(user, renewed, enrolled.model, self.clock(), forget_heard=not same_model):
+        if self.store.upgrade(user, renewed, enrolled, self.clock(), forget_heard=not same_model):
             if not same_model:
                 log.info("re-embedded the enrollment of %r with model %s", user, self.lock.model_id)
             return renewed

@@ -14,7 +14,9 @@ NaN compares false with everything, so a `score < threshold` refusal rule would 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,6 +44,8 @@ from voicelock.replay import (
 from voicelock.sealing import Sealer
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Template:
@@ -66,9 +70,10 @@ class Template:
     # as a speaker centroid; [] when that is this template's own `speaker`. A token re-enrollment keeps
     # it and must match it too (`Unlocker.same_voice`), so the voice cannot be walked away step by step.
     anchor: list[float] = field(default_factory=list)
-    # The anchor's enrollment recordings, sealed (as `sealed_takes`), when the anchor is not this
-    # template's own voice and a takes key was set: a model promotion re-makes the anchor from them, so
-    # a template walked part of the way before a promotion is still held to the voice it started from.
+    # The anchor's enrollment recordings, sealed (as `sealed_takes`) after a digest of the anchor
+    # (`anchor_recordings`), when the anchor is not this template's own voice and a takes key was set:
+    # a model promotion re-makes the anchor from them, so a template walked part of the way before a
+    # promotion is still held to the voice it started from.
     anchor_sealed_takes: str = ""
 
     def save(self, path: str | Path) -> None:
@@ -118,6 +123,29 @@ class Decision:
         """Everything but the fingerprints: for the CLI and a service with `explain: true`."""
         return {f.name: (dict(value) if isinstance(value := getattr(self, f.name), dict) else value)
                 for f in fields(self) if f.name not in ("fingerprints", "band_fingerprints", "heard")}
+
+
+def anchor_recordings(anchor: list[float], sealed: str) -> str:
+    """What `Template.anchor_sealed_takes` keeps: the sealed recordings of the anchor, prefixed by a
+    digest of the anchor they were enrolled as ("" without recordings). Why the digest: a replica of the
+    previous voicelock rewrites the anchor but not the recordings (an administrator's enrollment there,
+    then a token re-enrollment, sets a new anchor beside the old recordings); recordings whose digest
+    is not the template's anchor's are ignored (`anchor_recordings_of`), never taken for its voice."""
+    if not sealed:
+        return ""
+    return hashlib.sha256(json.dumps([float(x) for x in anchor]).encode()).hexdigest()[:32] + ":" + sealed
+
+
+def anchor_recordings_of(template: Template) -> str:
+    """The template's anchor's sealed recordings, or "" when it has none that are its anchor's."""
+    digest, _, sealed = (template.anchor_sealed_takes or "").partition(":")
+    if not (template.anchor and sealed):
+        return ""
+    if anchor_recordings(template.anchor, sealed).partition(":")[0] != digest:
+        log.warning("the anchor's recordings are not of this template's anchor (rewritten by an older "
+                     "voicelock): ignored")
+        return ""
+    return sealed
 
 
 @dataclass
@@ -445,28 +473,31 @@ class Unlocker:
                                      np.asarray(decision.band_fingerprints, dtype=np.float32), names)
         return [encode(s) for s in sets]
 
-    def reembed(self, template: Template, sealer: Sealer | None) -> Template:
+    def reembed(self, template: Template, sealer: Sealer | None, anchor: bool = True) -> Template:
         """The template re-made by this model from its sealed enrollment recordings: how a user
-        enrolled before a promotion keeps working. VoicelockError when the recordings were not kept
-        (no key at enrollment), no key is set now, or they cannot be opened — then only enrolling
-        again helps."""
+        enrolled before a promotion keeps working. `anchor`: re-make the anchor too, from its own kept
+        recordings (`anchor_recordings_of`) — a promotion; not for a template of this same model, whose
+        anchor is already in its space. VoicelockError when the recordings were not kept (no key at
+        enrollment), no key is set now, or they (the anchor's included) cannot be opened — then only
+        enrolling again helps. Everything is opened before anything is embedded."""
         if not template.sealed_takes:
             raise VoicelockError("its recordings were not kept (no takes key was set at enrollment)")
         if sealer is None:
             raise VoicelockError("no takes key is set to open its recordings")
         clips, rate = sealer.open(template.sealed_takes.encode())
-        names = [f"enrollment take {i + 1}" for i in range(len(clips))]
-        renewed = self.template_of([self.prepare(c, rate, n) for c, n in zip(clips, names)], names, checked=False)
-        renewed.sealed_takes = template.sealed_takes
         # The anchor lives in the old model's space: re-made from its own recordings where they were
         # kept. Where they were not (a template from before they were kept), the voice re-made here
         # becomes the anchor — a promotion is the operator's act, not a token holder's.
-        if template.anchor and template.anchor_sealed_takes:  # kept only beside an anchor that is not its own voice
-            clips, rate = sealer.open(template.anchor_sealed_takes.encode())
-            names = [f"anchor take {i + 1}" for i in range(len(clips))]
-            prepared = [self.prepare(c, rate, n) for c, n in zip(clips, names)]
+        anchor_sealed = anchor_recordings_of(template) if anchor else ""
+        anchor_clips, anchor_rate = sealer.open(anchor_sealed.encode()) if anchor_sealed else ([], rate)
+        names = [f"enrollment take {i + 1}" for i in range(len(clips))]
+        renewed = self.template_of([self.prepare(c, rate, n) for c, n in zip(clips, names)], names, checked=False)
+        renewed.sealed_takes = template.sealed_takes
+        if anchor_clips:
+            names = [f"anchor take {i + 1}" for i in range(len(anchor_clips))]
+            prepared = [self.prepare(c, anchor_rate, n) for c, n in zip(anchor_clips, names)]
             renewed.anchor = make_template(*self.embed_checked(prepared, names))[1].tolist()
-            renewed.anchor_sealed_takes = template.anchor_sealed_takes
+            renewed.anchor_sealed_takes = anchor_recordings(renewed.anchor, anchor_sealed)
         return renewed
 
     def remembers_as_released(self, template: Template) -> bool:

@@ -301,15 +301,20 @@ class EnrollmentStore:
                 return True
         raise Conflict(f"user '{user}' was deleted while this enrollment was being stored — enroll again")
 
-    def upgrade(self, user: str, template: Template, previous_model: str, now: float,
+    def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
-        """Replace a template re-made by a new model (`Unlocker.reembed`) — only if the stored one is
-        still of `previous_model` (of two workers upgrading at once, one writes; both templates are the
-        same). The replay memory is forgotten with it (`forget_heard`): fingerprints of another model
-        compare with nothing. True when this call wrote."""
+        """Replace a template re-made from its recordings (`Unlocker.reembed`) — only if the stored row
+        is still the one `previous` was read from: the same model and the same sealed recordings (a
+        Fernet token is unique to each sealing, so any enrollment or deletion since changed them). Of
+        two workers upgrading at once, one writes; and a re-made copy of a stale read can never put
+        back a template replaced or deleted meanwhile. The replay memory is forgotten with it
+        (`forget_heard`): fingerprints of another model compare with nothing. True when this call wrote."""
         e = enrollments.c
+        same_recordings = (e.sealed_takes == previous.sealed_takes.encode() if previous.sealed_takes
+                           else e.sealed_takes.is_(None))
         with self.engine.begin() as conn:
-            written = conn.execute(update(enrollments).where(e.user == user, e.model == previous_model)
+            written = conn.execute(update(enrollments).where(e.user == user, e.model == previous.model,
+                                                             same_recordings)
                                    .values(**self._row(template, now))).rowcount == 1
             if written and forget_heard:
                 conn.execute(delete(heard).where(heard.c.user == user))

@@ -6,9 +6,11 @@ A promotion re-embeds the template from its sealed recordings; the anchor's own 
 kept, so the re-made template's voice became the anchor, and a template walked part of the way before
 a promotion kept what it had walked. `anchor_sealed_takes` keeps them (encrypted with the takes key,
 as `sealed_takes`); NULL when the anchor is the template's own voice or no key was set. Existing rows
-get NULL. A replica of the previous voicelock neither reads nor writes the column: its token
-re-enrollments keep the anchor, so the recordings stay right; its administrator's enrollments clear
-the anchor, and recordings beside no anchor are ignored. To roll back, `alembic downgrade 0005`.
+get NULL. The value starts with a digest of the anchor the recordings were enrolled as
+(`enrollment.anchor_recordings`): a replica of the previous voicelock neither reads nor writes the
+column but rewrites the anchor (an administrator's enrollment clears it, a token re-enrollment then
+sets a new one), and recordings whose digest is not the anchor's are ignored. To roll back,
+`alembic downgrade 0005`.
 
 Revision ID: 0006
 Revises: 0005
