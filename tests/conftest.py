@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -217,6 +218,24 @@ class UnlockCase:
     @staticmethod
     def read(paths: list[Path]) -> list[bytes]:
         return [p.read_bytes() for p in paths]
+
+
+def full_band_judge(lock, take: np.ndarray, rate: int = 16000):
+    """`new(copy, copy_rate)`: whether the replay rule *without* its band-limited view — `take`
+    remembered as the service remembers it, less the view's rows — takes the copy for a new recording.
+    The band-view tests send only such copies, so that what refuses them is the view."""
+    from voicelock.replay import fingerprints
+
+    heard = lock.prepare(take, rate, "take")
+    word, speaker, band = lock.embed_views([heard], ["take"])
+    full_band = lock.fingerprint_sets([heard], fingerprints(word, speaker), band, ["take"])[0]
+    full_band = full_band[: len(lock.verifier.replay_shifts)]  # a set of S rows is read as the full band's
+
+    def new(copy: np.ndarray, copy_rate: int) -> bool:
+        fp = fingerprints(*lock.embed_here([lock.prepare(copy, copy_rate, "copy")]))
+        return not lock.replays_take(fp, [full_band])
+
+    return new
 
 
 def find_unlock_case(params: Params, n_enroll: int = 3, min_genuine: int = 2) -> UnlockCase:

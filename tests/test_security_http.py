@@ -343,24 +343,19 @@ def test_3_a_low_passed_replay_is_still_the_recording_heard(server: Server, para
     accepts from an account that never heard the take *and* that the full band alone would take for a
     new recording — so what refuses them is the band-limited view. Each goes to its own account, so no
     lockout refuses it, and unlocks another account that never heard the take."""
+    from tests.conftest import full_band_judge
     from voicelock.enrollment import Unlocker
-    from voicelock.replay import fingerprints, max_similarity
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     assert lock.verifier.replay_band_hz > 0, "the release must have a band-limited replay view"
     template = lock.enroll_files(case.enroll)
     url, take = server.url, samples_of(case.genuine[0])
-    heard = lock.prepare(take, 16000, "take")
-    word, speaker, band = lock.embed_views([heard], ["take"])
-    full_set = lock.fingerprint_sets([heard], fingerprints(word, speaker), band, ["take"])[0]
-    full_set = full_set[: len(lock.verifier.replay_shifts)]  # its rows in the full band only
+    new_to_full_band = full_band_judge(lock, take)
     passing = []
     for what, (samples, rate) in low_passed_copies(take).items():
         wav = pcm_wav(samples, rate)
         sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
-        copy_fp = fingerprints(*lock.embed_here([lock.prepare(sent, rate, what)]))[0]
-        full_band_only = lock.verifier.replays(max_similarity(copy_fp, full_set), float(copy_fp @ full_set[0]), -1.0)
-        if lock.verify(template, sent, rate).unlocked and not full_band_only:
+        if lock.verify(template, sent, rate).unlocked and new_to_full_band(sent, rate):
             passing.append((what, wav))
     assert passing, "no low-passed copy passes the voice and word checks and the full band: nothing to show"
     for i, (what, wav) in enumerate(passing):
