@@ -3,7 +3,8 @@
 Prints p50/p99 of `Unlocker.verify` for a 1 s clip (feature extraction + both embeddings + scoring;
 with a band-limited replay view, the network also reads the clip's view) and batch throughput of
 features + embeddings. Target: p50 <= 5 ms. A release with a band-limited view is also timed without
-it, alternating in the same run, so the view's cost is a ratio on one machine.
+it, and with the network run by PyTorch eagerly instead of ONNX Runtime (voicelock/served_network.py),
+alternating in the same run, so the view's cost and the engine's gain are ratios on one machine.
 
 Uses the evaluated model at evaluate.out_dir (run `dvc repro` first), or an untrained network of the
 same size when there is none (latency does not depend on the weights). `--model DIR` times another
@@ -40,6 +41,15 @@ def _model_dir(params, tmp: Path) -> Path:
     return tmp
 
 
+def _eager(model: torch.nn.Module):
+    """`ServedNetwork`'s call, run by PyTorch on `model` itself (what every unlock ran before)."""
+    @torch.no_grad()
+    def run(feats: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        out = model(feats, frames)
+        return out.word.numpy(), out.speaker.numpy()
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=500, help="single-clip unlocks to time")
@@ -64,12 +74,17 @@ def main() -> None:
         full_band = Unlocker(args.model or _model_dir(params, Path(tmp)), params.enroll)
         full_band.verifier.thresholds["replay_band_hz"] = 0
         has_view = bool(lock.verifier.replay_band_hz)
+        # The same release with its network run by PyTorch, as before ONNX Runtime ran it.
+        eager = Unlocker(args.model or _model_dir(params, Path(tmp)), params.enroll)
+        eager.network = _eager(eager.model)
         for c in clips:  # warm-up
             lock.verify(template, c, rate)
             full_band.verify(template, c, rate)
-        times, without = [], []
+            eager.verify(template, c, rate)
+        times, without, by_torch = [], [], []
+        runs = [(lock, times), (eager, by_torch)] + ([(full_band, without)] if has_view else [])
         for i in range(args.clips):
-            for unlocker, out in ((lock, times), (full_band, without)) if has_view else ((lock, times),):
+            for unlocker, out in runs:
                 t0 = time.perf_counter()
                 unlocker.verify(template, clips[i % len(clips)], rate)
                 out.append(time.perf_counter() - t0)
@@ -98,6 +113,9 @@ def main() -> None:
         base = float(np.median(without) * 1000)
         print(f"  the same without the band-limited replay view ({lock.verifier.replay_band_hz:g} Hz), alternating: "
               f"p50 {base:.2f} ms — the view costs {p50 / base:.2f}× the decision")
+    torch_p50 = float(np.median(by_torch) * 1000)
+    print(f"  the same with the network run by PyTorch (eager) instead of ONNX Runtime, alternating: p50 "
+          f"{torch_p50:.2f} ms — ONNX Runtime takes {p50 / torch_p50:.2f}× its time")
     shifts = lock.verifier.replay_shifts
     views = 2 if lock.verifier.replay_band_hz else 1
     print(f"an accepted unlock's replay memory ({len(shifts) * views - views} shifted copies of its take, "

@@ -42,6 +42,7 @@ from voicelock.replay import (
     views,
 )
 from voicelock.sealing import Sealer
+from voicelock.served_network import ServedNetwork
 from voicelock.verifier import REQUIRED_THRESHOLDS, make_template, unit
 
 log = logging.getLogger(__name__)
@@ -171,24 +172,38 @@ def _recording(path: str | Path) -> Path:
     return path
 
 
+def _check_clips(rate: int) -> list[np.ndarray]:
+    """Clips the served graph must score as the network does: noise bursts of several lengths (some
+    shorter than the network's window, one longer), so that every frame count and trim path is used."""
+    rng = np.random.default_rng(0)
+    clips = []
+    for seconds in (0.2, 0.55, 1.0, 1.7):
+        n = int(seconds * rate)
+        envelope = np.sin(np.linspace(0, np.pi, n)) ** 2
+        clips.append((0.3 * envelope * rng.standard_normal(n)).astype(np.float32))
+    return clips
+
+
 class Unlocker:
     """A trained model ready to enroll and verify raw clips (any sample rate, mono).
 
     `embedder` replaces the in-process embedding (features + network), e.g. with a call to a
     separate service that batches clips from many requests (service/embedder.py)."""
 
-    def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, device: str = "cpu",
-                 embedder: Embedder | None = None):
-        release = Release.load(model_dir, device)
-        # BatchNorms folded for clips one at a time (a batch of one is an unlock's usual batch); the
-        # same function as the release's network, float rounding aside.
+    def __init__(self, model_dir: str | Path, enroll_params: EnrollParams, embedder: Embedder | None = None):
+        release = Release.load(model_dir, "cpu")
+        # BatchNorms folded; the same function as the release's network, float rounding aside. It is
+        # what the served graph is traced from and checked against, not what runs an unlock.
         self.model = inference_copy(release.model)
         # Templates record it; one made with another model is re-made from its recordings or refused.
         self.model_id = release.model_id
         self.embedder = embedder
-        self.device = device
         self.sample_rate = release.sample_rate
         self.extractor = release.extractor()
+        # Every embedding here runs through ONNX Runtime (voicelock/served_network.py: why, and the
+        # check that the graph is this network before it may decide anything).
+        checks = self.extractor.from_arrays(_check_clips(self.sample_rate))
+        self.network = ServedNetwork(self.model, self.model_id, checks)
         self.thresholds: dict[str, float] = release.thresholds
         # Speaker scores as calibrated: AS-norm against the cohort shipped with the model, or raw cosine.
         self.scorer = release.scorer
@@ -252,10 +267,8 @@ class Unlocker:
 
     @torch.no_grad()
     def embed_here(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """`embed` in this process: features and network on this process's torch threads."""
-        feats, frames = self.extractor.from_arrays(clips)
-        out = self.model(feats.to(self.device), frames.to(self.device))
-        return out.word.cpu().numpy(), out.speaker.cpu().numpy()
+        """`embed` in this process: features and network on as many threads as torch is set to."""
+        return self.network(*self.extractor.from_arrays(clips))
 
     def embed_checked(self, clips: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """`embed`, refusing any clip whose embedding is not finite: such a clip must never decide."""
