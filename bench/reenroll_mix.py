@@ -21,6 +21,7 @@ import argparse
 
 import numpy as np
 
+from voicelock.enrollment import take_agreements
 from voicelock.evaluation import embed_split, folder_split
 from voicelock.features import load_split
 from voicelock.model.train import Split
@@ -46,11 +47,9 @@ class Corpus:
 def rules(release: Release, params: Params, corpus: Corpus, old: np.ndarray, new: np.ndarray) -> dict[str, bool]:
     """Which rules let `new` re-enroll the template of `old` (row numbers)."""
     th, scorer = release.thresholds, release.scorer
-    agreement = {}
-    for name, emb in (("word", corpus.word), ("speaker", corpus.speaker)):  # as Unlocker._check_takes_agree
-        e = emb[new]
-        total = e.sum(axis=0)
-        agreement[name] = min(float(e[i] @ unit(total - e[i])) for i in range(len(new)))
+    # as Unlocker._check_takes_agree
+    agreement = {name: float(take_agreements(emb[new]).min())
+                 for name, emb in (("word", corpus.word), ("speaker", corpus.speaker))}
     _, old_voice = make_template(corpus.word[old], corpus.speaker[old])
     _, new_voice = make_template(corpus.word[new], corpus.speaker[new])
     any_word = th["speaker_any_word"]
@@ -59,7 +58,8 @@ def rules(release: Release, params: Params, corpus: Corpus, old: np.ndarray, new
             and float(scorer(old_voice, new_voice[None])[0]) >= any_word)
     each = scorer(old_voice, corpus.speaker[new])
     return {"the mean": base,
-            "+ every take": base and bool(np.all(each >= any_word)),
+            # the shipped rule (`Unlocker.same_voice`, without an anchor: the template is the first enrollment)
+            "+ every take": base and release.verifier.is_voice_of(old_voice, new_voice, corpus.speaker[new]),
             **{f"+ agreement >= {a}": base and agreement["speaker"] >= a for a in (0.6, 0.7, 0.8)},
             **{f"every take >= {d} below": base and bool(np.all(each >= any_word - d)) for d in (0.05, 0.1, 0.2)},
             "every take >= 0.1 below, agreement >= 0.6": (base and bool(np.all(each >= any_word - 0.1))

@@ -172,6 +172,13 @@ def _recording(path: str | Path) -> Path:
     return path
 
 
+def take_agreements(emb: np.ndarray) -> np.ndarray:
+    """Each take's cosine to the mean of the others (rows of unit embeddings): how `enroll` tells a
+    take of another word or voice among them."""
+    total = emb.sum(axis=0)
+    return np.array([float(emb[i] @ unit(total - emb[i])) for i in range(len(emb))])
+
+
 def _check_clips(rate: int) -> list[np.ndarray]:
     """Clips the served graph must score as the network does: noise bursts of several lengths (some
     shorter than the network's window, one longer), so that every frame count and trim path is used."""
@@ -361,11 +368,8 @@ class Unlocker:
         """Every take says the same word in the same voice as the others."""
         for space, emb, minimum in (("word", word, self.p.min_word_agreement),
                                     ("speaker", speaker, self.p.min_speaker_agreement)):
-            total = emb.sum(axis=0)
-            for i, name in enumerate(names):
-                others = unit(total - emb[i])
-                agreement = float(emb[i] @ others)
-                if agreement < minimum:
+            for name, agreement in zip(names, take_agreements(emb), strict=True):
+                if not agreement >= minimum:  # NaN refuses too
                     what = "a different word" if space == "word" else "a different voice"
                     raise VoicelockError(f"{name} does not match the others ({what}: {space} agreement "
                                          f"{agreement:.2f} < {minimum}) — record it again")
@@ -564,14 +568,11 @@ class Unlocker:
         takes = speaker_halves(np.asarray(new.takes, dtype=np.float32), len(new.word)) if new.takes else None
         if takes is None or len(takes) != new.clips:  # a template without its takes proves nothing
             return False
-        voices = np.concatenate([np.asarray(new.speaker, dtype=np.float32)[None, :], takes])
         # Against the voice enrolled now and its anchor: a tester walked a template to his own voice in
         # seven token re-enrollments of owner/attacker mixes, each step passing for the step before.
-        for reference in [enrolled.speaker] + ([enrolled.anchor] if enrolled.anchor else []):
-            scores = self.scorer(np.asarray(reference, dtype=np.float32), voices)
-            if not (np.all(np.isfinite(scores)) and all(self.verifier.challenge_voice_ok(float(s)) for s in scores)):
-                return False
-        return True
+        voice = np.asarray(new.speaker, dtype=np.float32)
+        return all(self.verifier.is_voice_of(np.asarray(reference, dtype=np.float32), voice, takes)
+                   for reference in [enrolled.speaker] + ([enrolled.anchor] if enrolled.anchor else []))
 
     def enroll_files(self, paths: list[str | Path], sealer: Sealer | None = None) -> Template:
         return self.enroll([read_wav(_recording(p)) for p in paths], [str(p) for p in paths], sealer)

@@ -179,3 +179,10 @@ class Verifier:
     def challenge_voice_ok(self, speaker_score: float) -> bool:
         """A challenge take (another word than the password) is in the enrolled voice."""
         return bool(speaker_score >= self.threshold("speaker_any_word"))
+
+    def is_voice_of(self, reference: np.ndarray, voice: np.ndarray, takes: np.ndarray) -> bool:
+        """A re-enrollment is `reference`'s voice: its takes' mean `voice` *and* each take `takes` (N, D)
+        score as a challenge take in that voice must (`challenge_voice_ok`). Each take, not only the
+        mean: a mean of two owner takes and three of another voice passed (`Unlocker.same_voice`)."""
+        scores = self.scorer(reference, np.concatenate([voice[None, :], takes]))
+        return bool(np.all(np.isfinite(scores)) and all(self.challenge_voice_ok(float(s)) for s in scores))
