@@ -1,4 +1,4 @@
-"""CPU thread limits for serving: torch *and* the BLAS library under numpy.
+"""CPU thread limits for serving: torch (and so ONNX Runtime, which follows it) *and* the BLAS library under numpy.
 
 Why both: a service worker sets torch to one thread so that workers do not fight for cores, but
 numpy's OpenBLAS still starts one spinning thread per core. Measured on 2 cores with the other core
