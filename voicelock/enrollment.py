@@ -210,7 +210,10 @@ class Unlocker:
         # Every embedding here runs through ONNX Runtime (voicelock/served_network.py: why, and the
         # check that the graph is this network before it may decide anything).
         checks = self.extractor.from_arrays(_check_clips(self.sample_rate))
-        self.network = ServedNetwork(self.model, self.model_id, checks)
+        # The traced function: the weights and feature parameters (`model_id`) and the network's build
+        # (dilations, pooling… are no weights) — the key under which a process may reuse the graph.
+        build = json.dumps([self.model_id, release.meta.get("model_params")], sort_keys=True)
+        self.network = ServedNetwork(self.model, build, checks)
         self.thresholds: dict[str, float] = release.thresholds
         # Speaker scores as calibrated: AS-norm against the cohort shipped with the model, or raw cosine.
         self.scorer = release.scorer

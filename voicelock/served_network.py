@@ -32,8 +32,9 @@ from voicelock.model.network import VoiceLockNet
 # genuine takes, so 1e-4 is well inside what no decision can notice.
 AGREEMENT = 1e-4
 
-# Traced graphs by release digest (`Release.model_id`): tracing costs ~1 s, and a process (tests, the
-# service's API and embedder workers) opens the same release more than once. Only a few are kept.
+# Traced graphs by what they compute (the weights, feature parameters and the network's build): tracing
+# costs ~1 s, and a process (tests, the service's API and embedder workers) opens the same release more
+# than once. Only a few are kept; a graph found here is checked against the network all the same.
 _GRAPHS: dict[str, bytes] = {}
 _GRAPHS_KEPT = 4
 _GRAPHS_LOCK = threading.Lock()
@@ -75,16 +76,16 @@ class ServedNetwork:
     knob): one session per thread count, made on first use. Thread-safe.
     """
 
-    def __init__(self, model: VoiceLockNet, model_id: str, checks: tuple[torch.Tensor, torch.Tensor]):
+    def __init__(self, model: VoiceLockNet, build: str, checks: tuple[torch.Tensor, torch.Tensor]):
         feats, frames = checks
         with _GRAPHS_LOCK:
-            graph = _GRAPHS.get(model_id)
+            graph = _GRAPHS.get(build)
         if graph is None:
             graph = _trace(model, feats.shape[1], feats.shape[2])
             with _GRAPHS_LOCK:
                 if len(_GRAPHS) >= _GRAPHS_KEPT:
                     _GRAPHS.clear()
-                _GRAPHS[model_id] = graph
+                _GRAPHS[build] = graph
         self._graph = graph
         self._sessions: dict[int, ort.InferenceSession] = {}
         self._lock = threading.Lock()

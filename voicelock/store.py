@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import functools
 import json
 import secrets
 from collections.abc import Iterator
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.util.exc import CommandError
-from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, case, create_engine,
-                        delete, event, func, insert, select, text, update)
+from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, Update, bindparam, case,
+                        create_engine, delete, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
@@ -197,6 +198,27 @@ def upgrade_schema(engine: Engine) -> None:
     with _migration_lock(engine) as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+@functools.lru_cache(maxsize=8)
+def _charge_statement(max_failures: int, lockout_s: float, lockout_max_s: float) -> Update:
+    """`charge_attempt`'s UPDATE … RETURNING for one lockout policy, with the user and the time bound
+    per call (`charged_user`, `charged_at`). Built once: its 32-step CASE took 2.5 of the 2.9 ms a charge cost, every
+    request, to build again (SQLAlchemy caches the compiled SQL, not the expression)."""
+    user, now = bindparam("charged_user", type_=String), bindparam("charged_at", type_=Float)
+    durations = [min(lockout_s * 2 ** k, lockout_max_s) for k in range(32)]
+    c = lockouts.c
+    ended = c.locked_until > 0  # the WHERE below keeps only rows whose lock, if any, has ended
+    failures = case((ended, 1), else_=c.failures + 1)
+    reaches = failures >= max_failures
+    # A streak is forgotten once its last lock ended longer ago than the longest lock lasts: five
+    # bad clips once a day must not keep the owner locked for an hour each time.
+    streak = case((ended & (c.locked_until < now - lockout_max_s), 0), else_=c.streak)
+    duration = case(*[(streak == k, d) for k, d in enumerate(durations)], else_=lockout_max_s)
+    return (update(lockouts).where(c.user == user, c.locked_until <= now)
+            .values(failures=failures, locked_until=case((reaches, now + duration), else_=0.0),
+                    streak=case((reaches, streak + 1), else_=streak))
+            .returning(c.locked_until))
 
 
 def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
@@ -384,22 +406,11 @@ class EnrollmentStore:
         scored every further attempt is refused; if it then unlocks, `clear_failures` lifts the lock.
         Each lockout in a row doubles the next (capped at `lockout_max_s`).
         """
-        durations = [min(lockout_s * 2 ** k, lockout_max_s) for k in range(32)]
         c = lockouts.c
-        ended = c.locked_until > 0  # the WHERE below keeps only rows whose lock, if any, has ended
-        failures = case((ended, 1), else_=c.failures + 1)
-        reaches = failures >= max_failures
-        # A streak is forgotten once its last lock ended longer ago than the longest lock lasts: five
-        # bad clips once a day must not keep the owner locked for an hour each time.
-        streak = case((ended & (c.locked_until < now - lockout_max_s), 0), else_=c.streak)
-        duration = case(*[(streak == k, d) for k, d in enumerate(durations)], else_=lockout_max_s)
         with self.engine.begin() as conn:
             _insert_if_missing(conn, lockouts, user=user, failures=0, locked_until=0.0, streak=0)
-            row = conn.execute(
-                update(lockouts).where(c.user == user, c.locked_until <= now)
-                .values(failures=failures, locked_until=case((reaches, now + duration), else_=0.0),
-                        streak=case((reaches, streak + 1), else_=streak))
-                .returning(c.locked_until)).first()
+            row = conn.execute(_charge_statement(max_failures, lockout_s, lockout_max_s),
+                               {"charged_user": user, "charged_at": now}).first()
             if row is None:
                 until = conn.execute(select(c.locked_until).where(c.user == user)).scalar_one()
                 return Charge(False, float(until))
