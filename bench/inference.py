@@ -122,7 +122,7 @@ def main() -> None:
           f"`replay_shifts`, in {views} view(s)): "
           f"p50 {remember_p50:.2f} ms more, once the decision is made "
           f"({len(accepted)} of {len(clips)} probes accepted)")
-    print(f"batch of {args.batch} (features + embeddings, {torch.get_num_threads()} threads): "
+    print(f"batch of {args.batch} (features + embeddings by ONNX Runtime, {torch.get_num_threads()} threads): "
           f"{throughput:.0f} clips/s")
 
 

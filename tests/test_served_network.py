@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from voicelock import served_network
-from voicelock.enrollment import Unlocker
+from voicelock.enrollment import Unlocker, _check_clips
 from voicelock.errors import VoicelockError
 from voicelock.params import Params
 from voicelock.release import Release
@@ -44,6 +44,41 @@ def test_a_graph_that_is_not_the_network_refuses_to_load(trained: Params, monkey
     trace = served_network._trace
     monkeypatch.setattr(served_network, "_GRAPHS", {})
     monkeypatch.setattr(served_network, "_trace", lambda model, f, t: trace(other, f, t))
+    with pytest.raises(VoicelockError, match="ONNX graph differs from the network"):
+        Unlocker(trained.evaluate.out_dir, trained.enroll)
+
+
+def test_a_cached_graph_is_checked_all_the_same(trained: Params, monkeypatch: pytest.MonkeyPatch):
+    """A graph found in the process's cache under the release's key (here: another network's) must not
+    skip the check: the key says which network it should be, the check says which it is."""
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)  # puts the release's graph in the cache
+    other = Release.load(trained.evaluate.out_dir, "cpu").model.eval()
+    with torch.no_grad():
+        other.blocks[0].conv.weight.mul_(0.98)
+    wrong = served_network._trace(other, lock.extractor.n_features, lock.extractor.frames)
+    cache = {key: wrong for key in served_network._GRAPHS}
+    assert cache  # the release's graph was cached under its key, now another's is
+    monkeypatch.setattr(served_network, "_GRAPHS", cache)
+    with pytest.raises(VoicelockError, match="ONNX graph differs from the network"):
+        Unlocker(trained.evaluate.out_dir, trained.enroll)
+
+
+@pytest.mark.parametrize("output", [0, 1])
+def test_a_graph_answering_nan_for_one_clip_refuses_to_load(trained: Params, monkeypatch: pytest.MonkeyPatch,
+                                                            output: int):
+    """NaN in any output of the check — the word or the speaker embedding, of a full-length clip scored
+    alone — refuses the release (Python's max() would drop a NaN that does not come first)."""
+    run = served_network.ServedNetwork.__call__
+
+    def nan_for_a_long_clip_alone(self, feats: torch.Tensor, frames: torch.Tensor):
+        out = [np.array(a) for a in run(self, feats, frames)]
+        if len(frames) == 1 and int(frames[0]) == int(check_frames[-1]):
+            out[output][0, 0] = np.nan
+        return tuple(out)
+
+    lock = Unlocker(trained.evaluate.out_dir, trained.enroll)
+    check_frames = lock.extractor.from_arrays(_check_clips(lock.sample_rate))[1]
+    monkeypatch.setattr(served_network.ServedNetwork, "__call__", nan_for_a_long_clip_alone)
     with pytest.raises(VoicelockError, match="ONNX graph differs from the network"):
         Unlocker(trained.evaluate.out_dir, trained.enroll)
 

@@ -180,8 +180,9 @@ def take_agreements(emb: np.ndarray) -> np.ndarray:
 
 
 def _check_clips(rate: int) -> list[np.ndarray]:
-    """Clips the served graph must score as the network does: noise bursts of several lengths (some
-    shorter than the network's window, one longer), so that every frame count and trim path is used."""
+    """Clips the served graph must score as the network does: noise bursts of a few lengths (two
+    shorter than the network's window, one longer), so that short and full frame counts and the
+    trimming of a long clip are all in the check."""
     rng = np.random.default_rng(0)
     clips = []
     for seconds in (0.2, 0.55, 1.0, 1.7):

@@ -78,11 +78,11 @@ class ServedNetwork:
 
     def __init__(self, model: VoiceLockNet, build: str, checks: tuple[torch.Tensor, torch.Tensor]):
         feats, frames = checks
+        # Traced under the lock: the exporter keeps process-wide state (and so do `warnings` filters).
         with _GRAPHS_LOCK:
             graph = _GRAPHS.get(build)
-        if graph is None:
-            graph = _trace(model, feats.shape[1], feats.shape[2])
-            with _GRAPHS_LOCK:
+            if graph is None:
+                graph = _trace(model, feats.shape[1], feats.shape[2])
                 if len(_GRAPHS) >= _GRAPHS_KEPT:
                     _GRAPHS.clear()
                 _GRAPHS[build] = graph
@@ -102,9 +102,11 @@ class ServedNetwork:
             # Idle pool threads sleep instead of spinning: a service worker must not burn the core the
             # next request (or another worker) needs.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            with self._lock:
-                found = self._sessions.setdefault(
-                    threads, ort.InferenceSession(self._graph, options, providers=["CPUExecutionProvider"]))
+            with self._lock:  # made once per thread count, however many threads miss it at once
+                found = self._sessions.get(threads)
+                if found is None:
+                    found = ort.InferenceSession(self._graph, options, providers=["CPUExecutionProvider"])
+                    self._sessions[threads] = found
         return found
 
     def __call__(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +121,9 @@ class ServedNetwork:
         together = self(feats, frames)
         alone = [self(feats[i:i + 1], frames[i:i + 1]) for i in range(len(feats))]
         got = (together, (np.concatenate([a[0] for a in alone]), np.concatenate([a[1] for a in alone])))
-        worst = max(float(np.max(np.abs(g - w))) if g.shape == w.shape else float("inf")
-                    for pair in got for g, w in zip(pair, want, strict=True))
-        if not worst <= AGREEMENT:  # NaN fails too
+        # np.max, not max(): the built-in drops a NaN that is not first, and a NaN anywhere must refuse.
+        worst = float(np.max([np.max(np.abs(g - w)) if g.shape == w.shape else np.inf
+                              for pair in got for g, w in zip(pair, want, strict=True)]))
+        if not worst <= AGREEMENT:
             raise VoicelockError(f"the network's ONNX graph differs from the network by {worst:.2g} (at most "
                                  f"{AGREEMENT:g}): this release cannot be served — report it with the model folder")

@@ -11,8 +11,8 @@ new model can re-embed them.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import functools
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -21,8 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.util.exc import CommandError
-from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, Update, bindparam, case,
-                        create_engine, delete, event, func, insert, select, text, update)
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
