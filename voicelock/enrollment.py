@@ -36,6 +36,7 @@ from voicelock.replay import (
     encode,
     fingerprints,
     max_similarity,
+    remembered_set,
     replay_similarities,
     speaker_halves,
     stored_rows,
@@ -321,8 +322,7 @@ class Unlocker:
             # max_batch_size (service/embedder.py)
             copies = views(clip, shifts[1:], self.sample_rate, band)
             late = fingerprints(*self.embed_checked(copies, [name] * len(copies)))
-            late = late.reshape(len(at_zero), len(shifts) - 1, -1)
-            sets.append(np.concatenate([np.concatenate([own[None, :], rest]) for own, rest in zip(at_zero, late)]))
+            sets.append(remembered_set(np.stack(at_zero), late.reshape(len(at_zero), len(shifts) - 1, -1)))
         return sets
 
     def enroll(self, clips: list[tuple[np.ndarray, int]], names: list[str] | None = None,

@@ -35,6 +35,7 @@ from voicelock.replay import (
     fingerprints,
     genuine_repeat_similarities,
     genuine_replay_refusals,
+    remembered_set,
     views,
 )
 from voicelock.scoring import SpeakerScorer, build_cohort
@@ -114,9 +115,7 @@ def remembered_takes(model: VoiceLockNet, extractor: FeatureExtractor, root: str
         heard_fps = fps[: len(heard)].reshape(n_views, len(waves), -1).transpose(1, 0, 2)  # (n, V, D)
         late_fps = fps[len(heard):].reshape(len(stored), n_views, len(shifts) - 1, fps.shape[1])
         probes.append(heard_fps)
-        # a set's rows as `views` orders them: each view at shift 0, then at the later shifts
-        sets.extend(np.concatenate([np.concatenate([heard_fps[j, v][None, :], late_fps[k, v]]) for v in range(n_views)])
-                    for k, j in enumerate(stored))
+        sets.extend(remembered_set(heard_fps[j], late_fps[k]) for k, j in enumerate(stored))
     return RememberedTakes(np.concatenate(probes), np.flatnonzero(first.to_numpy()), np.stack(sets))
 
 

@@ -98,6 +98,14 @@ def views(clip: np.ndarray, shifts: Sequence[int], rate: int, band_hz: float) ->
     return late + ([band_limited(c, rate, band_hz) for c in late] if band_hz else [])
 
 
+def remembered_set(at_zero: np.ndarray, late: np.ndarray) -> np.ndarray:
+    """A take's set as `views` orders its rows: for each view (full band, then band-limited), the take's
+    own fingerprint (`at_zero`, (V, D)) followed by its delayed copies' (`late`, (V, S - 1, D)). The
+    service (`Unlocker.fingerprint_sets`) and the evaluation (`evaluation.remembered_takes`) both build
+    sets here, so the threshold is calibrated on the sets the service keeps."""
+    return np.concatenate([np.concatenate([own[None, :], rest]) for own, rest in zip(at_zero, late, strict=True)])
+
+
 def encode(fingerprint_set: np.ndarray) -> str:
     """(K, D) fingerprints of one take → the text the store and templates keep (float16: a cosine moves
     by ~1e-4 at most, against a margin of 0.002 between a threshold and the genuine takes under it)."""
