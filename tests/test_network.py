@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from tests.conftest import REPO
 from voicelock.model.augment import FeatureAugmenter
 from voicelock.model.checkpoint import load_checkpoint, save_checkpoint
-from voicelock.model.network import PCEN, DilatedConv1d, VoiceLockNet, at_level, count_parameters, inference_copy
+from voicelock.model.network import PCEN, VoiceLockNet, at_level, count_parameters, inference_copy
 from voicelock.model.one_pole import decay_matrix
 from voicelock.model.sampling import SpeakerWordBatches
 from voicelock.model.triplets import distinct_sample, mine, pairwise_distances, triplet_loss
@@ -81,23 +81,6 @@ def test_the_inference_copy_embeds_one_clip_or_several_as_the_trained_network_do
             torch.testing.assert_close(got.word, want.word[batch], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(got.speaker, want.speaker[batch], atol=1e-5, rtol=1e-4)
     assert model.training is False and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.blocks.modules())
-
-
-@pytest.mark.parametrize("settings", [{"kernel_size": 3, "dilation": 2, "padding": 2},
-                                      {"kernel_size": 3, "dilation": 8, "padding": 8},
-                                      {"kernel_size": 5, "dilation": 3, "padding": 6},
-                                      # settings the single product does not reproduce: torch's own path
-                                      {"kernel_size": 3, "dilation": 2, "padding": 2, "stride": 2},
-                                      {"kernel_size": 3, "dilation": 2, "padding": 2, "padding_mode": "reflect"},
-                                      {"kernel_size": 4, "dilation": 2, "padding": 3},
-                                      {"kernel_size": 3, "dilation": 2, "padding": 1},
-                                      {"kernel_size": 3, "dilation": 2, "padding": 2, "bias": False},
-                                      {"kernel_size": 3, "dilation": 2, "padding": 2, "groups": 3}])
-def test_a_dilated_convolution_of_one_clip_is_torchs_convolution(settings: dict):
-    torch.manual_seed(1)
-    conv = DilatedConv1d(12, 6, **settings)
-    x = torch.randn(1, 12, 40)
-    torch.testing.assert_close(conv(x), torch.nn.Conv1d.forward(conv, x))
 
 
 def test_pcen_flattens_a_steady_background_and_keeps_the_voice_above_it():

@@ -54,8 +54,8 @@ class _Embeddings(torch.nn.Module):
 
 def _trace(model: VoiceLockNet, n_features: int, n_frames: int) -> bytes:
     """The network as an ONNX graph of any batch size (features are always `n_frames` wide)."""
+    # Two rows of different lengths: nothing in the trace may take one clip, or one length, for granted.
     feats = torch.zeros(2, n_features, n_frames)
-    # Two rows: a batch of one takes `DilatedConv1d`'s single-clip path, which the trace would freeze.
     frames = torch.tensor([n_frames, max(n_frames // 2, 1)])
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

@@ -124,39 +124,10 @@ class PCEN(nn.Module):
             return (power / (self.eps + smooth) ** alpha + delta) ** root - delta ** root
 
 
-class DilatedConv1d(nn.Conv1d):
-    """A 'same'-padded dilated Conv1d that computes one clip at a time as one matrix product.
-
-    Why: for a batch of one, PyTorch's CPU convolution skips oneDNN for a small 1-D input and runs a
-    dilated kernel on its reference path (`slow_conv_dilated2d`), 2.3× slower than stacking the
-    kernel's shifted copies of the input and multiplying once (0.29 against 0.12 ms for 160 channels ×
-    51 frames, one thread) — and a single unlock is a batch of one. Same weights and parameter names as
-    `nn.Conv1d`; the result differs only by float rounding (~1e-6). Batches of more than one clip take
-    oneDNN's path, which is fast for them, and so does any setting the product does not reproduce
-    (stride, groups, another padding mode or size, no bias): those go to `nn.Conv1d` unchanged.
-    """
-
-    @property
-    def _one_product(self) -> bool:
-        k, d, pad = self.kernel_size[0], self.dilation[0], self.padding
-        return (d > 1 and self.stride == (1,) and self.groups == 1 and self.padding_mode == "zeros"
-                and isinstance(pad, tuple) and 2 * pad[0] == d * (k - 1) and self.bias is not None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != 1 or not self._one_product:
-            return super().forward(x)
-        k, d, pad, length = self.kernel_size[0], self.dilation[0], self.padding[0], x.shape[-1]
-        padded = F.pad(x[0], (pad, pad))
-        # (C_in, k, T) → (C_in · k, T): the order of the weight's own (C_out, C_in, k) layout, so neither
-        # side is copied to line them up.
-        shifted = torch.stack([padded[:, i * d:i * d + length] for i in range(k)], dim=1).flatten(0, 1)
-        return torch.addmm(self.bias[:, None], self.weight.flatten(1), shifted)[None]
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, kernel: int, dilation: int):
         super().__init__()
-        self.conv = DilatedConv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2))
+        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2))
         self.bn1 = nn.BatchNorm1d(channels)
         self.mix = nn.Conv1d(channels, channels, 1)
         self.bn2 = nn.BatchNorm1d(channels)
@@ -305,12 +276,13 @@ class VoiceLockNet(nn.Module):
 
 def inference_copy(model: VoiceLockNet) -> VoiceLockNet:
     """An eval-mode copy of `model` with each BatchNorm that follows a convolution or projection folded
-    into it (torch's own `fuse_conv_bn_eval` / `fuse_linear_bn_eval`), for one clip at a time.
+    into it (torch's own `fuse_conv_bn_eval` / `fuse_linear_bn_eval`): what the served graph is traced
+    from (voicelock/served_network.py).
 
-    Why: a single unlock is a batch of one, where each BatchNorm is a separate pass over a small tensor
-    and its Python call costs as much as its arithmetic; folded, they cost nothing. The
-    copy computes the same function (float rounding aside, ~1e-6) and is never trained or saved: its
-    BatchNorms are gone, so its state dict is no checkpoint's.
+    Why: an unlock is a batch of one or two clips, where each BatchNorm is a separate pass over a small
+    tensor; folded, the graph has none to run. The copy computes the same function (float rounding
+    aside, ~1e-6) and is never trained or saved: its BatchNorms are gone, so its state dict is no
+    checkpoint's.
     """
     fused = copy.deepcopy(model).eval()
     for block in fused.blocks:
