@@ -29,6 +29,8 @@ def test_the_served_network_embeds_as_the_released_network(trained: Params):
     assert len(set(frames.tolist())) > 2  # several frame counts, not one padded width
     with torch.no_grad():
         out = network(feats, frames)
+    empty = lock.embed_here([])  # nothing to embed is no error (the graph alone cannot reshape it)
+    assert empty[0].shape == (0, out.word.shape[1]) and empty[1].shape == (0, out.speaker.shape[1])
     alone = [lock.embed_here([c]) for c in clips]
     for got in (lock.embed_here(clips), tuple(np.concatenate(part) for part in zip(*alone, strict=True))):
         np.testing.assert_allclose(got[0], out.word.numpy(), atol=1e-5)
