@@ -133,9 +133,11 @@ def anchor_recordings(anchor: list[float], sealed: str) -> str:
     previous voicelock rewrites the anchor but not the recordings (an administrator's enrollment there,
     then a token re-enrollment, sets a new anchor beside the old recordings); recordings whose digest
     is not the template's anchor's are ignored (`anchor_recordings_of`), never taken for its voice."""
-    if not sealed:
-        return ""
-    return hashlib.sha256(json.dumps([float(x) for x in anchor]).encode()).hexdigest()[:32] + ":" + sealed
+    return _anchor_digest(anchor) + ":" + sealed if sealed else ""
+
+
+def _anchor_digest(anchor: list[float]) -> str:
+    return hashlib.sha256(json.dumps([float(x) for x in anchor]).encode()).hexdigest()[:32]
 
 
 def anchor_recordings_of(template: Template) -> str:
@@ -143,7 +145,7 @@ def anchor_recordings_of(template: Template) -> str:
     digest, _, sealed = (template.anchor_sealed_takes or "").partition(":")
     if not (template.anchor and sealed):
         return ""
-    if anchor_recordings(template.anchor, sealed).partition(":")[0] != digest:
+    if _anchor_digest(template.anchor) != digest:
         log.warning("the anchor's recordings are not of this template's anchor (rewritten by an older "
                      "voicelock): ignored")
         return ""
@@ -224,9 +226,9 @@ class Unlocker:
         self.word_templates: dict[str, np.ndarray] = release.word_templates
         self.p = enroll_params
         # A fingerprint's length (the word and the scored speaker embedding, which the back-end may
-        # shorten): how remembered sets are read back. Measured, not derived from the parameters.
-        word, speaker = self.embed_here([np.full(self.sample_rate // 10, 0.01, dtype=np.float32)])
-        self.fingerprint_dim = word.shape[1] + speaker.shape[1]
+        # shorten): how remembered sets are read back. Measured (by the served graph's load check), not
+        # derived from the parameters.
+        self.fingerprint_dim = sum(self.network.dims)
 
     @property
     def vocabulary(self) -> list[str]:

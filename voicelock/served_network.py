@@ -111,7 +111,7 @@ class ServedNetwork:
 
     def __call__(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if len(frames) == 0:  # the graph cannot reshape an empty batch (PyTorch could): nothing to embed
-            return np.zeros((0, self._dims[0]), np.float32), np.zeros((0, self._dims[1]), np.float32)
+            return np.zeros((0, self.dims[0]), np.float32), np.zeros((0, self.dims[1]), np.float32)
         word, speaker = self._session().run(None, {"features": feats.numpy(), "frames": frames.numpy()})
         return word, speaker
 
@@ -120,7 +120,7 @@ class ServedNetwork:
         with torch.no_grad():
             out = model(feats, frames)
         want = (out.word.numpy(), out.speaker.numpy())
-        self._dims = (want[0].shape[1], want[1].shape[1])
+        self.dims = (want[0].shape[1], want[1].shape[1])  # (word, speaker) embedding sizes, as served
         together = self(feats, frames)
         alone = [self(feats[i:i + 1], frames[i:i + 1]) for i in range(len(feats))]
         got = (together, (np.concatenate([a[0] for a in alone]), np.concatenate([a[1] for a in alone])))
