@@ -49,7 +49,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   say "installing the Python stack into $VENV (CPU torch 2.13.0; a first run takes a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # --no-compile: pip would byte-compile every module of the stack (a 64 s install took 30 s without, measured);
-  # Python compiles the few it imports on first use instead.
+  # Python compiles the few it imports on first use instead (and caches them: the Makefile lets it).
   # torch first, from the constraints, so nothing later can resolve a CUDA build.
   "$VENV/bin/pip" install -q --no-compile -c constraints.txt torch==2.13.0
   "$VENV/bin/pip" install -q --no-compile --no-deps -c constraints.txt torchaudio==2.11.0
