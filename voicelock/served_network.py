@@ -89,7 +89,7 @@ class ServedNetwork:
         self._graph = graph
         self._sessions: dict[int, ort.InferenceSession] = {}
         self._lock = threading.Lock()
-        self._check(model, feats, frames)
+        self.dims = self._check(model, feats, frames)  # (word, speaker) embedding sizes, as served
 
     def _session(self) -> ort.InferenceSession:
         threads = torch.get_num_threads()
@@ -115,12 +115,12 @@ class ServedNetwork:
         word, speaker = self._session().run(None, {"features": feats.numpy(), "frames": frames.numpy()})
         return word, speaker
 
-    def _check(self, model: VoiceLockNet, feats: torch.Tensor, frames: torch.Tensor) -> None:
-        """Refuse a graph that differs from `model` on the check clips, one at a time and together."""
+    def _check(self, model: VoiceLockNet, feats: torch.Tensor, frames: torch.Tensor) -> tuple[int, int]:
+        """Refuse a graph that differs from `model` on the check clips, one at a time and together;
+        return the embeddings' sizes it served (word, speaker)."""
         with torch.no_grad():
             out = model(feats, frames)
         want = (out.word.numpy(), out.speaker.numpy())
-        self.dims = (want[0].shape[1], want[1].shape[1])  # (word, speaker) embedding sizes, as served
         together = self(feats, frames)
         alone = [self(feats[i:i + 1], frames[i:i + 1]) for i in range(len(feats))]
         got = (together, (np.concatenate([a[0] for a in alone]), np.concatenate([a[1] for a in alone])))
@@ -130,3 +130,4 @@ class ServedNetwork:
         if not worst <= AGREEMENT:
             raise VoicelockError(f"the network's ONNX graph differs from the network by {worst:.2g} (at most "
                                  f"{AGREEMENT:g}): this release cannot be served — report it with the model folder")
+        return want[0].shape[1], want[1].shape[1]
