@@ -6,7 +6,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 # Let Python cache compiled modules (.venv's and ours, __pycache__/: git- and DVC-ignored). Where the
-# environment sets PYTHONDONTWRITEBYTECODE (this project's CI machines do), every process — each DVC
+# environment sets PYTHONDONTWRITEBYTECODE (this project's machines do), every process — each DVC
 # stage, the CLI, each test's server and worker — compiled torch, pandas and the rest from source again:
 # `import voicelock.enrollment` 5.0 s against 2.5 s cached, tests/test_dvc_repro.py 228 s against 143 s.
 unexport PYTHONDONTWRITEBYTECODE
