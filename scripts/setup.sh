@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 STAMP="$VENV/.voicelock-installed"
 PY=${PYTHON:-python3}
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 # `setup.sh pipeline` (make repro) leaves out what only the tests use — chromium and postgresql, ~26 s
 # of a fresh machine's `make repro` (measured: chromium 21 s); `make test` installs them.
 WHAT=${1:-all}
@@ -20,6 +21,8 @@ say() { printf '[setup] %s\n' "$*"; }
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v flite >/dev/null 2>&1 || missing+=(flite)
+# Debian's python3 makes virtual environments only with python3-venv (ensurepip)
+"$PY" -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 # festival and the voices of data.synth.festival_voices (voicelock/data/festival.py)
 for pkg in festival festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-ph \
            festvox-czech-krb festvox-czech-machac festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru; do
@@ -50,8 +53,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # --no-compile: pip would byte-compile every module of the stack (a 64 s install took 30 s without, measured);
   # Python compiles the few it imports on first use instead (and caches them: the Makefile lets it).
-  # torch first, from the constraints, so nothing later can resolve a CUDA build.
-  "$VENV/bin/pip" install -q --no-compile -c constraints.txt torch==2.13.0
+  # torch first, the CPU build by name (+cpu), so nothing later can resolve a CUDA one: from what pip
+  # already reaches (this project's machines keep the wheel locally), else from PyTorch's CPU index —
+  # PyPI's torch for Linux is the CUDA build.
+  "$VENV/bin/pip" install -q --no-compile -c constraints.txt "torch==2.13.0+cpu" 2>/dev/null \
+    || "$VENV/bin/pip" install -q --no-compile -c constraints.txt --extra-index-url "$TORCH_CPU_INDEX" "torch==2.13.0+cpu"
   "$VENV/bin/pip" install -q --no-compile --no-deps -c constraints.txt torchaudio==2.11.0
   "$VENV/bin/pip" install -q --no-compile -c constraints.txt -e '.[test]'
   echo "$want" > "$STAMP"
