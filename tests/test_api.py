@@ -601,6 +601,41 @@ def test_a_forged_token_learns_nothing_about_a_voice_and_a_mismatch_spends_a_rea
         core.enroll("kurt", files(case.enroll), token=token)  # one unlock bought one comparison
 
 
+def test_requests_racing_on_one_token_get_one_voice_comparison_between_them(lenient, monkeypatch):
+    """Two re-enrollments carrying one token at once both passed the early token check; the token was
+    spent only after a mismatch, so both were compared — two tries at walking the template for one
+    unlock (a tester, over HTTP). Here the two meet at the comparison if both get there (a barrier):
+    only one may."""
+    import threading
+
+    core, clock, case = lenient
+    core.enroll("lena", files(case.enroll))
+    token = core.unlock("lena", "probe.wav", files(case.genuine)[0][1])["token"]
+    compared, meet = [], threading.Barrier(2, timeout=3)
+    real = core.lock.same_voice
+
+    def same_voice(enrolled, new):
+        compared.append(new)
+        try:
+            meet.wait()  # the other request would be compared now too — if it got this far
+        except threading.BrokenBarrierError:
+            pass
+        return real(enrolled, new)
+
+    monkeypatch.setattr(core.lock, "same_voice", same_voice)
+
+    def attempt(takes: list[Path]) -> str:
+        try:
+            core.enroll("lena", files(takes), token=token)
+            return "replaced"
+        except Forbidden as e:
+            return "compared" if "not the enrolled voice" in str(e) else "token"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(attempt, [case.impostors[:3], case.impostors[3:6]]))
+    assert len(compared) == 1 and outcomes in (["compared", "token"], ["replaced", "token"]), outcomes
+
+
 def test_every_decision_is_audited_without_scores(lenient):
     """Enroll, refused and accepted unlocks, a refused and a proven delete: one audit row each, with the
     outcome and the reason the caller got — never a score, even when `explain` would send them."""

@@ -125,6 +125,24 @@ def test_a_model_upgrade_writes_once(database: str):
     assert store.get("dan").word == [0.0, 1.0]  # the new model's template replaced the old one
 
 
+def test_a_replaced_enrollment_leaves_its_takes_heard_and_voids_every_token(database: str):
+    """Recordings heard before a re-enrollment must not open it after, and an administrator's recovery
+    must void the tokens of whoever unlocked before it (a tester deleted a recovered account with one)."""
+    store = EnrollmentStore(database)
+    store.save("gus", Template([1.0, 0.0], [0.0, 1.0], 3, [[0.6, 0.8], [0.8, 0.6]], "sha256:m1", "",
+                               take_sets=["set-a", "set-b"]), 1.0)
+    store.remember("gus", [[0.0, 1.0]], 2.0, keep=50)  # an accepted unlock's take
+    tokens = [store.issue_token("gus", 3.0, 120.0) for _ in range(2)]
+    assert store.save("gus", template(word=(0.0, 1.0)), 4.0, admin=True, heard_keep=50) is True
+    assert store.heard_recently("gus", 50) == ["set-b", "set-a", "[0.0, 1.0]"]  # each take's set, newest first
+    assert not any(store.token_valid("gus", t, 5.0) for t in tokens)
+    # the memory stays bounded; another model's fingerprints are not kept (they compare with nothing)
+    assert store.save("gus", template(word=(1.0, 0.0)), 6.0, admin=True, heard_keep=2) is True
+    assert store.heard_recently("gus", 50) == ["[0.6, 0.8]", "set-b"]
+    assert store.save("gus", template("sha256:m2"), 7.0, admin=True, heard_keep=50) is True
+    assert len(store.heard_recently("gus", 50)) == 2
+
+
 def test_a_deleted_name_stays_taken_even_against_an_enrollment_racing_the_delete(database: str):
     """A token's holder deletes the account while others try to enroll the name: every enrollment
     either meets the account (409) or the retirement the delete committed (409) — none gets the name.

@@ -28,7 +28,9 @@ from tests.conftest import UnlockCase, find_unlock_case, write_params
 from tests.servers import Server
 from tests.test_audio_bounds import flac, flac_bomb, set_total_samples
 from voicelock.audio import resample
+from voicelock.errors import VoicelockError
 from voicelock.params import Params, load_params
+from voicelock.store import TOKEN_INVALID
 
 ADMIN_KEY = "admin-key-for-tests"
 COARSE = {"unlocked", "user", "reason"}
@@ -241,6 +243,65 @@ def test_2_a_template_walked_to_another_voice_is_held_to_its_anchor(server: Serv
     assert r.status_code == 403 and "not the enrolled voice" in r.json()["error"], r.text
 
 
+def _enrollable_strangers(lock, owner, paths: list[Path], n: int) -> list[list[Path]]:
+    """`n` groups of three takes of one other voice's word each that enroll on their own (no take
+    refused by the enrollment's own checks) and are not the owner's voice: re-enrollments that get as
+    far as the voice comparison, and fail it."""
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for p in paths:
+        groups.setdefault((p.parent.name, p.name.split("_nohash_")[0]), []).append(p)
+    found = []
+    for takes in groups.values():
+        if len(takes) < 3:
+            continue
+        try:
+            if not lock.same_voice(owner, lock.enroll_files(takes[:3])):
+                found.append(takes[:3])
+        except VoicelockError:  # refused by the enrollment's checks: it would never reach the comparison
+            continue
+        if len(found) == n:
+            break
+    return found
+
+
+def test_2_one_unlock_token_buys_one_voice_comparison_however_many_requests_carry_it(
+        server: Server, case: UnlockCase, params: Params):
+    """A tester sent six re-enrollments at once on one token, each with another voice: two workers
+    compared two of them (the token was spent only after a mismatch), so a captured unlock bought two
+    tries at walking the template. Spent before comparing, it buys one; the rest are refused unread."""
+    from voicelock.enrollment import Unlocker
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    mixes = _enrollable_strangers(lock, lock.enroll_files(case.enroll), case.impostors, 6)
+    assert len(mixes) == 6
+    url = server.url
+    assert enroll(url, "row2t", case.read(case.enroll)).status_code == 200
+    token = {"X-Unlock-Token": unlock(url, "row2t", case.genuine[0].read_bytes()).json()["token"]}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda m: enroll(url, "row2t", case.read(m), token), mixes))
+    assert [r.status_code for r in answers] == [403] * 6, [r.text for r in answers]
+    errors = Counter("compared" if "not the enrolled voice" in r.json()["error"] else r.json()["error"]
+                     for r in answers)
+    assert errors == {"compared": 1, TOKEN_INVALID: 5}, errors
+
+
+def test_2_an_administrators_reenrollment_voids_every_outstanding_token(server: Server, case: UnlockCase):
+    """Whoever unlocked before an administrator's recovery (a recording of the owner will do) held a
+    token that could still delete the recovered account and retire its name."""
+    url = server.url
+    assert enroll(url, "row2v", case.read(case.enroll)).status_code == 200
+    token = unlock(url, "row2v", case.genuine[0].read_bytes()).json()["token"]
+    r = enroll(url, "row2v", case.read(case.enroll), {"X-Admin-Key": ADMIN_KEY})
+    assert r.status_code == 200 and r.json()["replaced"] is True, r.text
+    r = httpx.delete(f"{url}/users/row2v", headers={"X-Unlock-Token": token})
+    assert r.status_code == 403, r.text
+    r = enroll(url, "row2v", case.read(case.enroll), {"X-Unlock-Token": token})
+    assert r.status_code == 403 and r.json()["error"] == TOKEN_INVALID, r.text
+    # a token from an unlock after the recovery is proof as before
+    token = unlock(url, "row2v", case.genuine[1].read_bytes()).json()["token"]
+    assert httpx.delete(f"{url}/users/row2v", headers={"X-Unlock-Token": token}).status_code == 200
+
+
 # --- 3. replay -----------------------------------------------------------------------------------
 
 
@@ -258,6 +319,33 @@ def test_3_a_replayed_recording_or_enrollment_take_does_not_unlock(server: Serve
     assert enroll(url, "row3b", case.read(case.enroll)).status_code == 200
     assert not_unlocked(unlock(url, "row3b", case.enroll[0].read_bytes()))
     assert unlock(url, "row3b", case.genuine[1].read_bytes()).json()["unlocked"] is True  # a new take does
+
+
+def test_3_an_enrollment_take_stays_heard_after_a_reenrollment(server: Server, case: UnlockCase, params: Params):
+    """A tester re-enrolled with new takes (an unlock token, or the administrator's key) and then
+    unlocked with each take of the enrollment before — three unlocks from recordings the service had
+    already heard. The replaced takes join the replay memory. Which old take would open the new
+    template, were it not remembered, is settled by the verifier first, and shown on an account that
+    never heard it."""
+    from itertools import combinations
+
+    from voicelock.enrollment import Unlocker
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    newer = case.enroll + case.genuine[1:]
+    pick = next(((old, list(rest)) for old in case.enroll
+                 for rest in combinations([p for p in newer if p != old], params.enroll.min_clips)
+                 if lock.verify_file(lock.enroll_files(list(rest)), old).unlocked), None)
+    assert pick is not None, "no enrollment take of the owner opens a template of its other takes"
+    old, rest = pick
+    url = server.url
+    assert enroll(url, "row3e", case.read(case.enroll)).status_code == 200
+    token = unlock(url, "row3e", case.genuine[0].read_bytes()).json()["token"]
+    r = enroll(url, "row3e", case.read(rest), {"X-Unlock-Token": token})
+    assert r.status_code == 200 and r.json()["replaced"] is True, r.text
+    assert not_unlocked(unlock(url, "row3e", old.read_bytes()))
+    assert enroll(url, "row3f", case.read(rest)).status_code == 200
+    assert unlock(url, "row3f", old.read_bytes()).json()["unlocked"] is True  # the same take, never heard there
 
 
 def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Server, params: Params,
@@ -455,6 +543,20 @@ def test_7_refusals_carry_no_scores_and_unknown_users_look_like_wrong_voices(ser
 
 
 # --- 8. deleting needs proof ---------------------------------------------------------------------
+
+
+def test_7_the_audit_log_keeps_a_refused_name_as_text_not_as_terminal_codes(server: Server, params: Params):
+    """A tester's name forged an "alice unlocked" line in the README's `sqlite3` view of the audit log
+    (a carriage return and ANSI codes hid the real refusal); it is kept escaped, visibly."""
+    from voicelock.store import EnrollmentStore
+
+    forged = "zz\x1b[2K\r2026-12-07 07:00:00|unlock|alice|unlocked|password and voice match\x1b[8m"
+    r = post(server.url, "/unlock", forged, [("probe\x07.wav", b"RIFF")], field="file")
+    assert r.status_code == 400, r.text
+    rows = [row for row in EnrollmentStore(params.service.database_url).audit_tail(50)
+            if row["user"].startswith("zz")]
+    assert rows and rows[0]["user"].startswith("zz\\x1b[2K\\r2026-12-07"), rows
+    assert all(ch.isprintable() for row in rows for field in ("user", "reason") for ch in row[field]), rows
 
 
 def test_8_delete_needs_proof_even_without_an_api_key(server: Server, case: UnlockCase):

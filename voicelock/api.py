@@ -97,7 +97,7 @@ class UnlockApi:
         # The proof first, before any recording is embedded (an enrollment costs an embedding per take
         # and replay shift): without a valid token nothing is compared either, so a forged token cannot
         # be used to learn whether a voice passes for the owner's (both would answer differently).
-        # `save` checks the proof again, atomically; this only refuses early.
+        # This only refuses early: the token is spent, atomically, before the voices are compared.
         if found is not None and not token:
             raise Conflict(already_enrolled(user))
         if found is None and not admin and self.store.is_retired(user):  # `save` checks again, atomically
@@ -107,14 +107,17 @@ class UnlockApi:
         template = self.lock.enroll(clips, names, self.sealer)
         template.model_since = self.model_since
         if found is not None:
-            now = self.clock()
             # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
             # not that they may give the account to another voice. The enrolled voice is compared in
-            # this model's space (re-made from its recordings if it was enrolled with another model);
-            # a mismatch uses the token up, so one unlock buys one comparison.
+            # this model's space (re-made from its recordings if it was enrolled with another model).
+            # The token is spent first, in one atomic statement: of any number of requests carrying it
+            # at once, one is compared and the rest are refused before comparing (spent after a
+            # mismatch, two workers compared two mixes on one token), so one unlock buys one comparison.
+            # Bad recordings were refused above, at no cost to the token.
             current = self._current(user, found)
+            if not self.store.spend_token(user, token, self.clock()):
+                raise Forbidden(TOKEN_INVALID)
             if not self.lock.same_voice(current, template):
-                self.store.spend_token(user, token, now)
                 raise Forbidden("these recordings are not the enrolled voice — an unlock token re-enrolls the same "
                                 "voice only, every recording of it (the token is now used up): unlock again for a "
                                 "new token and record every take anew; changing the voice needs the "
@@ -123,7 +126,8 @@ class UnlockApi:
             template.anchor = current.anchor or current.speaker
             template.anchor_sealed_takes = (current.anchor_sealed_takes if current.anchor
                                             else anchor_recordings(current.speaker, current.sealed_takes))
-        replaced = self.store.save(user, template, self.clock(), token, admin)
+        replaced = self.store.save(user, template, self.clock(), token, admin, token_spent=found is not None,
+                                   heard_keep=self.p.replay_history)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
     def challenge(self, user: str) -> dict:

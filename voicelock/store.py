@@ -159,6 +159,16 @@ def retired(user: str) -> str:
             f"X-Admin-Key; or choose another name")
 
 
+def printable(text: str) -> str:
+    """`text` with each character that is not printable (controls, format characters such as a
+    right-to-left override) and the backslash written as a Python escape (\\x1b, \\u202e, \\\\): the audit
+    log keeps refused names and the caller's file names as sent, and a terminal reading it must not
+    obey a forged line's control codes (a tester hid a refusal behind an "unlocked" row with \\r and
+    ANSI escapes). A name that passed `UnlockApi.check_user`, and this service's own messages, are
+    unchanged."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -305,15 +315,21 @@ class EnrollmentStore:
     # --- enrollments ----------------------------------------------------------------------------
 
     def save(self, user: str, template: Template, now: float, token: str | None = None,
-             admin: bool = False) -> bool:
+             admin: bool = False, token_spent: bool = False, heard_keep: int | None = None) -> bool:
         """Store an enrollment; True when it replaced one.
 
         A new name is inserted (two concurrent first enrollments cannot both win: the primary key
         refuses the second). An existing name is replaced only with proof of ownership — `admin`, or a
-        valid `token` from that user's successful unlock, spent in the same transaction — so a failed
-        enrollment never costs the token. The lockout state is never touched: re-enrolling must not
-        reset a lock. A retired name (a deleted user's, `delete`) is enrolled only by `admin`, which
-        frees it.
+        valid `token` from that user's successful unlock, spent in the same transaction, or spent by the
+        caller already (`token_spent`: `UnlockApi` spends it before comparing voices, so that one unlock
+        buys one comparison however many requests carry it). The lockout state is never touched:
+        re-enrolling must not reset a lock. A retired name (a deleted user's, `delete`) is enrolled only
+        by `admin`, which frees it.
+
+        What a replacement voids: every outstanding unlock token of the user (one issued to whoever
+        unlocked before an administrator's recovery must not delete the recovered account), and the
+        replaced enrollment's takes join the replay memory (`heard`, keeping the newest `heard_keep`):
+        recordings heard before a re-enrollment must not open it after.
         """
         row = self._row(template, now)
         for _ in range(2):  # a second time only when a concurrent delete removed the name meanwhile
@@ -332,15 +348,38 @@ class EnrollmentStore:
                 if conn.engine.dialect.name != "sqlite" and conn.execute(
                         select(enrollments.c.user).where(enrollments.c.user == user).with_for_update()).first() is None:
                     continue  # deleted meanwhile: a new name again, retired or not
-                if not admin:
+                if not admin and not token_spent:
                     if not token:
                         raise Conflict(already_enrolled(user))
                     if not self._spend_token(conn, user, token, now):
                         raise Forbidden(TOKEN_INVALID)
-                # The replay memory stays: recordings heard before a re-enrollment must not open it after.
+                replaced = conn.execute(select(enrollments.c.template, enrollments.c.model)
+                                        .where(enrollments.c.user == user)).first()
+                if replaced is not None:
+                    self._remember_replaced(conn, user, replaced, template.model, now, heard_keep)
                 conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
+                conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
         raise Conflict(f"user '{user}' was deleted while this enrollment was being stored — enroll again")
+
+    @staticmethod
+    def _remember_replaced(conn: Connection, user: str, replaced, model: str, now: float,
+                           keep: int | None) -> None:
+        """The replaced enrollment's takes into the replay memory, as accepted takes are kept (each its
+        fingerprint and, where the template has them, its set). Not across models: another model's
+        fingerprints compare with nothing (`upgrade` forgets the memory for the same reason)."""
+        if replaced.model != model:
+            return
+        data = json.loads(replaced.template)
+        takes, sets = data.get("takes", []), data.get("take_sets", [])
+        sets = sets if len(sets) == len(takes) else [None] * len(takes)
+        for fingerprint, fingerprint_set in zip(takes, sets):
+            conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fingerprint),
+                                              fingerprint_set=fingerprint_set, at=now))
+        if keep is not None and takes:
+            h = heard.c
+            newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
+            conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
 
     def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
@@ -501,8 +540,10 @@ class EnrollmentStore:
         """Append one decision; every AUDIT_PRUNE_EVERY rows, drop all but the newest `keep`."""
         a = audit.c
         with self.engine.begin() as conn:
-            row = conn.execute(insert(audit).values(at=now, action=action, user=user[:128], outcome=outcome,
-                                                    reason=reason[:500], model=model).returning(a.id)).scalar_one()
+            row = conn.execute(insert(audit).values(at=now, action=action, user=printable(user[:128])[:128],
+                                                    outcome=outcome, reason=printable(reason[:500])[:500],
+                                                    model=model)
+                               .returning(a.id)).scalar_one()
             if row % AUDIT_PRUNE_EVERY == 0:
                 conn.execute(delete(audit).where(a.id <= row - keep))
 
