@@ -8,6 +8,8 @@ their own pitches, speeds, rooms and noise from another seed, and flite's voices
 F0s — then judges it at the shipped thresholds (`evaluation.evaluate_folder`, as `voicelock evaluate
 --data` does) and counts each (owner, impostor) pair's accepted "other speaker says the password"
 trials with the verifier's own rule. One pair of near-identical voices can carry a whole FAR.
+Some espeak-ng voices do not say the English words at all: it notes those that spell them letter by
+letter (ja, he, be, my); vi and mk read them as their own language's text, which it cannot tell.
 
     python bench/unseen_draw.py [--params params.yaml] [--seed 777] [--voices ru,hi,vi,bg,el,lv,sl,sq,uk,ga]
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -32,6 +35,19 @@ from voicelock.params import load_params
 from voicelock.release import Release
 from voicelock.trials import unit
 from voicelock.verifier import Verifier, make_template
+
+def spelling_voices(voices: list[str], word: str) -> list[str]:
+    """The voices that spell `word` letter by letter instead of saying it: espeak-ng marks each spelled
+    letter with a pause (`_:`) in its phoneme output (`espeak-ng -x -v ja down`: "dee oh double-u en").
+    Such a draw measures letter names, not an accent."""
+    spelled = []
+    for voice in voices:
+        out = subprocess.run(["espeak-ng", "-q", "-x", "-v", voice, word], capture_output=True, text=True,
+                             timeout=30).stdout
+        if out.count("_:") > 1:
+            spelled.append(voice)
+    return spelled
+
 
 SHOWN = ("keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "far_other_speaker_password",
          "far_owner_other_word")
@@ -73,6 +89,9 @@ def main() -> None:
     used = sorted(set(voices) & (set(params.data.synth.voices) | set(params.ood.espeak_voices)))
     if used:
         raise SystemExit(f"--voices: {used} already speak in training or data/ood — pick others (espeak-ng --voices)")
+    spelled = spelling_voices(voices, params.data.synth.words[0])
+    if spelled:
+        print(f"note: {','.join(spelled)} spell the words letter by letter — their speakers do not say the words")
     work = Path(tempfile.mkdtemp(prefix="voicelock-draw-"))
     try:
         ood = params.ood.model_copy(update={"out_dir": str(work / "data"), "espeak_voices": voices})
