@@ -636,6 +636,26 @@ def test_requests_racing_on_one_token_get_one_voice_comparison_between_them(leni
     assert len(compared) == 1 and outcomes in (["compared", "token"], ["replaced", "token"]), outcomes
 
 
+def test_an_unlock_decided_while_the_administrator_recovers_the_account_gets_no_token(lenient, monkeypatch):
+    """A recovery voids every token stored before it; an unlock being decided against the enrollment it
+    replaced would store one after — and that token could delete the recovered account (a reviewer's
+    path around the fix). Such an unlock is refused: it opened an enrollment that is no longer there."""
+    core, _, case = lenient
+    core.enroll("mia", files(case.enroll))
+    real = core.lock.verify
+
+    def verify(template, *args, **kwargs):
+        decision = real(template, *args, **kwargs)
+        core.enroll("mia", files(case.enroll), admin_key=ADMIN)  # the recovery commits meanwhile
+        return decision
+
+    monkeypatch.setattr(core.lock, "verify", verify)
+    answer = core.unlock("mia", "probe.wav", files(case.genuine)[0][1])
+    assert answer == {"unlocked": False, "user": "mia", "reason": "not recognised"}
+    monkeypatch.setattr(core.lock, "verify", real)
+    assert core.unlock("mia", "probe.wav", files(case.genuine)[1][1])["unlocked"] is True  # the next one does
+
+
 def test_every_decision_is_audited_without_scores(lenient):
     """Enroll, refused and accepted unlocks, a refused and a proven delete: one audit row each, with the
     outcome and the reason the caller got — never a score, even when `explain` would send them."""

@@ -125,22 +125,58 @@ def test_a_model_upgrade_writes_once(database: str):
     assert store.get("dan").word == [0.0, 1.0]  # the new model's template replaced the old one
 
 
-def test_a_replaced_enrollment_leaves_its_takes_heard_and_voids_every_token(database: str):
-    """Recordings heard before a re-enrollment must not open it after, and an administrator's recovery
-    must void the tokens of whoever unlocked before it (a tester deleted a recovered account with one)."""
+def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: str):
+    """Recordings heard before a re-enrollment must not open it after — kept with the new template, not
+    among the accepted unlocks, which re-enrolling again and again would push out of their window — and
+    an administrator's recovery voids the tokens of whoever unlocked before it, even of an unlock still
+    being decided (a tester deleted a recovered account with one)."""
+    from voicelock.store import CHANGED_MEANWHILE, Conflict
+
     store = EnrollmentStore(database)
-    store.save("gus", Template([1.0, 0.0], [0.0, 1.0], 3, [[0.6, 0.8], [0.8, 0.6]], "sha256:m1", "",
-                               take_sets=["set-a", "set-b"]), 1.0)
+    first = Template([1.0, 0.0], [0.0, 1.0], 3, [[0.6, 0.8], [0.8, 0.6]], "sha256:m1", "", take_sets=["set-a", "set-b"])
+    store.save("gus", first, 1.0)
     store.remember("gus", [[0.0, 1.0]], 2.0, keep=50)  # an accepted unlock's take
+    read = store.get("gus")
     tokens = [store.issue_token("gus", 3.0, 120.0) for _ in range(2)]
-    assert store.save("gus", template(word=(0.0, 1.0)), 4.0, admin=True, heard_keep=50) is True
-    assert store.heard_recently("gus", 50) == ["set-b", "set-a", "[0.0, 1.0]"]  # each take's set, newest first
+    assert store.save("gus", template(word=(0.0, 1.0)), 4.0, admin=True) is True
+    assert store.get("gus").earlier_takes == ["set-a", "set-b"]
+    assert store.heard_recently("gus", 50) == ["[0.0, 1.0]"]  # the accepted unlocks' memory as it was
     assert not any(store.token_valid("gus", t, 5.0) for t in tokens)
-    # the memory stays bounded; another model's fingerprints are not kept (they compare with nothing)
-    assert store.save("gus", template(word=(1.0, 0.0)), 6.0, admin=True, heard_keep=2) is True
-    assert store.heard_recently("gus", 50) == ["[0.6, 0.8]", "set-b"]
-    assert store.save("gus", template("sha256:m2"), 7.0, admin=True, heard_keep=50) is True
-    assert len(store.heard_recently("gus", 50)) == 2
+    # an unlock decided against the enrollment before the recovery gets no token after it
+    assert store.issue_token("gus", 5.0, 120.0, verified=read) is None
+    assert store.token_valid("gus", store.issue_token("gus", 5.0, 120.0, verified=store.get("gus")), 6.0)
+    # a token re-enrollment compared with the enrollment before the recovery does not overwrite it
+    with pytest.raises(Conflict, match=CHANGED_MEANWHILE):
+        store.save("gus", first, 7.0, token_spent=True, expected=read)
+    # the same recordings re-enrolled again are kept once, newest first, at most earlier_keep
+    assert store.save("gus", template(word=(1.0, 0.0)), 8.0, admin=True, earlier_keep=2) is True
+    assert store.get("gus").earlier_takes == ["[0.6, 0.8]", "set-a"]
+    assert store.save("gus", template(word=(0.0, 1.0)), 9.0, admin=True) is True
+    assert store.get("gus").earlier_takes == ["[0.6, 0.8]", "set-a"]
+    # another model's fingerprints compare with nothing; a damaged row does not stop a recovery
+    assert store.save("gus", template("sha256:m2"), 10.0, admin=True) is True
+    assert store.get("gus").earlier_takes == []
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE enrollments SET template = :t WHERE \"user\" = 'gus'"),
+                     {"t": '{"word": [1.0, 0.0], "speaker": [0.0, 1.0], "takes": null, "take_sets": 7}'})
+    assert store.save("gus", template("sha256:m2"), 11.0, admin=True) is True
+
+
+def test_a_delete_racing_a_recovery_never_deadlocks(database: str):
+    """A token holder's DELETE and the administrator's re-enrollment of the same user, at once: `save`
+    locks the enrollment, then the tokens; `delete` must take them in that order too (the other order
+    deadlocked on PostgreSQL, which aborts one transaction: a 500)."""
+    from voicelock.store import Conflict, Forbidden
+
+    for round_ in range(5):
+        user = f"hal{round_}"
+        store = EnrollmentStore(database)
+        store.save(user, template(), 1.0)
+        token = store.issue_token(user, 2.0, 120.0)
+        stores = [EnrollmentStore(database) for _ in range(2)]
+        results = at_once(2, lambda i: stores[i].delete(user, 3.0, token=token) if i == 0
+                          else stores[i].save(user, template(word=(0.0, 1.0)), 3.0, admin=True))
+        assert all(isinstance(r, (bool, Conflict, Forbidden)) for r in results), results
 
 
 def test_a_deleted_name_stays_taken_even_against_an_enrollment_racing_the_delete(database: str):

@@ -343,7 +343,8 @@ def test_3_an_enrollment_take_stays_heard_after_a_reenrollment(server: Server, c
     token = unlock(url, "row3e", case.genuine[0].read_bytes()).json()["token"]
     r = enroll(url, "row3e", case.read(rest), {"X-Unlock-Token": token})
     assert r.status_code == 200 and r.json()["replaced"] is True, r.text
-    assert not_unlocked(unlock(url, "row3e", old.read_bytes()))
+    r = unlock(url, "row3e", old.read_bytes())
+    assert r.status_code == 200 and r.json()["unlocked"] is False, r.text
     assert enroll(url, "row3f", case.read(rest)).status_code == 200
     assert unlock(url, "row3f", old.read_bytes()).json()["unlocked"] is True  # the same take, never heard there
 
@@ -542,21 +543,22 @@ def test_7_refusals_carry_no_scores_and_unknown_users_look_like_wrong_voices(ser
     assert set(ok) == {"unlocked", "user", "token", "token_expires_in_s"}
 
 
-# --- 8. deleting needs proof ---------------------------------------------------------------------
-
-
 def test_7_the_audit_log_keeps_a_refused_name_as_text_not_as_terminal_codes(server: Server, params: Params):
     """A tester's name forged an "alice unlocked" line in the README's `sqlite3` view of the audit log
-    (a carriage return and ANSI codes hid the real refusal); it is kept escaped, visibly."""
+    (a carriage return and ANSI codes hid the real refusal, `|` separated forged columns); it is kept
+    with those escaped, visibly."""
     from voicelock.store import EnrollmentStore
 
     forged = "zz\x1b[2K\r2026-12-07 07:00:00|unlock|alice|unlocked|password and voice match\x1b[8m"
-    r = post(server.url, "/unlock", forged, [("probe\x07.wav", b"RIFF")], field="file")
+    r = post(server.url, "/unlock", forged, [("probe.wav", b"RIFF")], field="file")
     assert r.status_code == 400, r.text
     rows = [row for row in EnrollmentStore(params.service.database_url).audit_tail(50)
             if row["user"].startswith("zz")]
-    assert rows and rows[0]["user"].startswith("zz\\x1b[2K\\r2026-12-07"), rows
-    assert all(ch.isprintable() for row in rows for field in ("user", "reason") for ch in row[field]), rows
+    assert rows and rows[0]["user"].startswith("zz\\x1b[2K\\r2026-12-07 07:00:00\\x7cunlock\\x7calice"), rows
+    assert all(ch.isprintable() and ch != "|" for ch in rows[0]["user"]), rows
+
+
+# --- 8. deleting needs proof ---------------------------------------------------------------------
 
 
 def test_8_delete_needs_proof_even_without_an_api_key(server: Server, case: UnlockCase):

@@ -106,6 +106,7 @@ class UnlockApi:
             raise Forbidden(TOKEN_INVALID)
         template = self.lock.enroll(clips, names, self.sealer)
         template.model_since = self.model_since
+        current = None  # the enrollment a token re-enrollment was compared with
         if found is not None:
             # An unlock token proves someone opened the lock — perhaps with a recording of the owner —
             # not that they may give the account to another voice. The enrolled voice is compared in
@@ -126,8 +127,10 @@ class UnlockApi:
             template.anchor = current.anchor or current.speaker
             template.anchor_sealed_takes = (current.anchor_sealed_takes if current.anchor
                                             else anchor_recordings(current.speaker, current.sealed_takes))
+        # With the token spent, stored only over the enrollment the voices were compared with (`expected`).
         replaced = self.store.save(user, template, self.clock(), token, admin, token_spent=found is not None,
-                                   heard_keep=self.p.replay_history)
+                                   expected=current,
+                                   earlier_keep=self.p.replay_history)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
     def challenge(self, user: str) -> dict:
@@ -198,10 +201,14 @@ class UnlockApi:
             raced = self.store.remember(user, decision.fingerprints, now, self.p.replay_history,
                                         self.lock.remembered(decision))
             unlocked = not self.lock.replays_any(decision, raced)
+        # The proof of this unlock, only while the enrollment it was decided against is still the stored
+        # one: one replaced meanwhile (an administrator's recovery) opens nothing (`issue_token`).
+        token = self.store.issue_token(user, now, self.p.proof_token_seconds, verified=template) if unlocked else None
+        unlocked = token is not None
         answer: dict = {"unlocked": unlocked, "user": user}
         if unlocked:
             self.store.clear_failures(user)
-            answer["token"] = self.store.issue_token(user, now, self.p.proof_token_seconds)
+            answer["token"] = token
             answer["token_expires_in_s"] = self.p.proof_token_seconds
         else:
             answer["reason"] = NOT_RECOGNISED

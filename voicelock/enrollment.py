@@ -77,6 +77,11 @@ class Template:
     # a model promotion re-makes the anchor from them, so a template walked part of the way before a
     # promotion is still held to the voice it started from.
     anchor_sealed_takes: str = ""
+    # The takes of the enrollments this one replaced (same model), newest first, as the replay memory
+    # stores takes (encoded sets, or JSON fingerprints): a tester re-enrolled and then unlocked with
+    # each take of the enrollment before. Kept here, not among the accepted unlocks (`heard`): re-enrolling
+    # again and again must not push the accepted unlocks out of their `replay_history` window.
+    earlier_takes: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -84,7 +89,7 @@ class Template:
             raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
-        for added in ("take_sets", "anchor", "anchor_sealed_takes"):  # without them: readable by older voicelocks
+        for added in ("take_sets", "anchor", "anchor_sealed_takes", "earlier_takes"):  # without them: readable by older voicelocks
             if not record[added]:
                 del record[added]
         path.write_text(json.dumps(record))
@@ -409,8 +414,9 @@ class Unlocker:
         word_score, speaker_score, raw_score = float(word_scores[0]), float(speaker_scores[0]), float(raw_scores[0])
         fps = fingerprints(word, speaker)
         kept = template.take_sets or template.takes  # the takes' sets where the template has them
-        # a value that is not a list (in either field) is damaged: one NaN row, a refusal
+        # a value that is not a list (in any field) is damaged: one NaN row, a refusal
         kept = kept if isinstance(kept, list) and isinstance(template.take_sets, list) else [None]
+        kept = kept + (template.earlier_takes if isinstance(template.earlier_takes, list) else [None])
         heard, own, in_band = self._memory(kept + list(recent or []))
         # Each take against every remembered fingerprint of the full band, shifted copies included
         # (`replay`), against the remembered takes' own fingerprints and the request's earlier takes
@@ -521,6 +527,8 @@ class Unlocker:
             prepared = [self.prepare(c, anchor_rate, n) for c, n in zip(anchor_clips, names)]
             renewed.anchor = make_template(*self.embed_checked(prepared, names))[1].tolist()
             renewed.anchor_sealed_takes = anchor_recordings(renewed.anchor, anchor_sealed)
+        if not anchor:  # the same model: the replaced enrollments' takes are still in its space
+            renewed.earlier_takes = template.earlier_takes
         return renewed
 
     def remembers_as_released(self, template: Template) -> bool:

@@ -10,6 +10,7 @@ new model can re-embed them.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -150,6 +151,8 @@ def already_enrolled(user: str) -> str:
            f"X-Unlock-Token"
 
 
+CHANGED_MEANWHILE = ("the enrollment was replaced while this request was being decided — unlock again and "
+                     "re-enroll")
 TOKEN_INVALID = "X-Unlock-Token: not valid for this user (wrong, used or expired) — unlock again for a new one"
 
 
@@ -159,14 +162,57 @@ def retired(user: str) -> str:
             f"X-Admin-Key; or choose another name")
 
 
-def printable(text: str) -> str:
+def printable(text: str, limit: int) -> str:
     """`text` with each character that is not printable (controls, format characters such as a
-    right-to-left override) and the backslash written as a Python escape (\\x1b, \\u202e, \\\\): the audit
-    log keeps refused names and the caller's file names as sent, and a terminal reading it must not
-    obey a forged line's control codes (a tester hid a refusal behind an "unlocked" row with \\r and
-    ANSI escapes). A name that passed `UnlockApi.check_user`, and this service's own messages, are
+    right-to-left override), the backslash and `|` written as a Python escape (\\x1b, \\u202e, \\\\,
+    \\x7c), at most `limit` characters of it, never an escape cut in half. Why: the audit log keeps
+    refused names as sent, and a reader must not be fooled by a forged row — a tester's name with \\r
+    and ANSI codes showed an "alice unlocked" line in a terminal, and `|` is the `sqlite3` shell's
+    column separator. A name that passed `UnlockApi.check_user`, and this service's own messages, are
     unchanged."""
-    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+    out, used = [], 0
+    for c in text[:limit]:
+        piece = c if c.isprintable() and c not in "\\|" else (
+            "\\x7c" if c == "|" else c.encode("unicode_escape").decode("ascii"))
+        if used + len(piece) > limit:
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
+
+
+def template_json(template: Template) -> str:
+    """The `template` column's text for a template: what a row is compared with to tell whether it
+    changed since it was read (`save`'s `expected`, `issue_token`'s `verified`). `json.dumps` writes
+    each float as the shortest text that reads back as it, so a template read from a row gives that
+    row's text again. `earlier_takes` is written only when there are some (an older voicelock reads
+    the rest as before)."""
+    data = {"word": template.word, "speaker": template.speaker, "takes": template.takes,
+            "take_sets": template.take_sets, "anchor": template.anchor}
+    if template.earlier_takes:
+        data["earlier_takes"] = template.earlier_takes
+    return json.dumps(data)
+
+
+def earlier_takes(replaced, model: str, keep: int) -> list[str]:
+    """What a replacement keeps of the replaced row (`template` text and `model`): its takes — each
+    its set, or its fingerprint as JSON, as the replay memory stores a take — then the takes it kept
+    itself, newest first, each once, at most `keep`. Nothing of another model (its fingerprints
+    compare with nothing), and nothing from a damaged row: an enrollment's replacement (the
+    administrator's recovery above all) must never fail on what it replaces."""
+    if replaced.model != model:
+        return []
+    try:
+        data = json.loads(replaced.template)
+        takes, sets, earlier = data.get("takes"), data.get("take_sets"), data.get("earlier_takes", [])
+    except (TypeError, ValueError, AttributeError):
+        return []
+    if isinstance(sets, list) and sets and isinstance(takes, list) and len(sets) == len(takes):
+        own = sets
+    else:  # no sets (a release without replay shifts), or damaged ones: the takes' own fingerprints
+        own = [json.dumps(t) for t in takes] if isinstance(takes, list) else []
+    found = [t for t in own + (earlier if isinstance(earlier, list) else []) if isinstance(t, str)]
+    return list(dict.fromkeys(found))[:keep]
 
 
 def _hash(secret: str) -> str:
@@ -315,24 +361,28 @@ class EnrollmentStore:
     # --- enrollments ----------------------------------------------------------------------------
 
     def save(self, user: str, template: Template, now: float, token: str | None = None,
-             admin: bool = False, token_spent: bool = False, heard_keep: int | None = None) -> bool:
+             admin: bool = False, token_spent: bool = False, expected: Template | None = None,
+             earlier_keep: int = 50) -> bool:
         """Store an enrollment; True when it replaced one.
 
         A new name is inserted (two concurrent first enrollments cannot both win: the primary key
         refuses the second). An existing name is replaced only with proof of ownership — `admin`, or a
         valid `token` from that user's successful unlock, spent in the same transaction, or spent by the
         caller already (`token_spent`: `UnlockApi` spends it before comparing voices, so that one unlock
-        buys one comparison however many requests carry it). The lockout state is never touched:
-        re-enrolling must not reset a lock. A retired name (a deleted user's, `delete`) is enrolled only
-        by `admin`, which frees it.
+        buys one comparison however many requests carry it) — and then only if the stored enrollment is
+        still `expected`, the one the voices were compared with (an administrator's recovery committed
+        in between must not be overwritten: Conflict). The lockout state is never touched: re-enrolling
+        must not reset a lock. A retired name (a deleted user's, `delete`) is enrolled only by `admin`,
+        which frees it.
 
         What a replacement voids: every outstanding unlock token of the user (one issued to whoever
-        unlocked before an administrator's recovery must not delete the recovered account), and the
-        replaced enrollment's takes join the replay memory (`heard`, keeping the newest `heard_keep`):
-        recordings heard before a re-enrollment must not open it after.
+        unlocked before an administrator's recovery must not delete the recovered account). What it
+        keeps: the replaced enrollment's takes, as the new template's `earlier_takes` (with those it
+        kept, newest first, at most `earlier_keep`; same model only) — recordings heard before a
+        re-enrollment must not open it after.
         """
-        row = self._row(template, now)
         for _ in range(2):  # a second time only when a concurrent delete removed the name meanwhile
+            row = self._row(template, now)
             with self.engine.begin() as conn:
                 if _insert_if_missing(conn, enrollments, user=user, **row):
                     # Checked after the insert, in its transaction: an insert that waited on a concurrent
@@ -355,31 +405,16 @@ class EnrollmentStore:
                         raise Forbidden(TOKEN_INVALID)
                 replaced = conn.execute(select(enrollments.c.template, enrollments.c.model)
                                         .where(enrollments.c.user == user)).first()
-                if replaced is not None:
-                    self._remember_replaced(conn, user, replaced, template.model, now, heard_keep)
-                conn.execute(update(enrollments).where(enrollments.c.user == user).values(**row))
+                if replaced is None:  # deleted meanwhile (the locks above make it unlikely): a new name again
+                    continue
+                if expected is not None and replaced.template != template_json(expected):
+                    raise Conflict(CHANGED_MEANWHILE)
+                kept = dataclasses.replace(template, earlier_takes=earlier_takes(replaced, template.model,
+                                                                                 earlier_keep))
+                conn.execute(update(enrollments).where(enrollments.c.user == user).values(**self._row(kept, now)))
                 conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
         raise Conflict(f"user '{user}' was deleted while this enrollment was being stored — enroll again")
-
-    @staticmethod
-    def _remember_replaced(conn: Connection, user: str, replaced, model: str, now: float,
-                           keep: int | None) -> None:
-        """The replaced enrollment's takes into the replay memory, as accepted takes are kept (each its
-        fingerprint and, where the template has them, its set). Not across models: another model's
-        fingerprints compare with nothing (`upgrade` forgets the memory for the same reason)."""
-        if replaced.model != model:
-            return
-        data = json.loads(replaced.template)
-        takes, sets = data.get("takes", []), data.get("take_sets", [])
-        sets = sets if len(sets) == len(takes) else [None] * len(takes)
-        for fingerprint, fingerprint_set in zip(takes, sets):
-            conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fingerprint),
-                                              fingerprint_set=fingerprint_set, at=now))
-        if keep is not None and takes:
-            h = heard.c
-            newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
-            conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
 
     def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
@@ -402,8 +437,7 @@ class EnrollmentStore:
 
     @staticmethod
     def _row(template: Template, now: float) -> dict:
-        return {"template": json.dumps({"word": template.word, "speaker": template.speaker, "takes": template.takes,
-                                        "take_sets": template.take_sets, "anchor": template.anchor}),
+        return {"template": template_json(template),
                 "clips": template.clips, "model": template.model, "created_at": now,
                 "sealed_takes": template.sealed_takes.encode() if template.sealed_takes else None,
                 "model_since": template.model_since or None,
@@ -418,7 +452,8 @@ class EnrollmentStore:
         return Template(data["word"], data["speaker"], row.clips, data.get("takes", []), row.model,
                         row.sealed_takes.decode() if row.sealed_takes else "", row.model_since or 0.0,
                         data.get("take_sets", []), data.get("anchor", []),
-                        row.anchor_sealed_takes.decode() if row.anchor_sealed_takes else "")
+                        row.anchor_sealed_takes.decode() if row.anchor_sealed_takes else "",
+                        data.get("earlier_takes", []))
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False,
                retire: bool = True) -> bool:
@@ -428,6 +463,10 @@ class EnrollmentStore:
         taken (`retired_names`) until the administrator enrolls it — in the same transaction, so no
         enrollment slips in between."""
         with self.engine.begin() as conn:
+            if conn.engine.dialect.name != "sqlite":
+                # The enrollment's row first, then the token's, in the order `save` takes them: the other
+                # order deadlocked a delete against a recovery (PostgreSQL aborts one: a 500).
+                conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
             if not admin and not (token and self._spend_token(conn, user, token, now)):
                 raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
                                 "unlock (or the administrator's X-Admin-Key)")
@@ -481,11 +520,24 @@ class EnrollmentStore:
 
     # --- proofs of ownership ----------------------------------------------------------------------
 
-    def issue_token(self, user: str, now: float, ttl_s: float) -> str:
-        """A single-use proof that `user` just unlocked; only its hash is stored."""
+    def issue_token(self, user: str, now: float, ttl_s: float, verified: Template | None = None) -> str | None:
+        """A single-use proof that `user` just unlocked; only its hash is stored. With `verified` (the
+        template the unlock was decided against) only while that is still the stored enrollment, else
+        None: an unlock decided against an enrollment that an administrator's recovery replaced
+        meanwhile must not come away with a token that deletes the recovered account (a replacement
+        voids the tokens stored before it; this one would have come after)."""
         token = secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
+            # Expired tokens go first — on SQLite that write takes the database's write lock, so no
+            # replacement commits between the check below and the insert (elsewhere: the row lock).
             conn.execute(delete(proof_tokens).where(proof_tokens.c.expires_at <= now))
+            if verified is not None:
+                current = select(enrollments.c.template).where(enrollments.c.user == user)
+                if conn.engine.dialect.name != "sqlite":
+                    current = current.with_for_update()
+                row = conn.execute(current).first()
+                if row is None or row.template != template_json(verified):
+                    return None
             conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
         return token
 
@@ -540,8 +592,8 @@ class EnrollmentStore:
         """Append one decision; every AUDIT_PRUNE_EVERY rows, drop all but the newest `keep`."""
         a = audit.c
         with self.engine.begin() as conn:
-            row = conn.execute(insert(audit).values(at=now, action=action, user=printable(user[:128])[:128],
-                                                    outcome=outcome, reason=printable(reason[:500])[:500],
+            row = conn.execute(insert(audit).values(at=now, action=action, user=printable(user, 128),
+                                                    outcome=outcome, reason=printable(reason, 500),
                                                     model=model)
                                .returning(a.id)).scalar_one()
             if row % AUDIT_PRUNE_EVERY == 0:
