@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from alembic.util.exc import CommandError
 from sqlalchemy import (
     Column,
@@ -47,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from voicelock.enrollment import Template
+from voicelock.replay import decode
 from voicelock.errors import VoicelockError
 
 metadata = MetaData()
@@ -181,25 +183,43 @@ def printable(text: str, limit: int) -> str:
     return "".join(out)
 
 
+def _canonical(data: dict) -> str:
+    """A `template` column's fields as this voicelock writes them: keys an older one did not write
+    (`take_sets`, `anchor`) as the empty lists `get` reads them as, `earlier_takes` only when there
+    are some. `json.dumps` writes each float as the shortest text that reads back as it."""
+    out = {"word": data.get("word"), "speaker": data.get("speaker"), "takes": data.get("takes", []),
+           "take_sets": data.get("take_sets", []), "anchor": data.get("anchor", [])}
+    if data.get("earlier_takes"):
+        out["earlier_takes"] = data["earlier_takes"]
+    return json.dumps(out)
+
+
 def template_json(template: Template) -> str:
-    """The `template` column's text for a template: what a row is compared with to tell whether it
-    changed since it was read (`save`'s `expected`, `issue_token`'s `verified`). `json.dumps` writes
-    each float as the shortest text that reads back as it, so a template read from a row gives that
-    row's text again. `earlier_takes` is written only when there are some (an older voicelock reads
-    the rest as before)."""
-    data = {"word": template.word, "speaker": template.speaker, "takes": template.takes,
-            "take_sets": template.take_sets, "anchor": template.anchor}
-    if template.earlier_takes:
-        data["earlier_takes"] = template.earlier_takes
-    return json.dumps(data)
+    """The `template` column's text for a template (what `_row` stores)."""
+    return _canonical({"word": template.word, "speaker": template.speaker, "takes": template.takes,
+                       "take_sets": template.take_sets, "anchor": template.anchor,
+                       "earlier_takes": template.earlier_takes})
 
 
-def earlier_takes(replaced, model: str, keep: int) -> list[str]:
+def holds(row_text: str, template: Template) -> bool:
+    """Whether a stored `template` column is `template` — read as `get` reads it, so a row written by
+    an older voicelock (without `take_sets` or `anchor`) still holds the template read from it: what
+    tells whether an enrollment changed since it was read (`save`'s `expected`, `issue_token`'s
+    `verified`). A row that cannot be read holds nothing."""
+    try:
+        data = json.loads(row_text)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(data, dict) and _canonical(data) == template_json(template)
+
+
+def earlier_takes(replaced, model: str, keep: int, dim: int) -> list[str]:
     """What a replacement keeps of the replaced row (`template` text and `model`): its takes — each
     its set, or its fingerprint as JSON, as the replay memory stores a take — then the takes it kept
     itself, newest first, each once, at most `keep`. Nothing of another model (its fingerprints
-    compare with nothing), and nothing from a damaged row: an enrollment's replacement (the
-    administrator's recovery above all) must never fail on what it replaces."""
+    compare with nothing), and nothing damaged — no entry that does not read as whole `dim`-wide
+    fingerprints (`replay.decode`): one such entry refuses every unlock, and a recovery must neither
+    fail on what it replaces nor carry a damaged take forward."""
     if replaced.model != model:
         return []
     try:
@@ -212,7 +232,8 @@ def earlier_takes(replaced, model: str, keep: int) -> list[str]:
     else:  # no sets (a release without replay shifts), or damaged ones: the takes' own fingerprints
         own = [json.dumps(t) for t in takes] if isinstance(takes, list) else []
     found = [t for t in own + (earlier if isinstance(earlier, list) else []) if isinstance(t, str)]
-    return list(dict.fromkeys(found))[:keep]
+    readable = [t for t in dict.fromkeys(found) if not np.isnan(decode(t, dim)).any()]
+    return readable[:keep]
 
 
 def _hash(secret: str) -> str:
@@ -407,10 +428,11 @@ class EnrollmentStore:
                                         .where(enrollments.c.user == user)).first()
                 if replaced is None:  # deleted meanwhile (the locks above make it unlikely): a new name again
                     continue
-                if expected is not None and replaced.template != template_json(expected):
+                if expected is not None and not holds(replaced.template, expected):
                     raise Conflict(CHANGED_MEANWHILE)
+                dim = len(template.word) + len(template.speaker)  # a fingerprint's width (replay.fingerprints)
                 kept = dataclasses.replace(template, earlier_takes=earlier_takes(replaced, template.model,
-                                                                                 earlier_keep))
+                                                                                 earlier_keep, dim))
                 conn.execute(update(enrollments).where(enrollments.c.user == user).values(**self._row(kept, now)))
                 conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
@@ -527,17 +549,20 @@ class EnrollmentStore:
         meanwhile must not come away with a token that deletes the recovered account (a replacement
         voids the tokens stored before it; this one would have come after)."""
         token = secrets.token_urlsafe(32)
+        expired = delete(proof_tokens).where(proof_tokens.c.expires_at <= now)
         with self.engine.begin() as conn:
-            # Expired tokens go first — on SQLite that write takes the database's write lock, so no
-            # replacement commits between the check below and the insert (elsewhere: the row lock).
-            conn.execute(delete(proof_tokens).where(proof_tokens.c.expires_at <= now))
+            sqlite = conn.engine.dialect.name == "sqlite"
+            if sqlite:  # a write first takes the database's write lock: no replacement commits until the insert
+                conn.execute(expired)
             if verified is not None:
                 current = select(enrollments.c.template).where(enrollments.c.user == user)
-                if conn.engine.dialect.name != "sqlite":
-                    current = current.with_for_update()
-                row = conn.execute(current).first()
-                if row is None or row.template != template_json(verified):
+                # Elsewhere the enrollment's row lock, taken before any token row (the order of `save` and
+                # `delete`: purging expired tokens first deadlocked against a recovery).
+                row = conn.execute(current if sqlite else current.with_for_update()).first()
+                if row is None or not holds(row.template, verified):
                     return None
+            if not sqlite:
+                conn.execute(expired)
             conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
         return token
 
