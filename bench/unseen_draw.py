@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seed", type=int, default=777, help="the draw's seed (the pipeline's is params.seed)")
     parser.add_argument("--voices", default="ru,hi,vi,bg,el,lv,sl,sq,uk,ga",
-                        help="espeak-ng voices (languages) reading the words: none of data.synth.voices or ood.espeak_voices")
+                        help="espeak-ng voices (languages) reading the words: none of data.synth.voices or "
+                             "ood.espeak_voices")
     parser.add_argument("--pairs", type=int, default=8, help="pairs with the most false accepts to list")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -108,8 +109,9 @@ def main() -> None:
         print(f"  {key:28s} {metrics[key]:.4f}")
 
     def name(s: str) -> str:
-        return f"{who.loc[s, 'engine']} {who.loc[s, 'voice']}{'+' + who.loc[s, 'variant'] if who.loc[s, 'variant'] else ''}" \
-               f" (pitch {who.loc[s, 'pitch']}, speed {who.loc[s, 'speed']})"
+        variant = f"+{who.loc[s, 'variant']}" if who.loc[s, 'variant'] else ""
+        return (f"{who.loc[s, 'engine']} {who.loc[s, 'voice']}{variant} "
+                f"(pitch {who.loc[s, 'pitch']}, speed {who.loc[s, 'speed']})")
 
     total = sum(accepted.values())
     print(f"other speaker says the password: {total} of {sum(scored.values())} trials accepted; by pair:")

@@ -89,7 +89,8 @@ class Template:
             raise VoicelockError(f"{path}: is a folder — give the template a file name, e.g. {path / 'me.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
-        for added in ("take_sets", "anchor", "anchor_sealed_takes", "earlier_takes"):  # without them: readable by older voicelocks
+        # Fields added after voicelock 0.1, left out when empty: such a file stays readable by older ones.
+        for added in ("take_sets", "anchor", "anchor_sealed_takes", "earlier_takes"):
             if not record[added]:
                 del record[added]
         path.write_text(json.dumps(record))
