@@ -160,7 +160,7 @@ def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: s
     assert store.token_valid("gus", store.issue_token("gus", 5.0, 120.0, verified=store.get("gus")), 6.0)
     # a token re-enrollment compared with the enrollment before the recovery does not overwrite it
     with pytest.raises(Conflict, match=CHANGED_MEANWHILE):
-        store.save("gus", first, 7.0, token_spent=True, expected=read)
+        store.save("gus", first, 7.0, compared_with=read)
     # re-enrolled again: newest first, each once, at most earlier_keep
     assert store.save("gus", dataclasses.replace(second, word=[1.0, 0.0]), 8.0, admin=True, earlier_keep=2) is True
     assert store.get("gus").earlier_takes == [json.dumps(c), set_a]

@@ -127,9 +127,8 @@ class UnlockApi:
             template.anchor = current.anchor or current.speaker
             template.anchor_sealed_takes = (current.anchor_sealed_takes if current.anchor
                                             else anchor_recordings(current.speaker, current.sealed_takes))
-        # With the token spent, stored only over the enrollment the voices were compared with (`expected`).
-        replaced = self.store.save(user, template, self.clock(), token, admin, token_spent=found is not None,
-                                   expected=current,
+        # With the token spent, stored only over the enrollment the voices were compared with.
+        replaced = self.store.save(user, template, self.clock(), token, admin, compared_with=current,
                                    earlier_keep=self.p.replay_history)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 

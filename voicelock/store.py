@@ -204,7 +204,7 @@ def template_json(template: Template) -> str:
 def holds(row_text: str, template: Template) -> bool:
     """Whether a stored `template` column is `template` — read as `get` reads it, so a row written by
     an older voicelock (without `take_sets` or `anchor`) still holds the template read from it: what
-    tells whether an enrollment changed since it was read (`save`'s `expected`, `issue_token`'s
+    tells whether an enrollment changed since it was read (`save`'s `compared_with`, `issue_token`'s
     `verified`). A row that cannot be read holds nothing."""
     try:
         data = json.loads(row_text)
@@ -382,19 +382,18 @@ class EnrollmentStore:
     # --- enrollments ----------------------------------------------------------------------------
 
     def save(self, user: str, template: Template, now: float, token: str | None = None,
-             admin: bool = False, token_spent: bool = False, expected: Template | None = None,
-             earlier_keep: int = 50) -> bool:
+             admin: bool = False, compared_with: Template | None = None, earlier_keep: int = 50) -> bool:
         """Store an enrollment; True when it replaced one.
 
         A new name is inserted (two concurrent first enrollments cannot both win: the primary key
         refuses the second). An existing name is replaced only with proof of ownership — `admin`, or a
-        valid `token` from that user's successful unlock, spent in the same transaction, or spent by the
-        caller already (`token_spent`: `UnlockApi` spends it before comparing voices, so that one unlock
-        buys one comparison however many requests carry it) — and then only if the stored enrollment is
-        still `expected`, the one the voices were compared with (an administrator's recovery committed
-        in between must not be overwritten: Conflict). The lockout state is never touched: re-enrolling
-        must not reset a lock. A retired name (a deleted user's, `delete`) is enrolled only by `admin`,
-        which frees it.
+        valid `token` from that user's successful unlock, spent in the same transaction — or one the
+        caller has spent already and then compared the new voice with the enrollment `compared_with`
+        (`UnlockApi` spends it before comparing, so that one unlock buys one comparison however many
+        requests carry it): then stored only if that is still the stored enrollment (an administrator's
+        recovery committed in between must not be overwritten: Conflict). The lockout state is never
+        touched: re-enrolling must not reset a lock. A retired name (a deleted user's, `delete`) is
+        enrolled only by `admin`, which frees it.
 
         What a replacement voids: every outstanding unlock token of the user (one issued to whoever
         unlocked before an administrator's recovery must not delete the recovered account). What it
@@ -416,19 +415,19 @@ class EnrollmentStore:
                 # The existing row, locked before the token is spent: PostgreSQL's ON CONFLICT DO NOTHING
                 # locks nothing, so a concurrent delete could remove the row under the UPDATE below (the
                 # admin told "replaced" while nothing was stored), or deadlock with this token's row.
-                if conn.engine.dialect.name != "sqlite" and conn.execute(
-                        select(enrollments.c.user).where(enrollments.c.user == user).with_for_update()).first() is None:
+                # (SQLite: the insert above already took the database's one write lock.)
+                existing = select(enrollments.c.template, enrollments.c.model).where(enrollments.c.user == user)
+                if conn.engine.dialect.name != "sqlite":
+                    existing = existing.with_for_update()
+                replaced = conn.execute(existing).first()
+                if replaced is None:
                     continue  # deleted meanwhile: a new name again, retired or not
-                if not admin and not token_spent:
+                if not admin and compared_with is None:
                     if not token:
                         raise Conflict(already_enrolled(user))
                     if not self._spend_token(conn, user, token, now):
                         raise Forbidden(TOKEN_INVALID)
-                replaced = conn.execute(select(enrollments.c.template, enrollments.c.model)
-                                        .where(enrollments.c.user == user)).first()
-                if replaced is None:  # deleted meanwhile (the locks above make it unlikely): a new name again
-                    continue
-                if expected is not None and not holds(replaced.template, expected):
+                if compared_with is not None and not holds(replaced.template, compared_with):
                     raise Conflict(CHANGED_MEANWHILE)
                 dim = len(template.word) + len(template.speaker)  # a fingerprint's width (replay.fingerprints)
                 kept = dataclasses.replace(template, earlier_takes=earlier_takes(replaced, template.model,
