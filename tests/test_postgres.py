@@ -126,6 +126,25 @@ def test_a_model_upgrade_writes_once(database: str):
     assert store.get("dan").word == [0.0, 1.0]  # the new model's template replaced the old one
 
 
+def test_a_re_fingerprint_for_the_same_model_writes_once(database: str):
+    """Replicas on other CPUs re-make a template's views with other floats but the same model and the
+    same sealed recordings; only the first may write, or the unlock decided against it loses its token
+    (the row no longer holds the template it was decided against)."""
+    store = EnrollmentStore(database)
+    store.save("eve", dataclasses.replace(template(), sealed_takes="sealed"), 1.0)
+    read = store.get("eve")
+    stores = [EnrollmentStore(database) for _ in range(4)]
+    remade = [dataclasses.replace(read, word=[1.0, 0.001 * (i + 1)]) for i in range(4)]
+    wrote = at_once(4, lambda i: stores[i].upgrade("eve", remade[i], read, 2.0, forget_heard=False))
+    assert sum(w is True for w in wrote) == 1, wrote
+    winner = remade[wrote.index(True)]
+    assert store.get("eve").word == winner.word
+    assert store.issue_token("eve", 3.0, 120.0, verified=winner) is not None
+    # A later re-make from the stale read writes nothing either, one request at a time.
+    assert not store.upgrade("eve", remade[wrote.index(True) - 1], read, 4.0, forget_heard=False)
+    assert store.get("eve").word == winner.word
+
+
 def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: str):
     """Recordings heard before a re-enrollment must not open it after — kept with the new template, not
     among the accepted unlocks, which re-enrolling again and again would push out of their window — and

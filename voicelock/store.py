@@ -336,6 +336,22 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
         return False
 
 
+def _lock_enrollment(conn: Connection, user: str, *columns):
+    """The user's enrollment row (these `columns`; None when there is none), locked until the transaction
+    ends — taken before any token or heard row, the order every writer keeps (the other order
+    deadlocked a delete against a recovery on PostgreSQL: a 500). PostgreSQL: SELECT … FOR UPDATE.
+    SQLite has no row locks, and a read before the transaction's first write lets another writer
+    commit in between and then fails this one's write (SQLITE_BUSY): a write that changes nothing
+    comes first and takes the database's one write lock."""
+    e = enrollments.c
+    if conn.engine.dialect.name == "sqlite":
+        conn.execute(update(enrollments).where(e.user == user).values(clips=e.clips))
+        query = select(*(columns or (e.user,))).where(e.user == user)
+    else:
+        query = select(*(columns or (e.user,))).where(e.user == user).with_for_update()
+    return conn.execute(query).first()
+
+
 def _shown(url: str) -> str:
     """The URL for an error message: its password hidden, in the user part and in the query alike; an
     URL that does not parse is not shown at all (where its password is cannot be known)."""
@@ -415,11 +431,7 @@ class EnrollmentStore:
                 # The existing row, locked before the token is spent: PostgreSQL's ON CONFLICT DO NOTHING
                 # locks nothing, so a concurrent delete could remove the row under the UPDATE below (the
                 # admin told "replaced" while nothing was stored), or deadlock with this token's row.
-                # (SQLite: the insert above already took the database's one write lock.)
-                existing = select(enrollments.c.template, enrollments.c.model).where(enrollments.c.user == user)
-                if conn.engine.dialect.name != "sqlite":
-                    existing = existing.with_for_update()
-                replaced = conn.execute(existing).first()
+                replaced = _lock_enrollment(conn, user, enrollments.c.template, enrollments.c.model)
                 if replaced is None:
                     continue  # deleted meanwhile: a new name again, retired or not
                 if not admin and compared_with is None:
@@ -440,21 +452,24 @@ class EnrollmentStore:
     def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
         """Replace a template re-made from its recordings (`Unlocker.reembed`) — only if the stored row
-        is still the one `previous` was read from: the same model and the same sealed recordings (a
-        Fernet token is unique to each sealing, so any enrollment or deletion since changed them). Of
-        two workers upgrading at once, one writes; and a re-made copy of a stale read can never put
-        back a template replaced or deleted meanwhile. The replay memory is forgotten with it
+        is still the one `previous` was read from: the same model, the same sealed recordings (a Fernet
+        token is unique to each sealing, so any enrollment or deletion since changed them) and the same
+        template, compared as read (`holds`). Of two workers upgrading at once, one writes — also when
+        both re-fingerprint for the same model: replicas on other CPUs re-make other floats, and a
+        second write would refuse the unlock the first one's template decided (`issue_token`'s
+        `verified`). A re-made copy of a stale read can never put back a template replaced or deleted
+        meanwhile. The replay memory is forgotten with it
         (`forget_heard`): fingerprints of another model compare with nothing. True when this call wrote."""
         e = enrollments.c
-        same_recordings = (e.sealed_takes == previous.sealed_takes.encode() if previous.sealed_takes
-                           else e.sealed_takes.is_(None))
         with self.engine.begin() as conn:
-            written = conn.execute(update(enrollments).where(e.user == user, e.model == previous.model,
-                                                             same_recordings)
-                                   .values(**self._row(template, now))).rowcount == 1
-            if written and forget_heard:
+            row = _lock_enrollment(conn, user, e.template, e.model, e.sealed_takes)
+            if (row is None or row.model != previous.model or not holds(row.template, previous)
+                    or (row.sealed_takes.decode() if row.sealed_takes else "") != previous.sealed_takes):
+                return False
+            conn.execute(update(enrollments).where(e.user == user).values(**self._row(template, now)))
+            if forget_heard:
                 conn.execute(delete(heard).where(heard.c.user == user))
-        return written
+        return True
 
     @staticmethod
     def _row(template: Template, now: float) -> dict:
@@ -484,10 +499,7 @@ class EnrollmentStore:
         taken (`retired_names`) until the administrator enrolls it — in the same transaction, so no
         enrollment slips in between."""
         with self.engine.begin() as conn:
-            if conn.engine.dialect.name != "sqlite":
-                # The enrollment's row first, then the token's, in the order `save` takes them: the other
-                # order deadlocked a delete against a recovery (PostgreSQL aborts one: a 500).
-                conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
+            _lock_enrollment(conn, user)  # before the token's row, in the order `save` takes them
             if not admin and not (token and self._spend_token(conn, user, token, now)):
                 raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
                                 "unlock (or the administrator's X-Admin-Key)")
@@ -550,18 +562,12 @@ class EnrollmentStore:
         token = secrets.token_urlsafe(32)
         expired = delete(proof_tokens).where(proof_tokens.c.expires_at <= now)
         with self.engine.begin() as conn:
-            sqlite = conn.engine.dialect.name == "sqlite"
-            if sqlite:  # a write first takes the database's write lock: no replacement commits until the insert
-                conn.execute(expired)
-            if verified is not None:
-                current = select(enrollments.c.template).where(enrollments.c.user == user)
-                # Elsewhere the enrollment's row lock, taken before any token row (the order of `save` and
-                # `delete`: purging expired tokens first deadlocked against a recovery).
-                row = conn.execute(current if sqlite else current.with_for_update()).first()
-                if row is None or not holds(row.template, verified):
-                    return None
-            if not sqlite:
-                conn.execute(expired)
+            # The enrollment's row before any token row, as `save` and `delete` take them (purging expired
+            # tokens first deadlocked against a recovery); no replacement commits until the insert.
+            row = _lock_enrollment(conn, user, enrollments.c.template)
+            if verified is not None and (row is None or not holds(row.template, verified)):
+                return None
+            conn.execute(expired)
             conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
         return token
 
@@ -651,8 +657,7 @@ class EnrollmentStore:
         sees the first."""
         h = heard.c
         with self.engine.begin() as conn:
-            if conn.engine.dialect.name != "sqlite":
-                conn.execute(select(enrollments.c.user).where(enrollments.c.user == user).with_for_update())
+            _lock_enrollment(conn, user)
             sets = sets if sets is not None else [None] * len(fingerprints)
             mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), fingerprint_set=fp_set,
                                                       at=now).returning(h.id)).scalar_one()
