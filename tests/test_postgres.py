@@ -145,6 +145,51 @@ def test_a_re_fingerprint_for_the_same_model_writes_once(database: str):
     assert store.get("eve").word == winner.word
 
 
+def test_issuing_a_token_never_deadlocks_against_another_users_delete(postgres: Postgres):
+    """A delete holds its user's enrollment lock, spends their token (a row lock) and then deletes
+    their tokens; an unlock of another user meanwhile purges expired tokens. A purge of every user's
+    waited on the spent token's row while the delete waited on an expired token's row the purge had
+    taken: PostgreSQL aborted one ("deadlock detected", a 500 for a genuine unlock).
+    The delete is held, by a hook, between spending its token and deleting the rest."""
+    from sqlalchemy import event
+
+    url = fresh_database(postgres)
+    base = EnrollmentStore(url)
+    for user in ("alice", "bob"):
+        base.save(user, template(), 0.0)
+    base.issue_token("bob", 0.0, 5.0)  # expired by the unlock's clock, not by the delete's
+    proof = base.issue_token("bob", 0.0, 50.0)  # likewise
+    deleter, unlocker = EnrollmentStore(url), EnrollmentStore(url)
+    paused, go = threading.Event(), threading.Event()
+
+    @event.listens_for(deleter.engine, "before_cursor_execute")
+    def hold(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith('DELETE FROM proof_tokens WHERE proof_tokens."user"') and not go.is_set():
+            paused.set()
+            go.wait(10)
+
+    results: dict[str, object] = {}
+
+    def run(key: str, call: Callable[[], object]) -> None:
+        try:
+            results[key] = call()
+        except Exception as e:  # noqa: BLE001 — checked below
+            results[key] = e
+
+    deleting = threading.Thread(target=run, args=("delete", lambda: deleter.delete("bob", 10.0, token=proof)))
+    deleting.start()
+    assert paused.wait(10)
+    issuing = threading.Thread(target=run, args=("issue", lambda: unlocker.issue_token("alice", 100.0, 60.0)))
+    issuing.start()
+    issuing.join(0.5)  # the purge, if it reaches for bob's tokens, now waits on the spent one
+    go.set()
+    deleting.join(10)
+    issuing.join(10)
+    assert results["delete"] is True, results
+    assert isinstance(results["issue"], str), results  # a token, not "deadlock detected"
+    assert base.token_valid("alice", results["issue"], 101.0)
+
+
 def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: str):
     """Recordings heard before a re-enrollment must not open it after — kept with the new template, not
     among the accepted unlocks, which re-enrolling again and again would push out of their window — and

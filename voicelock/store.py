@@ -338,11 +338,13 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
 
 def _lock_enrollment(conn: Connection, user: str, *columns):
     """The user's enrollment row (these `columns`; None when there is none), locked until the transaction
-    ends — taken before any token or heard row, the order every writer keeps (the other order
-    deadlocked a delete against a recovery on PostgreSQL: a 500). PostgreSQL: SELECT … FOR UPDATE.
-    SQLite has no row locks, and a read before the transaction's first write lets another writer
-    commit in between and then fails this one's write (SQLITE_BUSY): a write that changes nothing
-    comes first and takes the database's one write lock."""
+    ends — taken before any of that user's token or heard rows, and never while holding another user's
+    (the other order deadlocked a delete against a recovery on PostgreSQL: a 500). PostgreSQL: SELECT …
+    FOR UPDATE. SQLite has no row locks, and Python's sqlite3 opens a transaction only at the first
+    INSERT, UPDATE or DELETE: a SELECT before it runs outside the transaction, so a write decided on it
+    would silently overwrite whatever another writer committed in between. A write that changes
+    nothing comes first: it opens the transaction and takes the database's one write lock (even for a
+    user with no row)."""
     e = enrollments.c
     if conn.engine.dialect.name == "sqlite":
         conn.execute(update(enrollments).where(e.user == user).values(clips=e.clips))
@@ -560,14 +562,18 @@ class EnrollmentStore:
         meanwhile must not come away with a token that deletes the recovered account (a replacement
         voids the tokens stored before it; this one would have come after)."""
         token = secrets.token_urlsafe(32)
-        expired = delete(proof_tokens).where(proof_tokens.c.expires_at <= now)
+        t = proof_tokens.c
         with self.engine.begin() as conn:
             # The enrollment's row before any token row, as `save` and `delete` take them (purging expired
             # tokens first deadlocked against a recovery); no replacement commits until the insert.
             row = _lock_enrollment(conn, user, enrollments.c.template)
             if verified is not None and (row is None or not holds(row.template, verified)):
                 return None
-            conn.execute(expired)
+            # Only this user's expired tokens: purging everyone's deadlocked against another user's delete,
+            # which holds one of that user's tokens (spent) and then deletes the rest — two transactions
+            # taking one user's token rows in opposite orders. Each user's are purged at their next
+            # unlock and with their deletion, so what is kept stays a few rows a user.
+            conn.execute(delete(proof_tokens).where(t.user == user, t.expires_at <= now))
             conn.execute(insert(proof_tokens).values(token_hash=_hash(token), user=user, expires_at=now + ttl_s))
         return token
 
