@@ -145,6 +145,28 @@ def test_a_re_fingerprint_for_the_same_model_writes_once(database: str):
     assert store.get("eve").word == winner.word
 
 
+@pytest.mark.parametrize("user", ["eve", "nobody"])
+def test_the_enrollment_lock_holds_off_every_other_writer_on_sqlite(tmp_path: Path, user: str):
+    """SQLite has no row locks, and Python's sqlite3 runs a SELECT before the first write outside the
+    transaction: the helper's first statement must be a write, or a decision read under "the lock"
+    would be overwritten by whatever another writer commits meanwhile. Held — for a user with a row
+    and one without — another connection cannot write at all until it ends."""
+    import sqlite3
+
+    from voicelock.store import _lock_enrollment
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = EnrollmentStore(url)
+    store.save("eve", template(), 1.0)
+    other = sqlite3.connect(tmp_path / "store.db", timeout=0.1)
+    with store.engine.begin() as conn:
+        _lock_enrollment(conn, user)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("DELETE FROM proof_tokens")
+    other.execute("DELETE FROM proof_tokens")  # free once the transaction ended
+    other.close()
+
+
 def test_issuing_a_token_never_deadlocks_against_another_users_delete(postgres: Postgres):
     """A delete holds its user's enrollment lock, spends their token (a row lock) and then deletes
     their tokens; an unlock of another user meanwhile purges expired tokens. A purge of every user's
