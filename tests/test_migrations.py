@@ -71,8 +71,9 @@ def test_databases_made_before_migrations_are_adopted_and_completed(tmp_path: Pa
         with store.engine.connect() as conn:
             assert {"sealed_takes", "anchor_sealed_takes"} <= {c["name"] for c in inspect(conn).get_columns("enrollments")}
             assert "fingerprint_set" in {c["name"] for c in inspect(conn).get_columns("heard")}
+            assert {"model", "takes"} <= {c["name"] for c in inspect(conn).get_columns("retired_names")}
             head = ScriptDirectory.from_config(_config(conn)).get_current_head()
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0006"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head == "0007"
             assert compare_metadata(MigrationContext.configure(conn), metadata) == [] or url == early
 
 

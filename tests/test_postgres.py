@@ -5,6 +5,7 @@ tokens, replay memory. The service's replicas over one PostgreSQL are in tests/t
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -210,6 +211,53 @@ def test_issuing_a_token_never_deadlocks_against_another_users_delete(postgres: 
     assert results["delete"] is True, results
     assert isinstance(results["issue"], str), results  # a token, not "deadlock detected"
     assert base.token_valid("alice", results["issue"], 101.0)
+
+
+def test_a_retired_name_keeps_its_replay_memory_for_the_administrators_recovery(database: str):
+    """A tester with one unheard recording of the owner unlocked, DELETEd with the token, and after the
+    administrator's recovery every recording heard before opened the account again (his own too, so the
+    cycle repeated). Deleting a name it retires keeps the replay memory — accepted unlocks' takes,
+    newest first, then the enrollment's takes — and the administrator's enrollment of the name inherits
+    it; a delete that frees the name keeps nothing, and another model's fingerprints are not carried."""
+    import numpy as np
+
+    from voicelock.replay import encode
+
+    def fp(*xs: float) -> list[float]:  # a unit fingerprint as wide as the templates' (2 word + 2 speaker)
+        v = np.asarray(xs, dtype=np.float32)
+        return (v / np.linalg.norm(v)).tolist()
+
+    a, b, heard_1, heard_2 = fp(1, 0, 0, 1), fp(0, 1, 1, 0), fp(1, 1, 0, 0), fp(0, 0, 1, 1)
+    set_a, set_b = encode(np.asarray([a, heard_1])), encode(np.asarray([b, heard_2]))
+    store = EnrollmentStore(database)
+    first = Template([1.0, 0.0], [0.0, 1.0], 2, [a, b], "sha256:m1", "", take_sets=[set_a, set_b])
+    recovery = Template([0.0, 1.0], [0.0, 1.0], 1, [fp(1, 0, 1, 0)], "sha256:m1", "")
+    for user in ("hal", "ida", "jon"):
+        store.save(user, first, 1.0)
+        store.remember(user, [heard_1], 2.0, keep=50)
+        store.remember(user, [heard_2], 3.0, keep=50)
+    token = store.issue_token("hal", 4.0, 120.0)
+    assert store.delete("hal", 5.0, token=token, keep=50) is True
+    assert store.save("hal", recovery, 6.0, admin=True) is False  # a new name again, by the administrator
+    assert store.get("hal").earlier_takes == [json.dumps(heard_2), json.dumps(heard_1), set_a, set_b]
+    assert store.heard_recently("hal", 50) == []  # what unlocks the recovered account added is its own
+    # at most `keep`, newest first
+    assert store.delete("ida", 5.0, admin=True, keep=3) is True
+    assert store.save("ida", recovery, 6.0, admin=True) is False
+    assert store.get("ida").earlier_takes == [json.dumps(heard_2), json.dumps(heard_1), set_a]
+    # a recovery with another model inherits nothing (its fingerprints compare with nothing)
+    assert store.delete("jon", 5.0, admin=True) is True
+    assert store.save("jon", dataclasses.replace(recovery, model="sha256:m2"), 6.0, admin=True) is False
+    assert store.get("jon").earlier_takes == []
+    # a delete that frees the name keeps nothing of the voice
+    store.save("kim", first, 1.0)
+    store.remember("kim", [heard_1], 2.0, keep=50)
+    assert store.delete("kim", 5.0, admin=True, retire=False) is True
+    store.save("kim", recovery, 6.0)
+    assert store.get("kim").earlier_takes == []
+    # an unlock decided while the account was deleted leaves nothing behind
+    assert store.remember("hal2", [heard_1], 7.0, keep=50) == []
+    assert store.heard_recently("hal2", 50) == []
 
 
 def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: str):

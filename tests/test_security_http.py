@@ -589,6 +589,26 @@ def test_8_a_deleted_name_is_not_free_for_whoever_held_the_token(server: Server,
     assert r.status_code == 200 and r.json()["replaced"] is False, r.text
 
 
+def test_8_an_account_recovered_after_a_delete_still_knows_what_it_heard(server: Server, case: UnlockCase):
+    """A tester held one recording of the owner the service had not heard: unlock, DELETE with the
+    token, and after the administrator's recovery every recording heard before opened the account once
+    more — his own included, so the cycle repeated. The retired name keeps the replay memory and the
+    recovery inherits it. The same recordings open an account enrolled alike that never heard them."""
+    url = server.url
+    owners_unlock, attackers = case.genuine[0].read_bytes(), case.genuine[1].read_bytes()
+    assert enroll(url, "row8c", case.read(case.enroll)).status_code == 200
+    assert unlock(url, "row8c", owners_unlock).json()["unlocked"] is True  # heard
+    token = unlock(url, "row8c", attackers).json()["token"]  # heard, and a token
+    assert httpx.delete(f"{url}/users/row8c", headers={"X-Unlock-Token": token}).status_code == 200
+    r = enroll(url, "row8c", case.read(case.enroll), headers={"X-Admin-Key": ADMIN_KEY})
+    assert r.status_code == 200, r.text
+    for heard in (owners_unlock, attackers):
+        r = unlock(url, "row8c", heard)
+        assert r.status_code == 200 and r.json()["unlocked"] is False, r.text
+    assert enroll(url, "row8d", case.read(case.enroll)).status_code == 200
+    assert unlock(url, "row8d", attackers).json()["unlocked"] is True  # never heard there
+
+
 # --- 11. names arrive as sent ---------------------------------------------------------------------
 
 

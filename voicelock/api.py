@@ -234,7 +234,8 @@ class UnlockApi:
 
     def _delete(self, user: str, token: str | None, admin_key: str | None) -> dict:
         user = self.check_user(user)
-        if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key), self.p.retire_deleted_names):
+        if not self.store.delete(user, self.clock(), token, self._is_admin(admin_key), self.p.retire_deleted_names,
+                                 keep=self.p.replay_history):
             raise NotFound(f"user '{user}' is not enrolled")
         # Said, so that the caller knows the name cannot simply be enrolled again.
         return {"deleted": True, "user": user, "name_retired": self.p.retire_deleted_names}

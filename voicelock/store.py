@@ -38,6 +38,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     select,
@@ -104,11 +105,14 @@ heard = Table(
 )
 
 # Names whose enrollment was deleted (migration 0005 says why): only the administrator enrolls them again.
-# The name and when, nothing of the voice.
+# The name, when, and the replay memory of the deleted enrollment (migration 0007): fingerprints of the
+# takes it heard — embeddings, never recordings — which the administrator's enrollment of the name inherits.
 retired_names = Table(
     "retired_names", metadata,
     Column("user", String(128), primary_key=True),
     Column("at", Float, nullable=False),
+    Column("model", String(256), nullable=True),  # the model of `takes`; NULL: nothing kept
+    Column("takes", Text, nullable=True),  # JSON list, as a template's `earlier_takes`
 )
 
 # Every enroll / unlock / delete decision, for the operator: who, what, the outcome and its reason, the
@@ -343,11 +347,14 @@ def _lock_enrollment(conn: Connection, user: str, *columns):
     FOR UPDATE. SQLite has no row locks, and Python's sqlite3 opens a transaction only at the first
     INSERT, UPDATE or DELETE: a SELECT before it runs outside the transaction, so a write decided on it
     would silently overwrite whatever another writer committed in between. A write that changes
-    nothing comes first: it opens the transaction and takes the database's one write lock (even for a
-    user with no row)."""
+    nothing comes first: it opens the transaction and takes the database's one write lock (even when it
+    matches no row)."""
     e = enrollments.c
     if conn.engine.dialect.name == "sqlite":
-        conn.execute(update(enrollments).where(e.user == user).values(clips=e.clips))
+        # Matches no row, so it costs the same whether the user exists or how large their row is (a
+        # no-op UPDATE of the row itself rewrote it: a DELETE with a wrong token took 0.9 ms longer for
+        # an enrolled name with a large row — who is enrolled, from a route that answers alike).
+        conn.execute(update(enrollments).where(e.user == user, false()).values(clips=e.clips))
         query = select(*(columns or (e.user,))).where(e.user == user)
     else:
         query = select(*(columns or (e.user,))).where(e.user == user).with_for_update()
@@ -426,6 +433,7 @@ class EnrollmentStore:
                     # Checked after the insert, in its transaction: an insert that waited on a concurrent
                     # delete of the name reads the retirement that delete committed.
                     if admin:
+                        self._inherit_retired_memory(conn, user, template, now, earlier_keep)
                         conn.execute(delete(retired_names).where(retired_names.c.user == user))
                     elif self._retired(conn, user):
                         raise Conflict(retired(user))
@@ -450,6 +458,26 @@ class EnrollmentStore:
                 conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
         raise Conflict(f"user '{user}' was deleted while this enrollment was being stored — enroll again")
+
+    def _inherit_retired_memory(self, conn: Connection, user: str, template: Template, now: float,
+                                keep: int) -> None:
+        """The administrator enrolling a retired name: the deleted enrollment's replay memory (`delete`)
+        joins the new template's `earlier_takes`, as a replacement's takes do — same model only."""
+        retired = conn.execute(select(retired_names.c.model, retired_names.c.takes)
+                               .where(retired_names.c.user == user)).first()
+        if retired is None or retired.model != template.model or not retired.takes:
+            return
+        try:
+            kept = json.loads(retired.takes)
+        except ValueError:
+            return
+        if not isinstance(kept, list):
+            return
+        dim = len(template.word) + len(template.speaker)
+        readable = [t for t in kept if isinstance(t, str) and not np.isnan(decode(t, dim)).any()]
+        merged = list(dict.fromkeys(list(template.earlier_takes) + readable))[:keep]
+        conn.execute(update(enrollments).where(enrollments.c.user == user)
+                     .values(**self._row(dataclasses.replace(template, earlier_takes=merged), now)))
 
     def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
@@ -494,23 +522,47 @@ class EnrollmentStore:
                         data.get("earlier_takes", []))
 
     def delete(self, user: str, now: float, token: str | None = None, admin: bool = False,
-               retire: bool = True) -> bool:
+               retire: bool = True, keep: int = 50) -> bool:
         """Forget a user's enrollment, tokens, challenges and heard probes (not the lockout: deleting
         and re-enrolling must not reset a lock). Needs the same proof as replacing an enrollment;
         without it the answer is the same whether or not the user exists. `retire`: the name stays
         taken (`retired_names`) until the administrator enrolls it — in the same transaction, so no
-        enrollment slips in between."""
+        enrollment slips in between — and keeps the replay memory: the takes of the accepted unlocks,
+        newest first, then the enrollment's takes and those it kept, at most `keep`. Forgetting it let a
+        tester who held one unheard recording unlock, DELETE, and after each administrator's recovery
+        unlock again with every recording the service had heard before (`save` hands it on)."""
         with self.engine.begin() as conn:
             _lock_enrollment(conn, user)  # before the token's row, in the order `save` takes them
             if not admin and not (token and self._spend_token(conn, user, token, now)):
                 raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
                                 "unlock (or the administrator's X-Admin-Key)")
+            row = conn.execute(select(enrollments.c.template, enrollments.c.model)
+                               .where(enrollments.c.user == user)).first()
+            memory = self._memory_of(conn, user, row, keep) if row is not None and retire else []
             removed = conn.execute(delete(enrollments).where(enrollments.c.user == user)).rowcount
             for table in (proof_tokens, challenges, heard):
                 conn.execute(delete(table).where(table.c.user == user))
             if removed and retire:
-                _insert_if_missing(conn, retired_names, user=user, at=now)
+                _insert_if_missing(conn, retired_names, user=user, at=now, model=row.model if memory else None,
+                                   takes=json.dumps(memory) if memory else None)
         return removed > 0
+
+    @staticmethod
+    def _memory_of(conn: Connection, user: str, row, keep: int) -> list[str]:
+        """A user's replay memory as `earlier_takes` entries: the heard takes, newest first, then the
+        enrollment's takes and those it kept (`earlier_takes`: same reading, damaged entries dropped)."""
+        h = heard.c
+        heard_takes = [r.stored for r in conn.execute(
+            select(func.coalesce(h.fingerprint_set, h.fingerprint).label("stored"))
+            .where(h.user == user).order_by(h.id.desc()).limit(keep))]
+        try:
+            data = json.loads(row.template)
+            dim = len(data["word"]) + len(data["speaker"])
+        except (TypeError, ValueError, KeyError):
+            return []
+        enrolled = earlier_takes(row, row.model, keep, dim)
+        readable = [t for t in heard_takes if isinstance(t, str) and not np.isnan(decode(t, dim)).any()]
+        return list(dict.fromkeys(readable + enrolled))[:keep]
 
     def is_retired(self, user: str) -> bool:
         """Whether `user` names a deleted enrollment that only the administrator may enroll again."""
@@ -663,7 +715,8 @@ class EnrollmentStore:
         sees the first."""
         h = heard.c
         with self.engine.begin() as conn:
-            _lock_enrollment(conn, user)
+            if _lock_enrollment(conn, user) is None:
+                return []  # deleted while this unlock was decided: nothing of the user is kept
             sets = sets if sets is not None else [None] * len(fingerprints)
             mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), fingerprint_set=fp_set,
                                                       at=now).returning(h.id)).scalar_one()
