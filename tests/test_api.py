@@ -686,3 +686,25 @@ def test_the_audit_log_keeps_the_newest_rows(tmp_path: Path):
         store.record("unlock", f"u{i}", "refused", "not recognised", "m", float(i), keep=100)
     tail = store.audit_tail(1000)
     assert len(tail) == 100 and tail[0]["user"] == f"u{AUDIT_PRUNE_EVERY - 1}" and tail[-1]["user"] == "u400"
+
+
+def test_copies_of_one_recording_do_not_push_earlier_takes_out_of_the_window(lenient):
+    """A tester filled the window of replaced takes (`replay_history`) with six re-enrollments of the
+    same recordings, each 1 dB quieter — other text, the same takes — and the first enrollment's takes
+    unlocked again. A replaced take that is a copy of one kept before it, by the replay rule
+    (`Unlocker.repeats`), takes no place."""
+    core, _, case = lenient
+    core.p = core.p.model_copy(update={"replay_history": 6})
+    core.enroll("nia", files(case.enroll))
+    first = core.store.get("nia").take_sets
+    assert len(first) == 3
+    others = [sf.read(io.BytesIO(p.read_bytes()), dtype="float32") for p in case.impostors[:3]]
+    for db in (0, 1, 2, 3):
+        copies = [(f"take{i}.wav", wav_bytes(x * 10 ** (-db / 20), rate)) for i, (x, rate) in enumerate(others)]
+        core.enroll("nia", copies, admin_key=ADMIN)
+    kept = core.store.get("nia").earlier_takes
+    assert all(s in kept for s in first), "the first enrollment's takes were pushed out by copies"
+    assert len(kept) == 6  # one set of the copies (the newest replaced), then the first takes
+    again = core.lock.enroll([(x, rate) for x, rate in others]).take_sets
+    assert all(core.lock.repeats(s, kept[:3]) for s in again)  # the same recordings, 3 dB louder: copies
+    assert not any(core.lock.repeats(s, kept[:3]) for s in first)  # other recordings: no copies

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from voicelock.enrollment import Template
 from voicelock.replay import decode
 from voicelock.errors import VoicelockError
+
+# `redundant(entry, others)`: whether a remembered take adds nothing to `others` (a copy by the replay rule).
+Redundant = Callable[[str, list[str]], bool]
 
 metadata = MetaData()
 enrollments = Table(
@@ -217,13 +220,18 @@ def holds(row_text: str, template: Template) -> bool:
     return isinstance(data, dict) and _canonical(data) == template_json(template)
 
 
-def earlier_takes(replaced, model: str, keep: int, dim: int) -> list[str]:
+def earlier_takes(replaced, model: str, keep: int, dim: int, redundant: Redundant | None = None) -> list[str]:
     """What a replacement keeps of the replaced row (`template` text and `model`): its takes — each
     its set, or its fingerprint as JSON, as the replay memory stores a take — then the takes it kept
     itself, newest first, each once, at most `keep`. Nothing of another model (its fingerprints
     compare with nothing), and nothing damaged — no entry that does not read as whole `dim`-wide
     fingerprints (`replay.decode`): one such entry refuses every unlock, and a recovery must neither
-    fail on what it replaces nor carry a damaged take forward."""
+    fail on what it replaces nor carry a damaged take forward. With `redundant(entry, others)` (the
+    replay rule: `Unlocker.repeats`), nor a take that is a copy of one kept before it: a tester filled
+    the window with six token re-enrollments of the same recordings, each 1 dB quieter (other text,
+    the same take), and pushed the first takes out. (Not judged against the new enrollment's own
+    takes: the replaced takes stay in the row even when the same recordings are enrolled again, so
+    the row differs from the one it replaced — what `holds` tells a stale decision by.)"""
     if replaced.model != model:
         return []
     try:
@@ -237,7 +245,15 @@ def earlier_takes(replaced, model: str, keep: int, dim: int) -> list[str]:
         own = [json.dumps(t) for t in takes] if isinstance(takes, list) else []
     found = [t for t in own + (earlier if isinstance(earlier, list) else []) if isinstance(t, str)]
     readable = [t for t in dict.fromkeys(found) if not np.isnan(decode(t, dim)).any()]
-    return readable[:keep]
+    if redundant is None:
+        return readable[:keep]
+    kept: list[str] = []
+    for take in readable:
+        if len(kept) >= keep:
+            break
+        if not redundant(take, kept):
+            kept.append(take)
+    return kept
 
 
 def _hash(secret: str) -> str:
@@ -407,7 +423,8 @@ class EnrollmentStore:
     # --- enrollments ----------------------------------------------------------------------------
 
     def save(self, user: str, template: Template, now: float, token: str | None = None,
-             admin: bool = False, compared_with: Template | None = None, earlier_keep: int = 50) -> bool:
+             admin: bool = False, compared_with: Template | None = None, earlier_keep: int = 50,
+             redundant: Redundant | None = None) -> bool:
         """Store an enrollment; True when it replaced one.
 
         A new name is inserted (two concurrent first enrollments cannot both win: the primary key
@@ -453,7 +470,7 @@ class EnrollmentStore:
                     raise Conflict(CHANGED_MEANWHILE)
                 dim = len(template.word) + len(template.speaker)  # a fingerprint's width (replay.fingerprints)
                 kept = dataclasses.replace(template, earlier_takes=earlier_takes(replaced, template.model,
-                                                                                 earlier_keep, dim))
+                                                                                 earlier_keep, dim, redundant))
                 conn.execute(update(enrollments).where(enrollments.c.user == user).values(**self._row(kept, now)))
                 conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
