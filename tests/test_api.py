@@ -691,10 +691,12 @@ def test_the_audit_log_keeps_the_newest_rows(tmp_path: Path):
 def test_copies_of_one_recording_do_not_push_earlier_takes_out_of_the_window(lenient):
     """A tester filled the window of replaced takes (`replay_history`) with six re-enrollments of the
     same recordings, each 1 dB quieter — other text, the same takes — and the first enrollment's takes
-    unlocked again. A replaced take that is a copy of one kept before it, by the replay rule
-    (`Unlocker.repeats`), takes no place."""
+    unlocked again. A replaced take that is the same take as one kept before it (`service.replay_same_take`,
+    row for row) takes no place."""
     core, _, case = lenient
-    core.p = core.p.model_copy(update={"replay_history": 6})
+    # The tiny model moves a 1–3 dB copy's rows by up to 0.015 (the shipped one by at most 0.0002), so
+    # "the same take" is looser here than in params.yaml; which copies are one take is tests/test_postgres.py's.
+    core.p = core.p.model_copy(update={"replay_history": 6, "replay_same_take": 0.98})
     core.enroll("nia", files(case.enroll))
     first = core.store.get("nia").take_sets
     assert len(first) == 3
@@ -705,6 +707,3 @@ def test_copies_of_one_recording_do_not_push_earlier_takes_out_of_the_window(len
     kept = core.store.get("nia").earlier_takes
     assert all(s in kept for s in first), "the first enrollment's takes were pushed out by copies"
     assert len(kept) == 6  # one set of the copies (the newest replaced), then the first takes
-    again = core.lock.enroll([(x, rate) for x, rate in others]).take_sets
-    assert all(core.lock.repeats(s, kept[:3]) for s in again)  # the same recordings, 3 dB louder: copies
-    assert not any(core.lock.repeats(s, kept[:3]) for s in first)  # other recordings: no copies

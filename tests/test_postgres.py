@@ -216,9 +216,11 @@ def test_issuing_a_token_never_deadlocks_against_another_users_delete(postgres: 
 def test_a_retired_name_keeps_its_replay_memory_for_the_administrators_recovery(database: str):
     """A tester with one unheard recording of the owner unlocked, DELETEd with the token, and after the
     administrator's recovery every recording heard before opened the account again (his own too, so the
-    cycle repeated). Deleting a name it retires keeps the replay memory — accepted unlocks' takes,
-    newest first, then the enrollment's takes — and the administrator's enrollment of the name inherits
-    it; a delete that frees the name keeps nothing, and another model's fingerprints are not carried."""
+    cycle repeated). Deleting a name it retires keeps the replay memory as it lives — the accepted
+    unlocks' takes (newest first) and the enrollment's takes, each its own budget (one shared budget let
+    unlocks push every enrollment take out) — and the administrator's enrollment of the name gets it
+    back; a delete that frees the name keeps nothing, another model's fingerprints are not carried, and
+    a damaged memory does not stop the recovery."""
     import numpy as np
 
     from voicelock.replay import encode
@@ -228,36 +230,71 @@ def test_a_retired_name_keeps_its_replay_memory_for_the_administrators_recovery(
         return (v / np.linalg.norm(v)).tolist()
 
     a, b, heard_1, heard_2 = fp(1, 0, 0, 1), fp(0, 1, 1, 0), fp(1, 1, 0, 0), fp(0, 0, 1, 1)
-    set_a, set_b = encode(np.asarray([a, heard_1])), encode(np.asarray([b, heard_2]))
+    set_a, set_b, heard_set = encode(np.asarray([a, heard_1])), encode(np.asarray([b, heard_2])), \
+        encode(np.asarray([heard_2, a]))
     store = EnrollmentStore(database)
     first = Template([1.0, 0.0], [0.0, 1.0], 2, [a, b], "sha256:m1", "", take_sets=[set_a, set_b])
     recovery = Template([0.0, 1.0], [0.0, 1.0], 1, [fp(1, 0, 1, 0)], "sha256:m1", "")
-    for user in ("hal", "ida", "jon"):
+    for user in ("hal", "ida", "jon", "lea"):
         store.save(user, first, 1.0)
         store.remember(user, [heard_1], 2.0, keep=50)
-        store.remember(user, [heard_2], 3.0, keep=50)
+        store.remember(user, [heard_2], 3.0, keep=50, sets=[heard_set])
     token = store.issue_token("hal", 4.0, 120.0)
     assert store.delete("hal", 5.0, token=token, keep=50) is True
     assert store.save("hal", recovery, 6.0, admin=True) is False  # a new name again, by the administrator
-    assert store.get("hal").earlier_takes == [json.dumps(heard_2), json.dumps(heard_1), set_a, set_b]
-    assert store.heard_recently("hal", 50) == []  # what unlocks the recovered account added is its own
-    # at most `keep`, newest first
-    assert store.delete("ida", 5.0, admin=True, keep=3) is True
-    assert store.save("ida", recovery, 6.0, admin=True) is False
-    assert store.get("ida").earlier_takes == [json.dumps(heard_2), json.dumps(heard_1), set_a]
+    assert store.get("hal").earlier_takes == [set_a, set_b]
+    assert store.heard_recently("hal", 50) == [heard_set, json.dumps(heard_1)]  # newest first, as stored
+    # each budget at most `keep`: two unlocks do not push the enrollment's takes out
+    assert store.delete("ida", 5.0, admin=True, keep=1) is True
+    assert store.save("ida", recovery, 6.0, admin=True, earlier_keep=1) is False
+    assert store.get("ida").earlier_takes == [set_a]
+    assert store.heard_recently("ida", 50) == [heard_set]
     # a recovery with another model inherits nothing (its fingerprints compare with nothing)
     assert store.delete("jon", 5.0, admin=True) is True
     assert store.save("jon", dataclasses.replace(recovery, model="sha256:m2"), 6.0, admin=True) is False
-    assert store.get("jon").earlier_takes == []
+    assert store.get("jon").earlier_takes == [] and store.heard_recently("jon", 50) == []
+    # a damaged memory (here, nested too deep to read) is ignored, the recovery stands
+    assert store.delete("lea", 5.0, admin=True) is True
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE retired_names SET takes = :t WHERE \"user\" = 'lea'"), {"t": "[" * 100000})
+    assert store.save("lea", recovery, 6.0, admin=True) is False
+    assert store.get("lea").earlier_takes == [] and not store.is_retired("lea")
     # a delete that frees the name keeps nothing of the voice
     store.save("kim", first, 1.0)
     store.remember("kim", [heard_1], 2.0, keep=50)
     assert store.delete("kim", 5.0, admin=True, retire=False) is True
     store.save("kim", recovery, 6.0)
-    assert store.get("kim").earlier_takes == []
+    assert store.get("kim").earlier_takes == [] and store.heard_recently("kim", 50) == []
     # an unlock decided while the account was deleted leaves nothing behind
     assert store.remember("hal2", [heard_1], 7.0, keep=50) == []
     assert store.heard_recently("hal2", 50) == []
+
+
+def test_one_take_is_kept_once_in_the_window_of_replaced_takes():
+    """A tester pushed the first enrollment's takes out of the window of replaced takes with
+    re-enrollments of one recording, each 1 dB quieter: other text, the same take. A take whose every
+    row is within `same_take` of the same row of a take kept before it is kept once; a take that is the
+    other's in one view only (a low-passed copy: its band-limited rows match, its full band does not) is
+    no copy — dropping the original for it forgot the original's full band (a reviewer's edits of the
+    original then unlocked)."""
+    import numpy as np
+
+    from voicelock.replay import encode
+    from voicelock.store import distinct_takes
+
+    rng = np.random.default_rng(0)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    original = unit(rng.normal(size=(4, 8)))  # 2 delays × (full band, view)
+    quieter = unit(original + 0.001 * rng.normal(size=(4, 8)))  # the same take, every row
+    low_passed = np.concatenate([unit(rng.normal(size=(2, 8))), original[2:]])  # the same view only
+    other = unit(rng.normal(size=(4, 8)))
+    entries = [encode(quieter), encode(original), encode(low_passed), encode(other), "junk"]
+    assert distinct_takes(entries, 8, same_take=0.9995) == [encode(quieter), encode(low_passed), encode(other)]
+    assert distinct_takes(entries, 8, same_take=0.9995, keep=2) == [encode(quieter), encode(low_passed)]
+    assert distinct_takes(entries, 8) == entries[:4]  # at 1.0 only exact repeats go
 
 
 def test_a_replaced_enrollment_keeps_its_takes_and_voids_every_token(database: str):

@@ -129,7 +129,7 @@ class UnlockApi:
                                             else anchor_recordings(current.speaker, current.sealed_takes))
         # With the token spent, stored only over the enrollment the voices were compared with.
         replaced = self.store.save(user, template, self.clock(), token, admin, compared_with=current,
-                                   earlier_keep=self.p.replay_history, redundant=self.lock.repeats)
+                                   earlier_keep=self.p.replay_history, same_take=self.p.replay_same_take)
         return {"enrolled": True, "user": user, "clips": template.clips, "replaced": replaced}
 
     def challenge(self, user: str) -> dict:

@@ -563,17 +563,6 @@ class Unlocker:
         return stored_rows(entries, self.fingerprint_dim, len(self.verifier.replay_shifts),
                            bool(self.verifier.replay_band_hz))
 
-    def repeats(self, entry: str, others: list[str]) -> bool:
-        """Whether a remembered take (an entry as stored: a set, or a fingerprint as JSON) is a copy of
-        one of `others` by the replay rule — its own fingerprint, and its band-limited view when it has
-        one, judged as a probe would be: whatever replays it then comes as close to the copy it repeats.
-        A damaged entry repeats nothing (it is dropped where it is read)."""
-        rows, own, in_band = self._memory([entry])
-        if not len(rows) or not np.all(np.isfinite(rows)) or not others:
-            return False
-        views = [rows[own][0]] + ([rows[in_band][0]] if in_band.any() else [])
-        return self.replays_take(np.stack(views), others)
-
     def replays_take(self, take: np.ndarray, remembered: list) -> bool:
         """The replay rule (`Verifier.replays`) for one take's views (V, D: the full band, then its
         band-limited view if the release has one) against remembered takes, as `verify` applies it."""

@@ -372,6 +372,8 @@ class ServiceParams(_Section):
     lockout_seconds: float = Field(gt=0)
     lockout_max_seconds: float = Field(gt=0)
     replay_history: int = Field(ge=1, le=10000)
+    replay_same_take: float = Field(gt=0.99, le=1.0, description="row-for-row cosine at which a remembered take "
+                                    "is the same take as another (kept once in a window of replaced takes)")
     liveness: Literal["off", "challenge"]
     challenge_words: int = Field(ge=1, le=3)
     challenge_seconds: float = Field(gt=0, le=600)

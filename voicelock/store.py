@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +51,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from voicelock.enrollment import Template
 from voicelock.replay import decode
 from voicelock.errors import VoicelockError
-
-# `redundant(entry, others)`: whether a remembered take adds nothing to `others` (a copy by the replay rule).
-Redundant = Callable[[str, list[str]], bool]
 
 metadata = MetaData()
 enrollments = Table(
@@ -115,7 +112,7 @@ retired_names = Table(
     Column("user", String(128), primary_key=True),
     Column("at", Float, nullable=False),
     Column("model", String(256), nullable=True),  # the model of `takes`; NULL: nothing kept
-    Column("takes", Text, nullable=True),  # JSON list, as a template's `earlier_takes`
+    Column("takes", Text, nullable=True),  # JSON {"heard": [...], "enrolled": [...]}: `delete`
 )
 
 # Every enroll / unlock / delete decision, for the operator: who, what, the outcome and its reason, the
@@ -220,18 +217,18 @@ def holds(row_text: str, template: Template) -> bool:
     return isinstance(data, dict) and _canonical(data) == template_json(template)
 
 
-def earlier_takes(replaced, model: str, keep: int, dim: int, redundant: Redundant | None = None) -> list[str]:
+def earlier_takes(replaced, model: str, keep: int, dim: int, same_take: float = 1.0) -> list[str]:
     """What a replacement keeps of the replaced row (`template` text and `model`): its takes — each
     its set, or its fingerprint as JSON, as the replay memory stores a take — then the takes it kept
     itself, newest first, each once, at most `keep`. Nothing of another model (its fingerprints
     compare with nothing), and nothing damaged — no entry that does not read as whole `dim`-wide
     fingerprints (`replay.decode`): one such entry refuses every unlock, and a recovery must neither
-    fail on what it replaces nor carry a damaged take forward. With `redundant(entry, others)` (the
-    replay rule: `Unlocker.repeats`), nor a take that is a copy of one kept before it: a tester filled
-    the window with six token re-enrollments of the same recordings, each 1 dB quieter (other text,
-    the same take), and pushed the first takes out. (Not judged against the new enrollment's own
-    takes: the replaced takes stay in the row even when the same recordings are enrolled again, so
-    the row differs from the one it replaced — what `holds` tells a stale decision by.)"""
+    fail on what it replaces nor carry a damaged take forward. Nor a second copy of one take
+    (`distinct_takes` at `same_take`): a tester filled the window with six token re-enrollments of the
+    same recordings, each 1 dB quieter (other text, the same take), and pushed the first takes out.
+    (Not judged against the new enrollment's own takes: the replaced takes stay in the row even when
+    the same recordings are enrolled again, so the row differs from the one it replaced — what
+    `holds` tells a stale decision by.)"""
     if replaced.model != model:
         return []
     try:
@@ -244,15 +241,28 @@ def earlier_takes(replaced, model: str, keep: int, dim: int, redundant: Redundan
     else:  # no sets (a release without replay shifts), or damaged ones: the takes' own fingerprints
         own = [json.dumps(t) for t in takes] if isinstance(takes, list) else []
     found = [t for t in own + (earlier if isinstance(earlier, list) else []) if isinstance(t, str)]
-    readable = [t for t in dict.fromkeys(found) if not np.isnan(decode(t, dim)).any()]
-    if redundant is None:
-        return readable[:keep]
+    return distinct_takes(found, dim, same_take, keep)
+
+
+def distinct_takes(entries: list, dim: int, same_take: float = 1.0, keep: int | None = None) -> list[str]:
+    """The readable entries (remembered takes: sets or JSON fingerprints, `replay.decode`) in order, each
+    take once, at most `keep`. Two entries are one take when they hold as many rows and every row is
+    within `same_take` (cosine) of the same row of the other — every delay and view alike, so a copy that
+    changes only the level goes and a low-passed copy (the same take in the band-limited view alone)
+    stays, with its original: dropping an original for a copy that replays it in one view only forgot
+    the original's full band (a reviewer's edits of it then unlocked). Each entry is decoded once."""
     kept: list[str] = []
-    for take in readable:
-        if len(kept) >= keep:
+    rows: list[np.ndarray] = []
+    for entry in dict.fromkeys(e for e in entries if isinstance(e, str)):
+        if keep is not None and len(kept) >= keep:
             break
-        if not redundant(take, kept):
-            kept.append(take)
+        mine = decode(entry, dim)
+        if np.isnan(mine).any():
+            continue  # damaged: one such entry would refuse every unlock
+        if any(r.shape == mine.shape and float(np.min(np.sum(r * mine, axis=1))) >= same_take for r in rows):
+            continue
+        kept.append(entry)
+        rows.append(mine)
     return kept
 
 
@@ -424,7 +434,7 @@ class EnrollmentStore:
 
     def save(self, user: str, template: Template, now: float, token: str | None = None,
              admin: bool = False, compared_with: Template | None = None, earlier_keep: int = 50,
-             redundant: Redundant | None = None) -> bool:
+             same_take: float = 1.0) -> bool:
         """Store an enrollment; True when it replaced one.
 
         A new name is inserted (two concurrent first enrollments cannot both win: the primary key
@@ -470,7 +480,7 @@ class EnrollmentStore:
                     raise Conflict(CHANGED_MEANWHILE)
                 dim = len(template.word) + len(template.speaker)  # a fingerprint's width (replay.fingerprints)
                 kept = dataclasses.replace(template, earlier_takes=earlier_takes(replaced, template.model,
-                                                                                 earlier_keep, dim, redundant))
+                                                                                 earlier_keep, dim, same_take))
                 conn.execute(update(enrollments).where(enrollments.c.user == user).values(**self._row(kept, now)))
                 conn.execute(delete(proof_tokens).where(proof_tokens.c.user == user))
                 return True
@@ -479,22 +489,32 @@ class EnrollmentStore:
     def _inherit_retired_memory(self, conn: Connection, user: str, template: Template, now: float,
                                 keep: int) -> None:
         """The administrator enrolling a retired name: the deleted enrollment's replay memory (`delete`)
-        joins the new template's `earlier_takes`, as a replacement's takes do — same model only."""
+        comes back as it was — its enrollment takes into the new template's `earlier_takes`, as a
+        replacement's takes do, and its accepted unlocks' takes into `heard` — same model only. A
+        damaged memory is ignored (a recovery must not fail on it)."""
         retired = conn.execute(select(retired_names.c.model, retired_names.c.takes)
                                .where(retired_names.c.user == user)).first()
         if retired is None or retired.model != template.model or not retired.takes:
             return
         try:
-            kept = json.loads(retired.takes)
-        except ValueError:
+            memory = json.loads(retired.takes)
+        except (ValueError, RecursionError):
             return
-        if not isinstance(kept, list):
+        if not isinstance(memory, dict):
             return
         dim = len(template.word) + len(template.speaker)
-        readable = [t for t in kept if isinstance(t, str) and not np.isnan(decode(t, dim)).any()]
-        merged = list(dict.fromkeys(list(template.earlier_takes) + readable))[:keep]
-        conn.execute(update(enrollments).where(enrollments.c.user == user)
-                     .values(**self._row(dataclasses.replace(template, earlier_takes=merged), now)))
+        enrolled, heard_takes = memory.get("enrolled"), memory.get("heard")
+        if isinstance(enrolled, list) and enrolled:
+            merged = distinct_takes(list(template.earlier_takes) + enrolled, dim, keep=keep)
+            conn.execute(update(enrollments).where(enrollments.c.user == user)
+                         .values(**self._row(dataclasses.replace(template, earlier_takes=merged), now)))
+        for take in reversed(distinct_takes(heard_takes if isinstance(heard_takes, list) else [], dim, keep=keep)):
+            # As `remember` stores a take: its own fingerprint as JSON (what every version reads) and, for
+            # a set (`replay.encode`; a lone fingerprint is a JSON list), the set beside it.
+            own = json.dumps(decode(take, dim)[0].tolist())
+            single = take.lstrip().startswith("[")
+            conn.execute(insert(heard).values(user=user, fingerprint=own, fingerprint_set=None if single else take,
+                                              at=now))
 
     def upgrade(self, user: str, template: Template, previous: Template, now: float,
                 forget_heard: bool = True) -> bool:
@@ -565,9 +585,11 @@ class EnrollmentStore:
         return removed > 0
 
     @staticmethod
-    def _memory_of(conn: Connection, user: str, row, keep: int) -> list[str]:
-        """A user's replay memory as `earlier_takes` entries: the heard takes, newest first, then the
-        enrollment's takes and those it kept (`earlier_takes`: same reading, damaged entries dropped)."""
+    def _memory_of(conn: Connection, user: str, row, keep: int) -> dict[str, list[str]]:
+        """A user's replay memory as it lives: `heard`, the accepted unlocks' takes (newest first, at
+        most `keep`, as `remember` keeps them), and `enrolled`, the enrollment's takes and those it kept
+        (`earlier_takes`) — each its own budget, as in a live account: one shared budget let 50 unlocks
+        push every enrollment take out (a reviewer's finding). Damaged entries are dropped."""
         h = heard.c
         heard_takes = [r.stored for r in conn.execute(
             select(func.coalesce(h.fingerprint_set, h.fingerprint).label("stored"))
@@ -575,11 +597,11 @@ class EnrollmentStore:
         try:
             data = json.loads(row.template)
             dim = len(data["word"]) + len(data["speaker"])
-        except (TypeError, ValueError, KeyError):
-            return []
-        enrolled = earlier_takes(row, row.model, keep, dim)
-        readable = [t for t in heard_takes if isinstance(t, str) and not np.isnan(decode(t, dim)).any()]
-        return list(dict.fromkeys(readable + enrolled))[:keep]
+        except (TypeError, ValueError, KeyError, RecursionError):
+            return {}
+        memory = {"heard": distinct_takes(heard_takes, dim, keep=keep),
+                  "enrolled": earlier_takes(row, row.model, keep, dim)}
+        return {k: v for k, v in memory.items() if v}
 
     def is_retired(self, user: str) -> bool:
         """Whether `user` names a deleted enrollment that only the administrator may enroll again."""

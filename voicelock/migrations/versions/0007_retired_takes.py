@@ -6,10 +6,12 @@ unlock with it, DELETE with the token, and after the administrator's recovery ev
 before (the old enrollment takes, the owner's accepted unlocks) opened the account once more, his own
 included, so the cycle repeated. The deleted enrollment's replay memory — fingerprints (embeddings,
 never recordings) of its accepted unlocks' takes, its enrollment takes and those it kept — is kept
-with the retired name (`takes`, a JSON list as a template's `earlier_takes`; `model`, the model that
-made them) and joins the administrator's new enrollment of the name. Existing rows get NULL (nothing
-kept). A replica of the previous voicelock neither writes nor reads the columns: a delete there keeps
-nothing, as before. To roll back, `alembic downgrade 0006`.
+with the retired name (`takes`, JSON: {"heard": [...], "enrolled": [...]}, each a list of entries as
+the replay memory stores a take; `model`, the model that made them) and comes back with the
+administrator's new enrollment of the name (`heard` rows, the template's `earlier_takes`). Existing
+rows get NULL (nothing kept). A replica of the previous voicelock neither writes nor reads the
+columns: a delete there keeps nothing, and its enrollment of a retired name inherits nothing, as
+before. To roll back, `alembic downgrade 0006`.
 
 Revision ID: 0007
 Revises: 0006
