@@ -366,6 +366,16 @@ def _insert_if_missing(conn: Connection, table: Table, **values) -> bool:
         return False
 
 
+def _heard_takes(conn: Connection, user: str, limit: int, excluding: list[int] | None = None) -> list[str]:
+    """The user's newest `limit` remembered takes (`heard`, but rows `excluding`) as stored: each its
+    fingerprint set, or its fingerprint (JSON) where a set was not written (`replay.decode` reads either)."""
+    h = heard.c
+    query = select(func.coalesce(h.fingerprint_set, h.fingerprint).label("stored")).where(h.user == user)
+    if excluding:
+        query = query.where(h.id.not_in(excluding))
+    return [r.stored for r in conn.execute(query.order_by(h.id.desc()).limit(limit))]
+
+
 def _lock_enrollment(conn: Connection, user: str, *columns):
     """The user's enrollment row (these `columns`; None when there is none), locked until the transaction
     ends — taken before any of that user's token or heard rows, and never while holding another user's
@@ -564,18 +574,20 @@ class EnrollmentStore:
         and re-enrolling must not reset a lock). Needs the same proof as replacing an enrollment;
         without it the answer is the same whether or not the user exists. `retire`: the name stays
         taken (`retired_names`) until the administrator enrolls it — in the same transaction, so no
-        enrollment slips in between — and keeps the replay memory: the takes of the accepted unlocks,
-        newest first, then the enrollment's takes and those it kept, at most `keep`. Forgetting it let a
-        tester who held one unheard recording unlock, DELETE, and after each administrator's recovery
-        unlock again with every recording the service had heard before (`save` hands it on)."""
+        enrollment slips in between — and keeps the replay memory (`_memory_of`: the accepted unlocks'
+        takes and the enrollment's, at most `keep` of each). Forgetting it let a tester who held one
+        unheard recording unlock, DELETE, and after each administrator's recovery unlock again with
+        every recording the service had heard before (`save` hands it back)."""
         with self.engine.begin() as conn:
             _lock_enrollment(conn, user)  # before the token's row, in the order `save` takes them
             if not admin and not (token and self._spend_token(conn, user, token, now)):
                 raise Forbidden("deleting a user needs proof of ownership: header X-Unlock-Token from a successful "
                                 "unlock (or the administrator's X-Admin-Key)")
+            # Read after the proof, not with the lock: reading a large row first made a wrong token's
+            # refusal slower for an enrolled name.
             row = conn.execute(select(enrollments.c.template, enrollments.c.model)
                                .where(enrollments.c.user == user)).first()
-            memory = self._memory_of(conn, user, row, keep) if row is not None and retire else []
+            memory = self._memory_of(conn, user, row, keep) if row is not None and retire else {}
             removed = conn.execute(delete(enrollments).where(enrollments.c.user == user)).rowcount
             for table in (proof_tokens, challenges, heard):
                 conn.execute(delete(table).where(table.c.user == user))
@@ -590,10 +602,7 @@ class EnrollmentStore:
         most `keep`, as `remember` keeps them), and `enrolled`, the enrollment's takes and those it kept
         (`earlier_takes`) — each its own budget, as in a live account: one shared budget let 50 unlocks
         push every enrollment take out (a reviewer's finding). Damaged entries are dropped."""
-        h = heard.c
-        heard_takes = [r.stored for r in conn.execute(
-            select(func.coalesce(h.fingerprint_set, h.fingerprint).label("stored"))
-            .where(h.user == user).order_by(h.id.desc()).limit(keep))]
+        heard_takes = _heard_takes(conn, user, keep)
         try:
             data = json.loads(row.template)
             dim = len(data["word"]) + len(data["speaker"])
@@ -737,11 +746,8 @@ class EnrollmentStore:
     def heard_recently(self, user: str, limit: int) -> list[str]:
         """The user's newest remembered takes as stored: each its fingerprint set, or its fingerprint
         (JSON) where a set was not written (voicelock/replay.py `decode` reads either)."""
-        h = heard.c
-        stored = func.coalesce(h.fingerprint_set, h.fingerprint).label("stored")
         with self.engine.connect() as conn:
-            rows = conn.execute(select(stored).where(h.user == user).order_by(h.id.desc()).limit(limit)).all()
-        return [r.stored for r in rows]
+            return _heard_takes(conn, user, limit)
 
     def remember(self, user: str, fingerprints: list[list[float]], now: float, keep: int,
                  sets: list[str] | None = None) -> list[str]:
@@ -760,9 +766,7 @@ class EnrollmentStore:
             mine = [conn.execute(insert(heard).values(user=user, fingerprint=json.dumps(fp), fingerprint_set=fp_set,
                                                       at=now).returning(h.id)).scalar_one()
                     for fp, fp_set in zip(fingerprints, sets, strict=True)]
-            stored = func.coalesce(h.fingerprint_set, h.fingerprint).label("stored")
-            others = conn.execute(select(stored).where(h.user == user, h.id.not_in(mine))
-                                  .order_by(h.id.desc()).limit(keep)).all()
+            others = _heard_takes(conn, user, keep, excluding=mine)
             newest = select(h.id).where(h.user == user).order_by(h.id.desc()).limit(keep)
             conn.execute(delete(heard).where(h.user == user, h.id.not_in(newest.scalar_subquery())))
-        return [r.stored for r in others]
+        return others
