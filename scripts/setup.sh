@@ -33,13 +33,42 @@ if [ "$WHAT" = all ]; then
   # PostgreSQL: the tests run the store and two service replicas on a throw-away cluster (tests/servers.py)
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 fi
-if [ ${#missing[@]} -gt 0 ]; then
+# MBROLA and the databases of data.synth.mbrola_voices (mb-de2-en → mbrola-de2), read from params.yaml so the
+# list lives in one place. They are in Debian's contrib and non-free components (voicelock/data/mbrola.py).
+mbrola=()
+for db in $(awk '/^ *mbrola_voices:/{on=1} on{print} on&&/\]/{exit}' params.yaml | grep -o 'mb-[a-z]*[0-9]' | sed 's/^mb-//' | sort -u); do
+  [ -e "/usr/share/mbrola/$db/$db" ] || mbrola+=("mbrola-$db")
+done
+[ ${#mbrola[@]} -eq 0 ] || command -v mbrola >/dev/null 2>&1 || mbrola+=(mbrola)
+if [ ${#missing[@]} -gt 0 ] || [ ${#mbrola[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    say "missing system packages: ${missing[*]} — install them as root (apt-get install ${missing[*]}) and re-run"; exit 1
+    say "missing system packages: ${missing[*]} ${mbrola[*]} — install them as root (apt-get install ...; MBROLA's from Debian contrib/non-free) and re-run"; exit 1
   fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ${#mbrola[@]} -gt 0 ]; then
+  # Fetched through a sources list of our own, so the machine's sources never gain contrib or non-free;
+  # apt installs the downloaded packages (and anything they need from the machine's own sources).
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$codename" ] || { say "MBROLA voices: cannot tell the Debian release (/etc/os-release) — install ${mbrola[*]} by hand"; exit 1; }
+  say "installing MBROLA and ${#mbrola[@]} voice packages from Debian contrib/non-free ($codename)"
+  apt_dir=$(mktemp -d)
+  echo "deb http://deb.debian.org/debian $codename contrib non-free" > "$apt_dir/sources.list"
+  own=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+       -o "Dir::State::Lists=$apt_dir/lists")
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/debs"
+  $SUDO apt-get "${own[@]}" update -qq 2>/dev/null
+  # (apt warns that its sandbox user cannot write a root-owned folder, and downloads as root instead)
+  (cd "$apt_dir/debs" && $SUDO apt-get -qq "${own[@]}" download "${mbrola[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) \
+    || true
+  [ "$(ls "$apt_dir"/debs/*.deb 2>/dev/null | wc -l)" -eq ${#mbrola[@]} ] \
+    || { say "could not download ${mbrola[*]} from Debian contrib/non-free"; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$apt_dir"/debs/*.deb >/dev/null
+  $SUDO rm -rf "$apt_dir"
 fi
 
 # --- virtual environment with the pinned stack --------------------------------------------------

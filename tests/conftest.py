@@ -35,6 +35,9 @@ TINY_SYNTH = {
     "workers": 2,
     "festival_voices": {"ked_diphone": 105, "czech_dita": 200},
     "festival_speaker_scales": [],  # tests/test_synth.py renders the scaled copies on their own
+    "festival_extra_speakers": [],
+    "mbrola_voices": ["mb-us1", "mb-us2"],  # with seed 4 a woman testing, and a man training (with a copy)
+    "mbrola_copies": 1,
 }
 
 

@@ -114,11 +114,13 @@ def test_a_forked_worker_starts_its_own_espeak_server():
 def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):
     synth = tiny_params.data.synth
     clips = scan_corpus(tiny_corpus)
-    speakers = synth.n_speakers + len(synth.festival_voices)  # espeak-ng and festival speakers
+    mbrola = len(pd.read_csv(tiny_corpus / "speakers.csv").query("engine == 'mbrola'"))
+    assert len(synth.mbrola_voices) <= mbrola <= len(synth.mbrola_voices) * (1 + synth.mbrola_copies)
+    speakers = synth.n_speakers + len(synth.festival_voices) + mbrola  # espeak-ng, festival and MBROLA speakers
     assert len(clips) == speakers * len(synth.words) * synth.takes_per_word
     assert {c.word for c in clips} == set(synth.words)
     engines = pd.read_csv(tiny_corpus / "speakers.csv")["engine"].value_counts().to_dict()
-    assert engines == {"espeak-ng": synth.n_speakers, "festival": len(synth.festival_voices)}
+    assert engines == {"espeak-ng": synth.n_speakers, "festival": len(synth.festival_voices), "mbrola": mbrola}
     for clip in clips[:: max(len(clips) // 20, 1)]:
         info = sf.info(tiny_corpus / clip.path)
         assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000)
@@ -128,14 +130,22 @@ def test_layout_and_format(tiny_corpus: Path, tiny_params: Params):
 
 
 def test_split_lists_split_by_speaker(tiny_corpus: Path, tiny_params: Params):
+    from voicelock.data.mbrola import plan_mbrola_speakers
+
+    synth = tiny_params.data.synth
+    # An MBROLA voice's copies at other vocal tracts are its person: they split with the voice's own speaker.
+    key = {sp.id: k for sp, k in plan_mbrola_speakers(synth.mbrola_voices, synth.mbrola_copies, tiny_params.seed)}
+    assert any(k != s for s, k in key.items()), "no MBROLA copy in the tiny corpus: this test checks none"
     val, test = read_list(tiny_corpus / "validation_list.txt"), read_list(tiny_corpus / "testing_list.txt")
     assert val and test and not val & test
     splits_of = defaultdict(set)
     for clip in scan_corpus(tiny_corpus):
         split = "validation" if clip.path in val else "testing" if clip.path in test else "training"
         splits_of[clip.speaker].add(split)
-        assert split == split_for_speaker(clip.speaker, 20, 20)
+        assert split == split_for_speaker(key.get(clip.speaker, clip.speaker), 20, 20)
     assert all(len(s) == 1 for s in splits_of.values())
+    listed = pd.read_csv(tiny_corpus / "speakers.csv", dtype=str).set_index("id")["split"]
+    assert {s: listed[s] for s in splits_of} == {s: next(iter(v)) for s, v in splits_of.items()}
 
 
 def test_speakers_differ_by_timbre_not_pitch_alone(tiny_params: Params):
@@ -459,3 +469,66 @@ def test_festival_voices_also_train_as_speakers_with_other_vocal_tracts(tiny_par
     ked = [s for s in scaled if s.voice == "ked_diphone"]
     low, high = (centroid(s.__class__(s.id, s.voice, ked[0].f0, ked[0].stretch, s.formant_scale)) for s in ked[1:])
     assert high / low > 1.12  # 1.1 / 0.9 = 1.22 in every frequency; noise and microphone blur it a little
+
+
+def test_mbrola_speakers_are_recorded_people_whose_copies_share_a_split(tiny_corpus: Path, tiny_params: Params):
+    """Each MBROLA voice speaks as itself and, if it trains, as `mbrola_copies` more vocal tracts (new
+    identities) that train with it — a test speaker is never a training speaker's voice at another vocal
+    tract, and no validation or test speaker has a twin (twins set the calibrated thresholds)."""
+    from voicelock.data.mbrola import plan_mbrola_speakers
+
+    synth = tiny_params.data.synth
+    rows = pd.read_csv(tiny_corpus / "speakers.csv", dtype={"id": str})
+    mb = rows[rows["engine"] == "mbrola"]
+    assert sorted(mb["voice"].unique()) == sorted(synth.mbrola_voices)
+    for voice, group in mb.groupby("voice"):
+        scales = sorted(group["formant_scale"])
+        assert 1.0 in scales and all(0.06 <= abs(s - 1) <= 0.12 for s in scales if s != 1.0), scales
+        assert group["split"].nunique() == 1, f"{voice}: copies in more than one split"
+        assert len(group) == (1 + synth.mbrola_copies if group["split"].iloc[0] == "training" else 1)
+        if len(group) > 1:  # the copies are other voices: their takes of one word differ
+            first = [sf.read(tiny_corpus / "seven" / f"{sid}_nohash_0.wav")[0] for sid in group["id"]]
+            assert not np.allclose(first[0], first[1], atol=1e-3)
+    assert set(mb["split"]) > {"training"}, "the tiny corpus needs a training and a held-out MBROLA voice"
+    # copies are made for training voices only
+    trains, held_out = synth.mbrola_voices[:2]
+    splits = {trains: "training", held_out: "testing"}
+    keys = {sp.voice: k for sp, k in plan_mbrola_speakers(synth.mbrola_voices, 0, tiny_params.seed)}
+    planned = plan_mbrola_speakers(synth.mbrola_voices, 2, tiny_params.seed,
+                                   split_of=lambda key: splits[next(v for v, k in keys.items() if k == key)])
+    assert sorted(sp.voice for sp, _ in planned) == sorted([trains] * 3 + [held_out])
+
+
+def test_an_mbrola_take_is_a_function_of_its_speaker_word_and_seed(tiny_params: Params, tmp_path: Path):
+    from voicelock.data.mbrola import plan_mbrola_speakers, render_mbrola_speaker
+
+    [(speaker, _)] = plan_mbrola_speakers(["mb-us1"], 0, seed=5)
+    synth = tiny_params.data.synth.model_copy(update={"takes_per_word": 2})
+    takes = []
+    for attempt in range(2):
+        root = tmp_path / str(attempt)
+        (root / "seven").mkdir(parents=True)
+        takes.append([(root / r).read_bytes() for r in render_mbrola_speaker((speaker, 0, ["seven"], synth, 5, 16000,
+                                                                               16000, root))])
+    assert takes[0] == takes[1] and takes[0][0] != takes[0][1]  # the same each run; each take its own
+    assert plan_mbrola_speakers(["mb-us1", "mb-us2"], 1, seed=5)[0][0] == speaker  # adding a voice moves none
+
+
+def test_missing_mbrola_voices_and_misnamed_ones_are_refused_by_name(tiny_params_path: Path, tmp_path: Path,
+                                                                    monkeypatch):
+    import yaml
+
+    from tests.conftest import write_params
+    from voicelock.data import mbrola
+    from voicelock.params import load_params
+
+    monkeypatch.setattr(mbrola, "MBROLA_DIR", tmp_path / "none")
+    with pytest.raises(VoicelockError, match=r"databases \['de2', 'us1'\] not installed.*mbrola-de2 mbrola-us1"):
+        mbrola.require_mbrola(["mb-us1", "mb-de2-en"])
+    raw = yaml.safe_load(tiny_params_path.read_text())
+    raw["data"]["synth"]["mbrola_voices"] = ["mb-de2", "mb-de2-en"]
+    with pytest.raises(VoicelockError, match=r"mbrola_voices: \[\['mb-de2', 'mb-de2-en'\]\] are one recorded person"):
+        load_params(write_params(tmp_path, raw))
+    raw["data"]["synth"]["mbrola_voices"] = ["us1"]
+    with pytest.raises(VoicelockError, match="mbrola_voices: 'us1' is not an espeak-ng MBROLA voice"):
+        load_params(write_params(tmp_path, raw))

@@ -8,6 +8,7 @@ deep inside a stage.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,10 @@ class ExtraRecordedSpeaker(_Section):
     scale: float = Field(ge=0.7, le=1.4, description="every frequency × this: the vocal tract (and F0 with it)")
 
 
+# An espeak-ng MBROLA voice: mb-<database>, or mb-<database>-en (that person reading by English rules).
+MBROLA_VOICE = re.compile(r"^mb-([a-z]+[0-9])(-en)?$")
+
+
 class SynthParams(_Section):
     words: list[str] = Field(min_length=2)
     n_speakers: int = Field(ge=3)
@@ -55,6 +60,10 @@ class SynthParams(_Section):
         default_factory=list, description="one more speaker per festival voice and factor: all frequencies × it")
     festival_extra_speakers: list[ExtraRecordedSpeaker] = Field(
         default_factory=list, description="more festival speakers, each a voice at its own F0 and vocal tract")
+    mbrola_voices: list[str] = Field(
+        default_factory=list, description="espeak-ng's MBROLA voices (mb-…): recorded people, one speaker each")
+    mbrola_copies: int = Field(default=0, ge=0, le=3,
+                               description="more speakers per MBROLA voice, each at another vocal tract")
     pitch_range: tuple[int, int]
     formant_scale_range: tuple[float, float] = Field(
         default=(1.0, 1.0), description="each espeak-ng speaker's vocal tract: all frequencies times this")
@@ -86,6 +95,15 @@ class SynthParams(_Section):
                      if e.voice in self.festival_voices and abs(e.scale - 1.0) < 0.03]:
             raise ValueError(f"festival_extra_speakers: {twins} at scale ~1.0 — the voice at its own vocal tract is "
                              f"a pitch-only twin of its festival_voices speaker; give it a scale beyond ±3%")
+        people: dict[str, list[str]] = {}
+        for voice in self.mbrola_voices:
+            match = MBROLA_VOICE.match(voice)
+            if match is None:
+                raise ValueError(f"mbrola_voices: {voice!r} is not an espeak-ng MBROLA voice (mb-<database> or "
+                                 f"mb-<database>-en, e.g. mb-us1, mb-de2-en: `espeak-ng --voices=mb`)")
+            people.setdefault(match.group(1), []).append(voice)
+        if twins := [v for v in people.values() if len(v) > 1]:
+            raise ValueError(f"mbrola_voices: {twins} are one recorded person each — keep one voice per database")
         if not 0.7 <= self.formant_scale_range[0] <= self.formant_scale_range[1] <= 1.4:
             raise ValueError(f"formant_scale_range: {list(self.formant_scale_range)} must lie within [0.7, 1.4] "
                              f"(1.0 = the voice as espeak-ng renders it; beyond ±30% it no longer sounds human)")

@@ -406,40 +406,50 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
                       clip_seconds: float = 1.0) -> Path:
     """Generate the whole corpus into `out_dir` (atomically), in parallel, with a progress bar."""
     from voicelock.data.festival import plan_festival_speakers, render_festival_speaker, require_festival
+    from voicelock.data.mbrola import plan_mbrola_speakers, render_mbrola_speaker, require_mbrola
 
     require_espeak()
     check_timbres(params)
     require_festival(sorted(set(params.festival_voices) | {e.voice for e in params.festival_extra_speakers}))
+    require_mbrola(params.mbrola_voices)
     speakers = plan_speakers(params, seed)
     festival = plan_festival_speakers(dict(params.festival_voices), seed, tuple(params.festival_speaker_scales),
                                       tuple((e.voice, e.f0, e.scale) for e in params.festival_extra_speakers))
+    split_key: dict[str, str] = {}  # a speaker's split follows this id: an MBROLA copy follows its voice
+
+    def split(speaker_id: str) -> str:
+        return split_for_speaker(split_key.get(speaker_id, speaker_id), validation_percentage, testing_percentage)
+
+    mbrola = plan_mbrola_speakers(params.mbrola_voices, params.mbrola_copies, seed, split_of=split)
+    split_key.update({sp.id: key for sp, key in mbrola})
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize clips")
         relatives = [f"{t.word}/{t.speaker.id}_nohash_{t.take}.wav" for t in takes]
-        jobs = [(sp, i, list(params.words), params, seed, rate, int(clip_seconds * rate), staging)
-                for i, sp in enumerate(festival)]
+        clip_samples = int(clip_seconds * rate)
         with ProcessPoolExecutor(params.workers or os.cpu_count() or 1) as pool:
-            for done in tqdm(pool.map(render_festival_speaker, jobs), total=len(jobs), desc="festival speakers",
-                             unit=" speakers"):
-                relatives += done
+            for render, planned, desc in ((render_festival_speaker, festival, "festival speakers"),
+                                          (render_mbrola_speaker, [sp for sp, _ in mbrola], "mbrola speakers")):
+                jobs = [(sp, i, list(params.words), params, seed, rate, clip_samples, staging)
+                        for i, sp in enumerate(planned)]
+                for done in tqdm(pool.map(render, jobs), total=len(jobs), desc=desc, unit=" speakers"):
+                    relatives += done
         (staging / BACKGROUND_DIR).mkdir()
         kinds = ["white", "pink", "brown", "babble"]
         for i in tqdm(range(params.background_files), desc="background noise", unit=" files"):
             kind = kinds[i % len(kinds)]
             rng = np.random.default_rng([seed, 3, i])
             write_wav(staging / BACKGROUND_DIR / f"{kind}_{i}.wav", background_noise(kind, rng, params, rate), rate)
-        splits = {r: split_for_speaker(r.split("/")[1].split("_nohash_")[0], validation_percentage,
-                                       testing_percentage) for r in relatives}
+        splits = {r: split(r.split("/")[1].split("_nohash_")[0]) for r in relatives}
         write_split_lists(staging, splits)
         rows = [{**sp.__dict__, "engine": "espeak-ng"} for sp in speakers]
         rows += [{"id": sp.id, "voice": sp.voice, "variant": "", "pitch": round(sp.f0, 1), "speed": round(sp.stretch, 3),
                   "formant_scale": sp.formant_scale, "engine": "festival"} for sp in festival]
-        pd.DataFrame(rows).assign(
-            split=lambda d: [split_for_speaker(s, validation_percentage, testing_percentage) for s in d["id"]]
-        ).to_csv(staging / SPEAKERS_FILE, index=False)
+        rows += [{**sp.__dict__, "engine": "mbrola"} for sp, _ in mbrola]
+        pd.DataFrame(rows).assign(split=lambda d: [split(s) for s in d["id"]]).to_csv(staging / SPEAKERS_FILE,
+                                                                                      index=False)
     return out_dir
 
 
