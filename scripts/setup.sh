@@ -34,9 +34,12 @@ if [ "$WHAT" = all ]; then
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 fi
 # MBROLA and the databases of data.synth.mbrola_voices (mb-de2-en → mbrola-de2), read from params.yaml so the
-# list lives in one place. They are in Debian's contrib and non-free components (voicelock/data/mbrola.py).
+# list lives in one place — and for the tests, those of their tiny corpus (tests/conftest.py). They are in
+# Debian's contrib and non-free components (voicelock/data/mbrola.py).
+voice_lists=$(awk '/^ *mbrola_voices:/{on=1} on{print} on&&/\]/{exit}' params.yaml)
+[ "$WHAT" != all ] || voice_lists+=$(grep '"mbrola_voices"' tests/conftest.py)
 mbrola=()
-for db in $(awk '/^ *mbrola_voices:/{on=1} on{print} on&&/\]/{exit}' params.yaml | grep -o 'mb-[a-z]*[0-9]' | sed 's/^mb-//' | sort -u); do
+for db in $(echo "$voice_lists" | grep -o 'mb-[a-z]*[0-9]' | sed 's/^mb-//' | sort -u); do
   [ -e "/usr/share/mbrola/$db/$db" ] || mbrola+=("mbrola-$db")
 done
 [ ${#mbrola[@]} -eq 0 ] || command -v mbrola >/dev/null 2>&1 || mbrola+=(mbrola)
