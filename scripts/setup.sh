@@ -36,16 +36,17 @@ fi
 # MBROLA and the databases of data.synth.mbrola_voices (mb-de2-en → mbrola-de2), read from params.yaml so the
 # list lives in one place — and for the tests, those of their tiny corpus (tests/conftest.py). They are in
 # Debian's contrib and non-free components (voicelock/data/mbrola.py).
-voice_lists=$(awk '/^ *mbrola_voices:/{on=1} on{print} on&&/\]/{exit}' params.yaml)
-[ "$WHAT" != all ] || voice_lists+=$(grep '"mbrola_voices"' tests/conftest.py)
+voice_lists=$(awk '/^ *mbrola_voices:/{on=1} on{sub(/#.*/, ""); print} on&&/\]/{exit}' params.yaml)
+[ "$WHAT" != all ] || voice_lists+=$(grep '"mbrola_voices"' tests/conftest.py | sed 's/#.*//' || true)
 mbrola=()
-for db in $(echo "$voice_lists" | grep -o 'mb-[a-z]*[0-9]' | sed 's/^mb-//' | sort -u); do
+for db in $(echo "$voice_lists" | grep -o 'mb-[a-z]*[0-9]' | sed 's/^mb-//' | sort -u || true); do
   [ -e "/usr/share/mbrola/$db/$db" ] || mbrola+=("mbrola-$db")
 done
 [ ${#mbrola[@]} -eq 0 ] || command -v mbrola >/dev/null 2>&1 || mbrola+=(mbrola)
 if [ ${#missing[@]} -gt 0 ] || [ ${#mbrola[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    say "missing system packages: ${missing[*]} ${mbrola[*]} — install them as root (apt-get install ...; MBROLA's from Debian contrib/non-free) and re-run"; exit 1
+    say "missing system packages — install them as root and re-run: apt-get install ${missing[*]:-} ${mbrola[*]:-}" \
+        "(the mbrola ones from Debian's contrib and non-free components)"; exit 1
   fi
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -56,22 +57,28 @@ fi
 if [ ${#mbrola[@]} -gt 0 ]; then
   # Fetched through a sources list of our own, so the machine's sources never gain contrib or non-free;
   # apt installs the downloaded packages (and anything they need from the machine's own sources).
-  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  [ -n "$codename" ] || { say "MBROLA voices: cannot tell the Debian release (/etc/os-release) — install ${mbrola[*]} by hand"; exit 1; }
+  by_hand="install them by hand (${mbrola[*]}) or empty data.synth.mbrola_voices"
+  distro=$( (. /etc/os-release 2>/dev/null && echo "${ID:-} ${VERSION_CODENAME:-}") || true)
+  read -r distro_id codename <<< "$distro" || true
+  [ "${distro_id:-}" = debian ] && [ -n "${codename:-}" ] \
+    || { say "MBROLA voices: this is not Debian (/etc/os-release: '${distro}') — $by_hand"; exit 1; }
   say "installing MBROLA and ${#mbrola[@]} voice packages from Debian contrib/non-free ($codename)"
   apt_dir=$(mktemp -d)
+  trap '$SUDO rm -rf "$apt_dir"' EXIT
   echo "deb http://deb.debian.org/debian $codename contrib non-free" > "$apt_dir/sources.list"
+  # apt's lists and package cache of its own too, so the machine's apt state is untouched but for the install
   own=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-       -o "Dir::State::Lists=$apt_dir/lists")
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/debs"
-  $SUDO apt-get "${own[@]}" update -qq 2>/dev/null
+       -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
+  $SUDO apt-get "${own[@]}" update -qq 2>"$apt_dir/err" \
+    || { say "MBROLA voices: apt-get update of Debian contrib/non-free failed ($(tail -2 "$apt_dir/err" | tr '\n' ' ')) — $by_hand"; exit 1; }
   # (apt warns that its sandbox user cannot write a root-owned folder, and downloads as root instead)
   (cd "$apt_dir/debs" && $SUDO apt-get -qq "${own[@]}" download "${mbrola[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) \
     || true
-  [ "$(ls "$apt_dir"/debs/*.deb 2>/dev/null | wc -l)" -eq ${#mbrola[@]} ] \
-    || { say "could not download ${mbrola[*]} from Debian contrib/non-free"; exit 1; }
+  got=$(cd "$apt_dir/debs" && ls ./*.deb 2>/dev/null | sed 's#^\./##; s/_.*//' | sort | tr '\n' ' ' || true)
+  [ "$(echo "$got" | wc -w)" -eq ${#mbrola[@]} ] \
+    || { say "MBROLA voices: downloaded only '${got}' of ${mbrola[*]} — check the network, or $by_hand"; exit 1; }
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$apt_dir"/debs/*.deb >/dev/null
-  $SUDO rm -rf "$apt_dir"
 fi
 
 # --- virtual environment with the pinned stack --------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +48,12 @@ def database(voice: str) -> str:
 
 
 def require_mbrola(voices: list[str]) -> None:
-    """espeak-ng and every voice's database must be installed; the error names the packages to add."""
+    """The mbrola program and every voice's database must be installed; the error names the packages."""
     if not voices:
         return
+    if shutil.which("mbrola") is None:
+        raise VoicelockError("params.yaml: data.synth.mbrola_voices: the mbrola program is not installed — run "
+                             "scripts/setup.sh (Debian contrib: mbrola) or empty the list")
     missing = sorted({database(v) for v in voices if not (MBROLA_DIR / database(v) / database(v)).exists()})
     if missing:
         packages = " ".join(f"mbrola-{m}" for m in missing)
@@ -97,12 +101,15 @@ def mbrola_speak(text: str, voice: str, pitch: int, speed: int) -> tuple[np.ndar
 
 def render_mbrola_speaker(args: tuple[Speaker, int, list[str], SynthParams, int, int, int, Path]) -> list[str]:
     """Every take of one MBROLA speaker into `root/<word>/<id>_nohash_<n>.wav`, each with its own pitch
-    and tempo jitter, room, microphone and level, as an espeak-ng speaker's; returns the paths."""
-    speaker, index, words, params, seed, rate, clip_samples, root = args
+    and tempo jitter, room, microphone and level, as an espeak-ng speaker's; returns the paths.
+
+    A take's draws are seeded by the speaker's id, not its place in the list (`_index`), so another
+    voice added, removed or moved, or a copy more or fewer, leaves this speaker's takes as they were."""
+    speaker, _index, words, params, seed, rate, clip_samples, root = args
     relatives = []
     for wi, word in enumerate(words):
         for take in range(params.takes_per_word):
-            rng = np.random.default_rng([seed, 22, index, wi, take])
+            rng = np.random.default_rng([seed, 22, int(speaker.id, 16), wi, take])
             pitch = int(np.clip(speaker.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
             speed = max(int(speaker.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter))), 80)
             raw, raw_rate = mbrola_speak(word, speaker.voice, pitch, speed)
