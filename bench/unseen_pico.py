@@ -43,10 +43,10 @@ import pandas as pd
 import soundfile as sf
 from unseen_draw import SHOWN, pair_false_accepts
 
-from voicelock import effects
 from voicelock.audio import write_wav
 from voicelock.data.layout import SPEAKERS_FILE, write_split_lists
 from voicelock.data.synth import place_in_room, scaled_rate
+from voicelock.data.unseen import _noisy
 from voicelock.evaluation import embed_split, evaluate_folder, folder_split
 from voicelock.params import OodParams, SynthParams, load_params
 from voicelock.release import Release
@@ -81,11 +81,9 @@ def render(job: tuple[dict, int, str, int, int, SynthParams, OodParams, int, Pat
         subprocess.run([PICO, "-l", sp["voice"], "-w", str(wav), text], check=True, capture_output=True, timeout=60)
         raw, rate = sf.read(wav, dtype="float32")
     clip = place_in_room(raw, scaled_rate(rate, sp["scale"]), 16000, 16000, synth, rng)
-    peak = float(np.max(np.abs(clip))) + 1e-9
-    mixed = effects.add_noise(clip, effects.coloured_noise(rng, clip.size, rng.uniform(0, 2)),
-                              rng.uniform(*ood.noise_snr_db_range))
     relative = f"{word}/{sp['id']}_nohash_{take}.wav"
-    write_wav(root / relative, (mixed * (peak / (float(np.max(np.abs(mixed))) + 1e-9))).astype(np.float32), 16000)
+    # data/ood's own background noise (the unseen stage's, private to it: the same noise, not a copy of it)
+    write_wav(root / relative, _noisy(clip, rng, ood.noise_snr_db_range), 16000)
     return relative
 
 
