@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from voicelock.audio import write_wav
-from voicelock.data.synth import ESPEAK, Speaker, place_in_room, scaled_rate
+from voicelock.data.synth import ESPEAK, Speaker, jittered, place_in_room, scaled_rate
 from voicelock.errors import VoicelockError
 from voicelock.params import MBROLA_VOICE, SynthParams
 
@@ -54,7 +54,7 @@ def require_mbrola(voices: list[str]) -> None:
     if shutil.which("mbrola") is None:
         raise VoicelockError("params.yaml: data.synth.mbrola_voices: the mbrola program is not installed — run "
                              "scripts/setup.sh (Debian contrib: mbrola) or empty the list")
-    missing = sorted({database(v) for v in voices if not (MBROLA_DIR / database(v) / database(v)).exists()})
+    missing = sorted({db for db in map(database, voices) if not (MBROLA_DIR / db / db).exists()})
     if missing:
         packages = " ".join(f"mbrola-{m}" for m in missing)
         raise VoicelockError(f"params.yaml: data.synth.mbrola_voices: databases {missing} not installed under "
@@ -110,8 +110,7 @@ def render_mbrola_speaker(args: tuple[Speaker, int, list[str], SynthParams, int,
     for wi, word in enumerate(words):
         for take in range(params.takes_per_word):
             rng = np.random.default_rng([seed, 22, int(speaker.id, 16), wi, take])
-            pitch = int(np.clip(speaker.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
-            speed = max(int(speaker.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter))), 80)
+            pitch, speed = jittered(speaker, params, rng)
             raw, raw_rate = mbrola_speak(word, speaker.voice, pitch, speed)
             relative = f"{word}/{speaker.id}_nohash_{take}.wav"
             write_wav(root / relative, place_in_room(raw, scaled_rate(raw_rate, speaker.formant_scale), rate,

@@ -325,13 +325,21 @@ def render_take(take: Take, params: SynthParams, seed: int, rate: int, clip_samp
     """One take: jittered voice, then room, microphone, self-noise, placed at random in a 1 s clip."""
     rng = np.random.default_rng([seed, 2, take.speaker_index, take.word_index, take.take])
     sp = take.speaker
-    pitch = int(np.clip(sp.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
-    speed = int(sp.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter)))
-    raw, raw_rate = speak(take.word, sp.voice, sp.variant, pitch, max(speed, 80))
+    pitch, speed = jittered(sp, params, rng)
+    raw, raw_rate = speak(take.word, sp.voice, sp.variant, pitch, speed)
     # The speaker's vocal tract: samples read at formant_scale × their rate play every frequency that
     # much higher (and the word that much faster), as speed perturbation does in speaker-verification
     # recipes. The rate is rounded to 100 Hz so resampling to `rate` stays a short polyphase filter.
     return place_in_room(raw, scaled_rate(raw_rate, sp.formant_scale), rate, clip_samples, params, rng)
+
+
+def jittered(speaker: Speaker, params: SynthParams, rng: np.random.Generator) -> tuple[int, int]:
+    """A take's espeak-ng pitch and speed, drawn around the speaker's own: one person never says a word
+    twice alike, and a model that met only identical takes would take a new take's drift for another
+    speaker. Any espeak-ng-driven speaker (its own voices, MBROLA's) draws its takes here."""
+    pitch = int(np.clip(speaker.pitch + rng.integers(-params.pitch_jitter, params.pitch_jitter + 1), 0, 99))
+    speed = int(speaker.speed * (1 + rng.uniform(-params.speed_jitter, params.speed_jitter)))
+    return pitch, max(speed, 80)
 
 
 def scaled_rate(rate: int, scale: float) -> int:
