@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from voicelock.data.layout import read_list, scan_corpus, split_for_speaker
-from voicelock.data.synth import Speaker, Take, plan_speakers, render_take, speak
+from voicelock.data.synth import Speaker, Take, jittered, plan_speakers, render_take, speak
 from voicelock.errors import VoicelockError
 from voicelock.params import Params
 
@@ -537,3 +537,17 @@ def test_missing_mbrola_voices_and_misnamed_ones_are_refused_by_name(tiny_params
     raw["data"]["synth"]["mbrola_voices"] = ["us1"]
     with pytest.raises(VoicelockError, match="mbrola_voices: 'us1' is not an espeak-ng MBROLA voice"):
         load_params(write_params(tmp_path, raw))
+
+
+def test_each_take_drifts_around_its_speakers_pitch_and_speed_within_the_jitter(tiny_params: Params):
+    """Takes of one speaker differ (no two alike), stay within `pitch_jitter` steps and `speed_jitter` of
+    the speaker's own, inside espeak-ng's pitch range, and never slower than 80 words a minute — for
+    espeak-ng's speakers and MBROLA's alike, which both draw here."""
+    synth = tiny_params.data.synth
+    for base_pitch, base_speed in ((50, 150), (2, 160), (97, 150), (60, 70)):
+        speaker = Speaker("0badc0de", "en", "m1", base_pitch, base_speed)
+        pitches, speeds = zip(*(jittered(speaker, synth, np.random.default_rng(i)) for i in range(300)))
+        assert len(set(pitches)) > 1 and (len(set(speeds)) > 1 or base_speed * (1 + synth.speed_jitter) < 80)
+        assert all(0 <= p <= 99 and abs(p - base_pitch) <= synth.pitch_jitter for p in pitches)
+        slowest = max(int(base_speed * (1 - synth.speed_jitter)), 80)
+        assert all(slowest <= s <= max(base_speed * (1 + synth.speed_jitter), 80) for s in speeds)
