@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from unseen_draw import password_trials
 
 from voicelock.data.layout import SPEAKERS_FILE
 from voicelock.evaluation import embed_split, folder_split, split_unlock_trials
@@ -30,7 +31,7 @@ from voicelock.model.train import Split
 from voicelock.params import load_params
 from voicelock.release import Release
 from voicelock.scoring import SpeakerScorer
-from voicelock.verifier import Verifier, make_template, unit
+from voicelock.verifier import Verifier
 
 
 def speaker_names(raw_dir: str) -> dict[str, str]:
@@ -46,21 +47,11 @@ def speaker_names(raw_dir: str) -> dict[str, str]:
 
 def validation_pairs(release: Release, val: Split, enroll_clips: int) -> pd.DataFrame:
     """Every 'other speaker says the password' trial of the validation speakers, with who and its scores:
-    the verifier's own templates and scores, as `trials.unlock_trials` makes them for calibration."""
+    the verifier's own templates and scores, as calibration meets them."""
     word, speaker = embed_split(release.model, val)
-    speaker = unit(speaker)
-    rule = Verifier(release.scorer, release.thresholds, word_templates=release.word_templates)
-    stats = rule.scorer.probe_stats(speaker)
-    ix = val.index
-    speakers, words, takes = ix["speaker"].to_numpy(), ix["word"].to_numpy(), ix["utterance"].to_numpy()
-    rows = []
-    for owner, password in sorted(set(zip(speakers.tolist(), words.tolist()))):
-        own = np.flatnonzero((speakers == owner) & (words == password))
-        own = own[np.argsort(takes[own], kind="stable")][:enroll_clips]
-        t_word, t_speaker = make_template(word[own], speaker[own])
-        others = np.flatnonzero((speakers != owner) & (words == password))
-        _, score, raw, _ = rule.scores(t_word, t_speaker, word[others], speaker[others], stats[others])
-        rows += [(owner, speakers[i], s, r) for i, s, r in zip(others, score, raw)]
+    rows = [(owner, impostor, s, r)
+            for owner, impostors, (_, score, raw, _) in password_trials(release, word, speaker, val.index, enroll_clips)
+            for impostor, s, r in zip(impostors, score, raw)]
     return pd.DataFrame(rows, columns=["owner", "impostor", "score", "raw"])
 
 

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,24 +54,32 @@ SHOWN = ("keyword_accuracy", "speaker_eer", "speaker_eer_all_trials", "frr", "fa
          "far_owner_other_word")
 
 
-def pair_false_accepts(release: Release, data: Path, enroll_clips: int) -> tuple[Counter, Counter]:
-    """(owner, impostor) → accepted and scored "other speaker says the password" trials: each speaker's
-    first `enroll_clips` takes of a word its template, every other speaker's takes of that word probes."""
-    split = folder_split(data, release.extractor())
-    word, speaker = embed_split(release.model, split)
-    ix = split.index
-    speakers, words, utterances = ix["speaker"].to_numpy(), ix["word"].to_numpy(), ix["utterance"].to_numpy()
+def password_trials(release: Release, word: np.ndarray, speaker: np.ndarray, index: pd.DataFrame,
+                    enroll_clips: int) -> Iterator[tuple[str, np.ndarray, tuple[np.ndarray, ...]]]:
+    """Each (owner, word) template's "other speaker says the password" trials: (owner, impostor per
+    trial, the verifier's (word, speaker, raw, rival) scores) — each speaker's first `enroll_clips`
+    takes of a word its template, every other speaker's takes of that word probes. What it keeps of
+    a trial that `trials.unlock_trials` does not is who the two speakers were."""
+    speakers, words, utterances = index["speaker"].to_numpy(), index["word"].to_numpy(), index["utterance"].to_numpy()
     rule = Verifier(release.scorer, release.thresholds, word_templates=release.word_templates)
     speaker = unit(np.asarray(speaker, dtype=np.float32))
     stats = rule.scorer.probe_stats(speaker)
-    accepted, scored = Counter(), Counter()
     for owner, w in sorted(set(zip(speakers.tolist(), words.tolist()))):
         rows = np.flatnonzero((speakers == owner) & (words == w))
         rows = rows[np.argsort(utterances[rows], kind="stable")][:enroll_clips]
         word_t, speaker_t = make_template(word[rows], speaker[rows])
         probes = np.flatnonzero((speakers != owner) & (words == w))
-        verdicts = rule.accepts(*rule.scores(word_t, speaker_t, word[probes], speaker[probes], stats[probes]))
-        for impostor, ok in zip(speakers[probes].tolist(), verdicts.tolist()):
+        yield owner, speakers[probes], rule.scores(word_t, speaker_t, word[probes], speaker[probes], stats[probes])
+
+
+def pair_false_accepts(release: Release, data: Path, enroll_clips: int) -> tuple[Counter, Counter]:
+    """(owner, impostor) → accepted and scored "other speaker says the password" trials of a corpus."""
+    split = folder_split(data, release.extractor())
+    word, speaker = embed_split(release.model, split)
+    rule = Verifier(release.scorer, release.thresholds)  # the trials are scored already: only the rule is used
+    accepted, scored = Counter(), Counter()
+    for owner, impostors, scores in password_trials(release, word, speaker, split.index, enroll_clips):
+        for impostor, ok in zip(impostors.tolist(), rule.accepts(*scores).tolist()):
             scored[(owner, impostor)] += 1
             accepted[(owner, impostor)] += int(ok)
     return accepted, scored
