@@ -94,9 +94,9 @@ def tiny_params(tiny_params_path: Path) -> Params:
     return load_params(tiny_params_path)
 
 
-# The MBROLA voices the tests render (scripts/setup.sh installs them for `make test`): with seed 4 a man
-# training, whose copy at another vocal tract would hash into a held-out split by its own id, and a woman
-# held out. Their own corpus, not the tiny one: the tiny model's other tests depend on the tiny corpus as it is.
+# The MBROLA voices the tests render (scripts/setup.sh installs them for `make test`): a man and a woman,
+# and with seed 4 some of their ids hash into a held-out split (they must train all the same). Their own
+# corpus, not the tiny one: the tiny model's other tests depend on the tiny corpus as it is.
 MBROLA_SYNTH = {"mbrola_voices": ["mb-es1", "mb-us1"], "mbrola_copies": 1}
 
 

@@ -423,23 +423,23 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
     speakers = plan_speakers(params, seed)
     festival = plan_festival_speakers(dict(params.festival_voices), seed, tuple(params.festival_speaker_scales),
                                       tuple((e.voice, e.f0, e.scale) for e in params.festival_extra_speakers))
-    split_key: dict[str, str] = {}  # a speaker's split follows this id: an MBROLA copy follows its voice
+    mbrola = plan_mbrola_speakers(params.mbrola_voices, params.mbrola_copies, seed)
+    training_only = {sp.id for sp in mbrola}  # why MBROLA never validates or tests: voicelock/data/mbrola.py
 
     def split(speaker_id: str) -> str:
-        return split_for_speaker(split_key.get(speaker_id, speaker_id), validation_percentage, testing_percentage)
+        if speaker_id in training_only:
+            return "training"
+        return split_for_speaker(speaker_id, validation_percentage, testing_percentage)
 
-    mbrola = plan_mbrola_speakers(params.mbrola_voices, params.mbrola_copies, seed, split_of=split)
-    split_key.update({sp.id: key for sp, key in mbrola})
     takes = [Take(sp, si, w, wi, t) for si, sp in enumerate(speakers)
              for wi, w in enumerate(params.words) for t in range(params.takes_per_word)]
-    out_dir = Path(out_dir)
+    out_dir, clip_samples = Path(out_dir), int(clip_seconds * rate)
     with atomic_dir(out_dir) as staging:
-        render_takes(takes, params, seed, rate, int(clip_seconds * rate), staging, "synthesize clips")
+        render_takes(takes, params, seed, rate, clip_samples, staging, "synthesize clips")
         relatives = [f"{t.word}/{t.speaker.id}_nohash_{t.take}.wav" for t in takes]
-        clip_samples = int(clip_seconds * rate)
         with ProcessPoolExecutor(params.workers or os.cpu_count() or 1) as pool:
             for render, planned, desc in ((render_festival_speaker, festival, "festival speakers"),
-                                          (render_mbrola_speaker, [sp for sp, _ in mbrola], "mbrola speakers")):
+                                          (render_mbrola_speaker, mbrola, "mbrola speakers")):
                 jobs = [(sp, i, list(params.words), params, seed, rate, clip_samples, staging)
                         for i, sp in enumerate(planned)]
                 for done in tqdm(pool.map(render, jobs), total=len(jobs), desc=desc, unit=" speakers"):
@@ -455,7 +455,7 @@ def synthesize_corpus(params: SynthParams, out_dir: str | Path, seed: int, rate:
         rows = [{**sp.__dict__, "engine": "espeak-ng"} for sp in speakers]
         rows += [{"id": sp.id, "voice": sp.voice, "variant": "", "pitch": round(sp.f0, 1), "speed": round(sp.stretch, 3),
                   "formant_scale": sp.formant_scale, "engine": "festival"} for sp in festival]
-        rows += [{**sp.__dict__, "engine": "mbrola"} for sp, _ in mbrola]
+        rows += [{**sp.__dict__, "engine": "mbrola"} for sp in mbrola]
         pd.DataFrame(rows).assign(split=lambda d: [split(s) for s in d["id"]]).to_csv(staging / SPEAKERS_FILE,
                                                                                       index=False)
     return out_dir
