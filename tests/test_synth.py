@@ -528,6 +528,15 @@ def test_missing_mbrola_voices_and_misnamed_ones_are_refused_by_name(tiny_params
     raw["data"]["synth"]["mbrola_voices"] = ["us1"]
     with pytest.raises(VoicelockError, match="mbrola_voices: 'us1' is not an espeak-ng MBROLA voice"):
         load_params(write_params(tmp_path, raw))
+    # a native speaker of a held-out accent's language trains as that accent (MBROLA's ee is Estonian, et;
+    # its ca is Canadian French, not the held-out Catalan)
+    raw["ood"]["espeak_voices"] = ["af", "et", "ca"]
+    raw["data"]["synth"]["mbrola_voices"] = ["mb-us1", "mb-af1-en", "mb-ee1", "mb-ca1"]
+    with pytest.raises(VoicelockError, match=r"mbrola_voices: \['mb-af1-en', 'mb-ee1'\] speak natively a language "
+                                             r"of ood.espeak_voices"):
+        load_params(write_params(tmp_path, raw))
+    raw["data"]["synth"]["mbrola_voices"] = ["mb-us1", "mb-ca1", "mb-sw2-en"]
+    assert load_params(write_params(tmp_path, raw)).data.synth.mbrola_voices == ["mb-us1", "mb-ca1", "mb-sw2-en"]
 
 
 def test_each_take_drifts_around_its_speakers_pitch_and_speed_within_the_jitter(tiny_params: Params):

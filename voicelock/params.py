@@ -47,6 +47,18 @@ class ExtraRecordedSpeaker(_Section):
 
 # An espeak-ng MBROLA voice: mb-<database>, or mb-<database>-en (that person reading by English rules).
 MBROLA_VOICE = re.compile(r"^mb-([a-z]+[0-9])(-en)?$")
+# The recorded person's own language where a database's letters are not its ISO code (espeak-ng's
+# voices/mb files): MBROLA's `ca` is Canadian French, not Catalan; `sw` Swedish, not Swahili.
+MBROLA_LANGUAGE = {"br": "pt", "ca": "fr", "cr": "hr", "cz": "cs", "ee": "et", "gr": "el", "hb": "he", "in": "hi",
+                   "ir": "fa", "jp": "ja", "ma": "ms", "mx": "es", "nz": "mi", "sw": "sv", "tl": "te", "us": "en",
+                   "vz": "es"}
+
+
+def mbrola_language(voice: str) -> str:
+    """The language the person recorded in an MBROLA voice speaks natively (mb-sw2-en → sv)."""
+    match = MBROLA_VOICE.match(voice)
+    letters = match.group(1).rstrip("0123456789") if match else voice
+    return MBROLA_LANGUAGE.get(letters, letters)
 
 
 class SynthParams(_Section):
@@ -510,6 +522,11 @@ class Params(BaseModel):
                                  f"voice must share neither accent nor timbre with training; remove them from one list")
         # Festival ships some of flite's people (kal_diphone, cmu_us_slt_*): they must not train.
         synth = self.data.synth
+        # …and a native speaker of a held-out accent's language reading English is that accent, recorded.
+        held_out = {v.split("-")[0] for v in self.ood.espeak_voices}
+        if native := sorted(v for v in synth.mbrola_voices if mbrola_language(v) in held_out):
+            raise ValueError(f"data.synth.mbrola_voices: {native} speak natively a language of ood.espeak_voices "
+                             f"({sorted(held_out)}) — an unseen accent must not train; remove them")
         for key, voices in (("festival_voices", list(synth.festival_voices)),
                             ("festival_extra_speakers", [e.voice for e in synth.festival_extra_speakers])):
             if same := sorted({v for v in voices if set(v.lower().split("_")) & set(self.ood.flite_voices)}):
