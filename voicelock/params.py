@@ -520,13 +520,13 @@ class Params(BaseModel):
             if shared:
                 raise ValueError(f"ood.{key}: {shared} also in data.synth.{key.removeprefix('espeak_')} — an unseen "
                                  f"voice must share neither accent nor timbre with training; remove them from one list")
-        # Festival ships some of flite's people (kal_diphone, cmu_us_slt_*): they must not train.
+        # A native speaker of a held-out accent's language reading English is that accent, recorded.
         synth = self.data.synth
-        # …and a native speaker of a held-out accent's language reading English is that accent, recorded.
         held_out = {v.split("-")[0] for v in self.ood.espeak_voices}
         if native := sorted(v for v in synth.mbrola_voices if mbrola_language(v) in held_out):
             raise ValueError(f"data.synth.mbrola_voices: {native} speak natively a language of ood.espeak_voices "
                              f"({sorted(held_out)}) — an unseen accent must not train; remove them")
+        # Festival ships some of flite's people (kal_diphone, cmu_us_slt_*): they must not train.
         for key, voices in (("festival_voices", list(synth.festival_voices)),
                             ("festival_extra_speakers", [e.voice for e in synth.festival_extra_speakers])):
             if same := sorted({v for v in voices if set(v.lower().split("_")) & set(self.ood.flite_voices)}):
