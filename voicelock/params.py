@@ -54,10 +54,16 @@ MBROLA_LANGUAGE = {"br": "pt", "ca": "fr", "cr": "hr", "cz": "cs", "ee": "et", "
                    "vz": "es"}
 
 
+def mbrola_database(voice: str) -> str | None:
+    """The MBROLA database (one recorded person) behind an espeak-ng voice, mb-de1-en → de1; None for
+    a name that is not an MBROLA voice's."""
+    match = MBROLA_VOICE.match(voice)
+    return match.group(1) if match else None
+
+
 def mbrola_language(voice: str) -> str:
     """The language the person recorded in an MBROLA voice speaks natively (mb-sw2-en → sv)."""
-    match = MBROLA_VOICE.match(voice)
-    letters = match.group(1).rstrip("0123456789") if match else voice
+    letters = (mbrola_database(voice) or voice).rstrip("0123456789")
     return MBROLA_LANGUAGE.get(letters, letters)
 
 
@@ -109,11 +115,10 @@ class SynthParams(_Section):
                              f"a pitch-only twin of its festival_voices speaker; give it a scale beyond ±3%")
         people: dict[str, list[str]] = {}
         for voice in self.mbrola_voices:
-            match = MBROLA_VOICE.match(voice)
-            if match is None:
+            if (db := mbrola_database(voice)) is None:
                 raise ValueError(f"mbrola_voices: {voice!r} is not an espeak-ng MBROLA voice (mb-<database> or "
                                  f"mb-<database>-en, e.g. mb-us1, mb-de2-en: `espeak-ng --voices=mb`)")
-            people.setdefault(match.group(1), []).append(voice)
+            people.setdefault(db, []).append(voice)
         if twins := [v for v in people.values() if len(v) > 1]:
             raise ValueError(f"mbrola_voices: {twins} are one recorded person each — keep one voice per database")
         if not 0.7 <= self.formant_scale_range[0] <= self.formant_scale_range[1] <= 1.4:
