@@ -36,30 +36,24 @@ import soundfile as sf
 from voicelock.audio import write_wav
 from voicelock.data.synth import ESPEAK, Speaker, jittered, place_in_room, scaled_rate
 from voicelock.errors import VoicelockError
-from voicelock.params import MBROLA_VOICE, SynthParams
+from voicelock.params import SynthParams, mbrola_database
 
 MBROLA_DIR = Path("/usr/share/mbrola")
 # A copy's vocal tract is this far from its voice's, up or down (the scale drawn uniformly within).
 COPY_SCALE = (0.06, 0.12)
 
 
-def database(voice: str) -> str:
-    """The MBROLA database (one recorded person) behind an espeak-ng voice: mb-de1-en → de1."""
-    match = MBROLA_VOICE.match(voice)
-    if match is None:
-        raise VoicelockError(f"params.yaml: data.synth.mbrola_voices: {voice!r} is not an espeak-ng MBROLA voice "
-                             f"(mb-<database>, e.g. mb-us1, or mb-<database>-en: `espeak-ng --voices=mb`)")
-    return match.group(1)
-
-
 def require_mbrola(voices: list[str]) -> None:
-    """The mbrola program and every voice's database must be installed; the error names the packages."""
+    """The mbrola program and every voice's database must be installed; the error names the packages.
+
+    `voices` are params.yaml's, whose names `SynthParams` has already checked, so each has a database."""
     if not voices:
         return
     if shutil.which("mbrola") is None:
         raise VoicelockError("params.yaml: data.synth.mbrola_voices: the mbrola program is not installed — run "
                              "scripts/setup.sh (Debian contrib: mbrola) or empty the list")
-    missing = sorted({db for db in map(database, voices) if not (MBROLA_DIR / db / db).exists()})
+    databases = {mbrola_database(voice) or voice for voice in voices}  # a name params refuses reads as missing
+    missing = sorted(db for db in databases if not (MBROLA_DIR / db / db).exists())
     if missing:
         packages = " ".join(f"mbrola-{m}" for m in missing)
         raise VoicelockError(f"params.yaml: data.synth.mbrola_voices: databases {missing} not installed under "
