@@ -18,7 +18,14 @@ from voicelock.params import DEFAULT_PARAMS, Params, load_params
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """voicelock's own progress at INFO; other libraries' at WARNING and up.
+
+    Why: at INFO, Great Expectations alone wrote ~200 lines of its registry's housekeeping into every
+    `make repro` (and matplotlib its font cache), burying the stages' own lines; their warnings and
+    errors still show.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("voicelock").setLevel(logging.INFO)
 
 
 def run_stage(stage: Callable[[Params], object], argv: list[str] | None = None) -> None:
