@@ -16,10 +16,12 @@ keyword accuracy against templates of the other Pico voices and, with `--with da
 other unseen speaker.
 
 Pico is in Debian's non-free component; to install it without adding that component to the
-machine's sources:
+machine's sources (the package lists go in a folder of their own: `apt-get update` empties its lists
+folder of everything else, this sources.list included; the folder readable by apt's `_apt` user):
 
-    d=$(mktemp -d); echo "deb http://deb.debian.org/debian bookworm non-free" > $d/sources.list
-    o="-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$d"
+    d=$(mktemp -d); mkdir -p $d/lists/partial; chmod -R 755 $d
+    echo "deb http://deb.debian.org/debian bookworm non-free" > $d/sources.list
+    o="-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$d/lists"
     apt-get $o update && (cd $d && apt-get $o download libttspico0 libttspico-data libttspico-utils)
     apt-get install -y $d/*.deb
 
