@@ -151,20 +151,13 @@ def test_a_low_passed_copy_sent_at_the_same_moment_as_its_recording_unlocks_at_m
     """The race check for two requests that read the replay memory at once (`Unlocker.replays_any`)
     applies the whole rule, the band-limited view included: the copy sent second is one the full band
     alone takes for a new recording."""
-    from tests.conftest import full_band_judge
-    from tests.test_security_http import low_passed_copies
+    from tests.test_security_http import low_passed_that_pass
 
     core, _, case = lenient
     lock = core.lock
-    take = sf.read(case.genuine[0], dtype="float32")[0]
-    new_to_full_band = full_band_judge(lock, take)
-    template = lock.enroll_files(case.enroll)
-    copies = []
-    for samples, rate in low_passed_copies(take).values():
-        sent = sf.read(io.BytesIO(wav_bytes(samples, rate)), dtype="float32")[0]
-        if lock.verify(template, sent, rate).unlocked and new_to_full_band(sent, rate):
-            copies.append(wav_bytes(samples, rate))
-    assert copies, "no low-passed copy passes the voice and word checks and the full band: nothing to show"
+    take, passing = low_passed_that_pass(lock, lock.enroll_files(case.enroll), case.genuine)
+    assert passing, "no low-passed copy passes the voice and word checks and the full band: nothing to show"
+    copies = [wav for _, wav in passing]
     core.enroll("flo", files(case.enroll))
     stale = core.store.heard_recently("flo", core.p.replay_history)
     monkeypatch.setattr(core.store, "heard_recently", lambda user, limit: stale)  # as if read at the same moment
@@ -540,6 +533,9 @@ def test_a_remembered_takes_own_fingerprint_is_judged_at_the_single_threshold(le
     assert as_shift.unlocked, as_shift.reason
 
 
+SAME_TAKE = 0.999  # cosine of one take's fingerprints computed apart (rounding only)
+
+
 def test_what_is_remembered_stays_readable_by_the_previous_voicelock(lenient):
     """A rolling deploy keeps replicas of the previous voicelock on the same database: they read
     `heard.fingerprint` and the template's `takes` as JSON lists of fingerprints. Those stay exactly
@@ -564,12 +560,15 @@ def test_what_is_remembered_stays_readable_by_the_previous_voicelock(lenient):
         fingerprint = np.asarray(json.loads(own), dtype=np.float32)
         assert fingerprint.shape == (dim,) and abs(float(np.linalg.norm(fingerprint)) - 1) < 1e-4
         fingerprint_set = decode(fp_set, dim)
-        assert fingerprint_set.shape == (shifts, dim) and float(fingerprint_set[0] @ fingerprint) > 0.9999
+        # The same take, embedded in a batch of another shape: the kernels round differently (0.99985 on
+        # an AVX2-only CPU), still far above the replay threshold that any other take stays under.
+        assert fingerprint_set.shape == (shifts, dim) and float(fingerprint_set[0] @ fingerprint) > SAME_TAKE
     # The view's rows follow the full band's: the first of them is the enrollment take's own view.
     take = core.lock.prepare(*sf.read(case.enroll[0], dtype="float32"), "take")
     band_fp = core.lock.embed_views([take], ["take"])[2][0]
     first_set = decode(template["take_sets"][0], dim)
-    assert float(first_set[len(core.lock.verifier.replay_shifts)] @ band_fp) > 0.9999 > float(first_set[0] @ band_fp)
+    own_view = float(first_set[len(core.lock.verifier.replay_shifts)] @ band_fp)
+    assert own_view > SAME_TAKE > float(first_set[0] @ band_fp)
 
 
 def test_a_template_labelled_with_the_served_tag_is_adopted_not_stranded(lenient):

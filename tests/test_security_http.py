@@ -147,12 +147,26 @@ def test_5_every_worker_loads_the_resampler_before_its_first_upload(server: Serv
 # --- 1. nothing non-finite decides ---------------------------------------------------------------
 
 
-def test_1_overflowing_float_audio_never_unlocks_nor_enrolls_a_master_key(server: Server, case: UnlockCase):
+def test_1_overflowing_float_audio_never_unlocks_nor_enrolls_a_master_key(server: Server, params: Params,
+                                                                         case: UnlockCase):
+    """Float WAVs scaled to 1e20–1e37 (finite in float32) once overflowed the features and opened any
+    account. Sent: a tone, noise and another voice that the verifier refuses at their own level — on
+    the tiny model at FAR 0.3 some noise passes for a voice (on an AVX2-only CPU every noise drawn did),
+    so only refused sources can show that scaling never turns a refusal into an unlock."""
+    from voicelock.enrollment import Unlocker
+
+    lock = Unlocker(params.evaluate.out_dir, params.enroll)
+    template = lock.enroll_files(case.enroll)
     url = server.url
     t = np.arange(16000) / 16000
-    rng = np.random.default_rng(1)
-    sources = {"tone": 0.5 * np.sin(2 * np.pi * 440 * t), "noise": rng.normal(0, 0.3, 16000),
-               "voice": samples_of(case.impostors[0])}
+    noises = (np.random.default_rng(seed).normal(0, 0.3, 16000) for seed in range(1, 41))
+    refused_noise = next((x for x in noises if not lock.verify(template, x.astype(np.float32), 16000).unlocked),
+                         None)
+    sources = {"tone": 0.5 * np.sin(2 * np.pi * 440 * t), "voice": samples_of(case.impostors[0])}
+    if refused_noise is not None:
+        sources["noise"] = refused_noise
+    for label, x in sources.items():
+        assert not lock.verify(template, x.astype(np.float32), 16000).unlocked, f"{label} unlocks at its own level"
     for label, x in sources.items():  # a user per source: three scored guesses each, within the lockout
         assert enroll(url, f"row1-{label}", case.read(case.enroll)).status_code == 200
         for scale in (1e20, 1e30, 1e37):  # finite in float32 (noise × 3e38 would overflow to inf)
@@ -364,18 +378,25 @@ def test_3_a_replay_padded_by_a_few_ms_is_still_the_recording_heard(server: Serv
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     template = lock.enroll_files(case.enroll)
-    url, take = server.url, samples_of(case.genuine[0])
-    heard_fp = fingerprints(*lock.embed_here([lock.prepare(take, 16000, "take")]))[0]
+    url = server.url
     hiss = np.random.default_rng(3).integers(-1, 2, 16000) / 32768
-    candidates = {**{f"{n / 16:g} ms of zeros": np.concatenate([np.zeros(n), take]) for n in range(20, 400, 20)},
-                  **{f"{n / 16:g} ms of hiss": np.concatenate([hiss[:n], take]) for n in (160, 400, 800, 1600)}}
-    accepted = []
-    for what, samples in candidates.items():
-        wav = pcm_wav(samples, 16000)
-        sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
-        if lock.verify(template, sent, 16000).unlocked:
-            fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, what)]))[0]
-            accepted.append((float(fp @ heard_fp), what, wav))
+
+    def accepted_copies(take: np.ndarray) -> list[tuple[float, str, bytes]]:
+        heard_fp = fingerprints(*lock.embed_here([lock.prepare(take, 16000, "take")]))[0]
+        candidates = {**{f"{n / 16:g} ms of zeros": np.concatenate([np.zeros(n), take]) for n in range(20, 400, 20)},
+                      **{f"{n / 16:g} ms of hiss": np.concatenate([hiss[:n], take]) for n in (160, 400, 800, 1600)}}
+        accepted = []
+        for what, samples in candidates.items():
+            wav = pcm_wav(samples, 16000)
+            sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
+            if lock.verify(template, sent, 16000).unlocked:
+                fp = fingerprints(*lock.embed_here([lock.prepare(sent, 16000, what)]))[0]
+                accepted.append((float(fp @ heard_fp), what, wav))
+        return accepted
+
+    # The genuine take with the most such copies: which copies the tiny model takes for the voice
+    # depends on the take (and on the CPU that trained the model).
+    take, accepted = max(((t, accepted_copies(t)) for t in map(samples_of, case.genuine)), key=lambda c: len(c[1]))
     assert len(accepted) >= 2, "no padded copy passes the voice and word checks: nothing to show"
     for i, (_, what, wav) in enumerate(sorted(accepted)[:4]):
         heard, fresh = f"row3p{i}", f"row3q{i}"
@@ -425,6 +446,27 @@ def low_passed_copies(take: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
     return copies
 
 
+def low_passed_that_pass(lock, template, takes: list[Path]) -> tuple[np.ndarray, list[tuple[str, bytes]]]:
+    """The first of `takes` with low-passed copies (as WAV bytes) that the verifier accepts for
+    `template` and that the full band alone takes for a new recording, and those copies. Which copies
+    pass depends on the take and on the tiny model (so on the CPU that trained it): one take may have
+    none where the next has several."""
+    from tests.conftest import full_band_judge
+
+    for path in takes:
+        take = samples_of(path)
+        new_to_full_band = full_band_judge(lock, take)
+        passing = []
+        for what, (samples, rate) in low_passed_copies(take).items():
+            wav = pcm_wav(samples, rate)
+            sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
+            if lock.verify(template, sent, rate).unlocked and new_to_full_band(sent, rate):
+                passing.append((what, wav))
+        if passing:
+            return take, passing
+    return samples_of(takes[0]), []
+
+
 def test_3_a_low_passed_replay_is_still_the_recording_heard(server: Server, params: Params, case: UnlockCase):
     """Copies of an accepted take low-passed above `evaluate.replay_band_hz` embed like a new take in
     the full band (a tester unlocked one account six times from one recording so); the take is also
@@ -432,20 +474,13 @@ def test_3_a_low_passed_replay_is_still_the_recording_heard(server: Server, para
     accepts from an account that never heard the take *and* that the full band alone would take for a
     new recording — so what refuses them is the band-limited view. Each goes to its own account, so no
     lockout refuses it, and unlocks another account that never heard the take."""
-    from tests.conftest import full_band_judge
     from voicelock.enrollment import Unlocker
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
     assert lock.verifier.replay_band_hz > 0, "the release must have a band-limited replay view"
     template = lock.enroll_files(case.enroll)
-    url, take = server.url, samples_of(case.genuine[0])
-    new_to_full_band = full_band_judge(lock, take)
-    passing = []
-    for what, (samples, rate) in low_passed_copies(take).items():
-        wav = pcm_wav(samples, rate)
-        sent = sf.read(io.BytesIO(wav), dtype="float32")[0]
-        if lock.verify(template, sent, rate).unlocked and new_to_full_band(sent, rate):
-            passing.append((what, wav))
+    url = server.url
+    take, passing = low_passed_that_pass(lock, template, case.genuine)
     assert passing, "no low-passed copy passes the voice and word checks and the full band: nothing to show"
     for i, (what, wav) in enumerate(passing):
         heard_by, fresh = f"row3w{i}", f"row3v{i}"
@@ -640,20 +675,26 @@ def test_the_owners_recording_of_another_word_does_not_unlock_even_past_the_word
         params: Params, lenient_params_path: Path, case: UnlockCase, tmp_path: Path):
     """An attacker holding the owner saying *other* words: with the word threshold out of the way
     (`word: -1`, every word clears it), what still refuses them is that each is nearer another
-    vocabulary word than the password (`evaluate.word_margin`). Which takes the rival rule alone
-    refuses is settled beforehand by the verifier on this release and on one without the rule."""
+    vocabulary word than the password (`evaluate.word_margin`). The voice checks are out of the way
+    too (`speaker`, `speaker_raw`: -1): the attacker's recordings *are* the owner's voice, which the
+    real model knows across words but the tiny one often does not (on an AVX2-only CPU it refused five
+    of the owner's six other-word takes by voice, leaving the rule nothing to show). Which takes the
+    rival rule alone refuses is settled beforehand by the verifier on this release and on one without
+    the rule."""
     from voicelock.enrollment import Unlocker
     from voicelock.evaluation import evaluate_unseen
 
     speaker = case.enroll[0].name.split("_nohash_")[0]
     password_dir = case.enroll[0].parent
     others = sorted(p for p in password_dir.parent.glob(f"*/{speaker}_nohash_*.wav") if p.parent != password_dir)
-    ruled = _release_with(params, tmp_path / "ruled", word=-1.0)
-    unruled = _release_with(params, tmp_path / "unruled", word=-1.0, word_margin=-2.0)
+    checks_off = {"word": -1.0, "speaker": -1.0, "speaker_raw": -1.0}
+    ruled = _release_with(params, tmp_path / "ruled", **checks_off)
+    unruled = _release_with(params, tmp_path / "unruled", **checks_off, word_margin=-2.0)
     with_rule, without = Unlocker(ruled, params.enroll), Unlocker(unruled, params.enroll)
     t_with, t_without = with_rule.enroll_files(case.enroll), without.enroll_files(case.enroll)
     caught = [p for p in others if not with_rule.verify_file(t_with, p).unlocked
-              and without.verify_file(t_without, p).unlocked][:3]  # three: below the lockout's five
+              and without.verify_file(t_without, p).unlocked]
+    caught = caught[: params.service.lockout_failures - 1]  # refusals short of the lockout
     assert caught, f"none of {speaker}'s {len(others)} other-word takes is refused by the rival rule alone"
     raw = yaml.safe_load(lenient_params_path.read_text())
     raw["evaluate"]["out_dir"] = str(ruled)
