@@ -260,17 +260,6 @@ def full_band_judge(lock, take: np.ndarray, rate: int = 16000):
     return new
 
 
-def password_takes(params: Params) -> dict[str, list[Path]]:
-    """Each voice's takes of the password — the owner's and every test speaker's — in take order."""
-    from voicelock.features import load_split
-
-    takes: dict[str, list[Path]] = {"owner": sorted((Path(params.owner.out_dir) / params.owner.password).glob("*.wav"))}
-    index = load_split(params.features.out_dir, "testing").index
-    for speaker, paths in index[index["word"] == params.owner.password].sort_values("utterance").groupby("speaker")["path"]:
-        takes[speaker] = [Path(params.data.raw_dir) / p for p in paths]
-    return takes
-
-
 def find_unlock_case(params: Params, n_enroll: int = 3, min_genuine: int = 2) -> UnlockCase:
     """The voice (owner or test speaker) whose held-out password takes unlock most often, with the
     other voices' takes (password and other words) that its template rejects."""
@@ -278,9 +267,11 @@ def find_unlock_case(params: Params, n_enroll: int = 3, min_genuine: int = 2) ->
     from voicelock.features import load_split
 
     lock = Unlocker(params.evaluate.out_dir, params.enroll)
-    takes = password_takes(params)
+    takes: dict[str, list[Path]] = {"owner": sorted((Path(params.owner.out_dir) / params.owner.password).glob("*.wav"))}
     index = load_split(params.features.out_dir, "testing").index
     others: list[Path] = [Path(params.data.raw_dir) / p for p in index["path"]]
+    for speaker, paths in index[index["word"] == params.owner.password].sort_values("utterance").groupby("speaker")["path"]:
+        takes[speaker] = [Path(params.data.raw_dir) / p for p in paths]
     best: tuple[int, str, list[Path]] = (-1, "", [])
     for speaker, paths in takes.items():
         if len(paths) < n_enroll + min_genuine:
